@@ -1,0 +1,134 @@
+"""Knowledge-distillation losses as a registry of named variants.
+
+What this file achieves: a variant is one small function registered with `@register("name")`. It takes the
+student's logits (B, C), the hard labels (B,) and, if it needs a teacher, the teacher's logits (B, C) or a stack of
+teacher members (M, B, C), plus its own keyword hyperparameters, and returns a dict of named loss terms, each
+already weighted and averaged over the batch (the mdistiller convention): the training loss is the sum of the
+terms, and every term is logged under its name. The trainer maps a variant over the K members of a batched model.
+
+Built-ins: `hard` (cross-entropy), `hinton` (Hinton, Vinyals & Dean 2015, eq. 1-2 with the T**2 factor),
+`soft_only` (hinton with no hard term), `logit_matching` (squared error of zero-meaned logits, the high-temperature
+limit of `hinton`, section 2.1). `distillation_loss` is the reference formula the whole suite compares against.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+ENSEMBLE_MEANS = ("arithmetic", "geometric")
+
+
+@dataclass
+class Variant:
+    name: str
+    fn: Callable[..., dict]
+    needs_teacher: bool
+    defaults: dict = field(default_factory=dict)
+
+    def __call__(self, student_logits, labels, teacher_logits=None, **params) -> dict[str, torch.Tensor]:
+        unknown = set(params) - set(self.defaults)
+        if unknown:
+            raise ValueError(f"variant {self.name!r} has no parameter(s) {sorted(unknown)}; "
+                             f"it takes {sorted(self.defaults)}")
+        if self.needs_teacher and teacher_logits is None:
+            raise ValueError(f"variant {self.name!r} needs teacher logits")
+        return self.fn(student_logits, labels, teacher_logits, **{**self.defaults, **params})
+
+
+VARIANTS: dict[str, Variant] = {}
+
+
+def register(name: str, needs_teacher: bool = True, **defaults):
+    """Decorator: `@register("mine", temperature=4.0)` adds fn(student, labels, teacher, **params) -> dict."""
+    def deco(fn):
+        if name in VARIANTS and VARIANTS[name].fn is not fn:
+            raise ValueError(f"a KD variant named {name!r} is already registered")
+        VARIANTS[name] = Variant(name, fn, needs_teacher, dict(defaults))
+        return fn
+    return deco
+
+
+def get(name: str) -> Variant:
+    if name not in VARIANTS:
+        raise KeyError(f"unknown KD variant {name!r}; registered: {sorted(VARIANTS)}")
+    return VARIANTS[name]
+
+
+def _members(teacher_logits, student_logits: torch.Tensor) -> torch.Tensor:
+    """Teacher logits as a stack (M, ..., C): a list/tuple is stacked, a tensor shaped like the student gets M=1."""
+    if isinstance(teacher_logits, (list, tuple)):
+        teacher_logits = torch.stack(list(teacher_logits))
+    if teacher_logits.dim() == student_logits.dim():
+        return teacher_logits.unsqueeze(0)
+    if teacher_logits.dim() == student_logits.dim() + 1:
+        return teacher_logits
+    raise ValueError(f"teacher logits {tuple(teacher_logits.shape)} do not match student {tuple(student_logits.shape)}")
+
+
+def teacher_log_probs(teacher_logits, student_logits: torch.Tensor, temperature: float,
+                      ensemble: str = "arithmetic") -> torch.Tensor:
+    """log p of the soft targets at temperature T; members combined by arithmetic mean of probabilities or by
+    geometric mean (normalized mean of log-probabilities)."""
+    logp = F.log_softmax(_members(teacher_logits, student_logits) / temperature, dim=-1)
+    if logp.shape[0] == 1:
+        return logp[0]
+    if ensemble == "arithmetic":
+        return torch.logsumexp(logp, dim=0) - math.log(logp.shape[0])
+    if ensemble == "geometric":
+        return F.log_softmax(logp.mean(dim=0), dim=-1)
+    raise ValueError(f"ensemble must be one of {ENSEMBLE_MEANS}, got {ensemble!r}")
+
+
+def soft_kl(student_logits, teacher_logits, temperature: float, ensemble: str = "arithmetic") -> torch.Tensor:
+    """KL(softmax(teacher/T) || softmax(student/T)), summed over classes, averaged over all leading dims."""
+    log_p = teacher_log_probs(teacher_logits, student_logits, temperature, ensemble)
+    log_q = F.log_softmax(student_logits / temperature, dim=-1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+
+
+def hard_ce(student_logits, labels) -> torch.Tensor:
+    return F.cross_entropy(student_logits.reshape(-1, student_logits.shape[-1]), labels.reshape(-1))
+
+
+def distillation_loss(student_logits, teacher_logits, labels, temperature: float, hard_weight: float,
+                      ensemble: str = "arithmetic") -> torch.Tensor:
+    """hard_weight * CE(student, labels) + (1 - hard_weight) * T**2 * KL(p_T || q_T), both averaged over the batch.
+
+    The soft term's gradient w.r.t. the student logits is (1 - hard_weight) * T * (q - p) / N.
+    """
+    terms = hinton(student_logits, labels, teacher_logits, temperature=temperature, hard_weight=hard_weight,
+                   ensemble=ensemble)
+    return terms["hard"] + terms["soft"]
+
+
+@register("hard", needs_teacher=False)
+def hard(student_logits, labels, teacher_logits=None):
+    return {"hard": hard_ce(student_logits, labels)}
+
+
+@register("hinton", temperature=20.0, hard_weight=0.1, ensemble="arithmetic")
+def hinton(student_logits, labels, teacher_logits, temperature, hard_weight, ensemble):
+    soft = soft_kl(student_logits, teacher_logits, temperature, ensemble)
+    hard_term = hard_ce(student_logits, labels) if hard_weight else student_logits.new_zeros(())
+    return {"hard": hard_weight * hard_term, "soft": (1.0 - hard_weight) * temperature ** 2 * soft}
+
+
+@register("soft_only", temperature=20.0, ensemble="arithmetic")
+def soft_only(student_logits, labels, teacher_logits, temperature, ensemble):
+    return {"soft": temperature ** 2 * soft_kl(student_logits, teacher_logits, temperature, ensemble)}
+
+
+@register("logit_matching")
+def logit_matching(student_logits, labels, teacher_logits):
+    """mean over examples of sum_i (z_i - v_i)**2 / (2C) with both logit vectors zero-meaned per example: its
+    gradient (z - v) / (C N) is the high-T limit of hinton's T**2-scaled soft term (paper eq. 4). Teacher members
+    are averaged in logit space."""
+    v = _members(teacher_logits, student_logits).mean(0)
+    z = student_logits - student_logits.mean(-1, keepdim=True)
+    v = v - v.mean(-1, keepdim=True)
+    c = student_logits.shape[-1]
+    return {"logit": ((z - v) ** 2).sum(-1).mean() / (2 * c)}

@@ -1,0 +1,96 @@
+"""MLPs with K independent members evaluated in one batched forward pass.
+
+What this file achieves: `MLP(widths, members=K, seeds=[...])` holds K fully independent ReLU networks (each with its
+own seeded init, as `nn.Linear` would draw it) as stacked weights (K, fan_in, fan_out), so a forward pass over inputs
+(K, B, D) is one `baddbmm` per layer. Seeds of one experiment and members of an ensemble train together this way;
+K=1 is the ordinary single net. Optional dropout on inputs and hidden units (own masks per member and example) and a
+max-norm constraint on each hidden unit's incoming weight vector give the dropout-paper recipe the teacher uses.
+`member_module(k)` exports member k as a plain `nn.Sequential` for checks and for users.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class MLP(nn.Module):
+    def __init__(self, widths: list[int], members: int = 1, seeds: list[int] | None = None,
+                 dropout_input: float = 0.0, dropout_hidden: float = 0.0, max_norm: float | None = None):
+        super().__init__()
+        if len(widths) < 2:
+            raise ValueError(f"widths needs input and output sizes, got {widths}")
+        seeds = list(range(members)) if seeds is None else list(seeds)
+        if len(seeds) != members:
+            raise ValueError(f"{members} members need {members} seeds, got {seeds}")
+        self.widths, self.members, self.seeds = list(widths), members, seeds
+        self.dropout_input, self.dropout_hidden, self.max_norm = dropout_input, dropout_hidden, max_norm
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for fan_in, fan_out in zip(widths[:-1], widths[1:]):
+            self.weights.append(nn.Parameter(torch.empty(members, fan_in, fan_out)))
+            self.biases.append(nn.Parameter(torch.empty(members, fan_out)))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Member k draws every layer from its own generator seeded with seeds[k] (nn.Linear's default law)."""
+        for k, seed in enumerate(self.seeds):
+            g = torch.Generator().manual_seed(seed)
+            for w, b in zip(self.weights, self.biases):
+                bound = 1.0 / math.sqrt(w.shape[1])
+                w[k].copy_(torch.empty(w.shape[1:]).uniform_(-bound, bound, generator=g))
+                b[k].copy_(torch.empty(b.shape[1:]).uniform_(-bound, bound, generator=g))
+
+    def _dropout(self, x: torch.Tensor, p: float) -> torch.Tensor:
+        if not self.training or p == 0.0:
+            return x
+        keep = torch.rand_like(x) >= p
+        return x * keep / (1.0 - p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (K, B, D) per-member inputs, or (B, D) shared by all members. Returns logits (K, B, C)."""
+        if x.dim() == 2:
+            x = x.unsqueeze(0).expand(self.members, -1, -1)
+        x = self._dropout(x, self.dropout_input)
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            x = torch.baddbmm(b.unsqueeze(1), x, w)
+            if i < last:
+                x = self._dropout(torch.relu(x), self.dropout_hidden)
+        return x
+
+    @torch.no_grad()
+    def apply_max_norm(self) -> None:
+        """Rescale each hidden unit's incoming weight vector to L2 norm <= max_norm (no-op when unset)."""
+        if self.max_norm is None:
+            return
+        for w in list(self.weights)[:-1]:
+            norms = w.norm(dim=1, keepdim=True)  # (K, 1, fan_out): one norm per unit of each member
+            w.mul_(torch.clamp(self.max_norm / (norms + 1e-12), max=1.0))
+
+    def member_module(self, k: int) -> nn.Sequential:
+        """Member k as a plain nn.Sequential of Linear/ReLU (weights copied; dropout not included)."""
+        layers: list[nn.Module] = []
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            lin = nn.Linear(w.shape[1], w.shape[2], device=w.device)
+            with torch.no_grad():
+                lin.weight.copy_(w[k].T)
+                lin.bias.copy_(b[k])
+            layers += [lin, nn.ReLU()] if i < len(self.weights) - 1 else [lin]
+        return nn.Sequential(*layers)
+
+    def config(self) -> dict:
+        return dict(widths=self.widths, members=self.members, seeds=self.seeds, dropout_input=self.dropout_input,
+                    dropout_hidden=self.dropout_hidden, max_norm=self.max_norm)
+
+
+@torch.no_grad()
+def predict_logits(model: MLP, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    """Eval-mode logits (K, N, C) of every member on flat inputs x (N, D), in chunks."""
+    was = model.training
+    model.eval()
+    out = torch.cat([model(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)], dim=1)
+    model.train(was)
+    return out

@@ -1,0 +1,308 @@
+"""The training engine: K seeds of one configuration trained together, hard or soft targets, resumable.
+
+What this file achieves: `train(cfg, seeds, out_dir)` trains one batched `MLP` whose K members are the K seeds of a
+configuration. The whole dataset sits on the device as uint8 tensors; each member draws its own data order from its
+own seeded generator; a step gathers (K, B) examples, jitters them on the device if asked, and evaluates the chosen
+KD variant per member (torch.func.vmap over members) against teacher logits read from a cache computed once per
+transfer set (`teacher_logits`), never from a teacher forward pass. SGD with (Nesterov) momentum, optional warmup
+and cosine decay per step, optional per-member gradient clipping and max-norm. Every epoch writes an atomic
+checkpoint, so an interrupted run resumes where it stopped and ends with the same numbers; a non-finite loss stops
+the run with a message naming it. At the end each seed gets `seed<S>/metrics.json`, and the job keeps `model.pt`
+and `logits.pt` (validation and test logits of every member, for bias corrections and ensembles).
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from kdbench import data as kdata
+from kdbench import losses
+from kdbench.evaluate import error_summary
+from kdbench.models import MLP, predict_logits
+from kdbench.records import (atomic_torch_save, atomic_write_json, config_hash, device_description, git_commit,
+                             package_versions)
+
+DEFAULTS = dict(
+    dataset="mnist",
+    widths=[784, 800, 800, 10],
+    dropout_input=0.0,
+    dropout_hidden=0.0,
+    max_norm=None,
+    epochs=10,
+    batch_size=128,
+    lr=0.05,
+    momentum=0.9,
+    nesterov=True,
+    weight_decay=0.0,
+    schedule="cosine",          # "cosine" (to 0 at the last step) or "constant"
+    warmup_epochs=0.0,
+    grad_clip=None,             # max L2 norm of each member's gradient
+    jitter=0,                   # max translation in pixels (the paper's teacher: 2)
+    val_size=10000,             # held out of the training set, seeded by val_seed; 0 = train on everything
+    val_seed=0,
+    transfer_classes=None,      # classes kept in the training (transfer) set; None = all
+    train_fraction=1.0,         # seeded random fraction of the remaining training examples
+    fraction_seed=0,
+    variant="hard",
+    variant_params={},
+    teacher_logits=None,        # path of a cached (M, N_train, C) tensor from `teacher_logits`
+    teacher_pairing="ensemble",  # "ensemble": each member distills from all M teacher members; "paired": member k from k
+    eval_batch_size=4096,
+    check_every=50,             # steps between non-finite loss checks
+)
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def resolve(cfg: dict) -> dict:
+    """Defaults filled in; an unknown key is an error that names it."""
+    unknown = set(cfg) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown training config key(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+    out = {**DEFAULTS, **cfg}
+    if out["teacher_pairing"] not in ("ensemble", "paired"):
+        raise ValueError(f"teacher_pairing must be 'ensemble' or 'paired', got {out['teacher_pairing']!r}")
+    if out["schedule"] not in ("cosine", "constant"):
+        raise ValueError(f"schedule must be 'cosine' or 'constant', got {out['schedule']!r}")
+    return out
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def training_indices(cfg: dict, train_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(transfer-set indices, validation indices) into the full training split, both seeded."""
+    n = train_labels.shape[0]
+    tr, val = kdata.validation_split(n, cfg["val_size"], cfg["val_seed"])
+    if cfg["transfer_classes"] is not None:
+        keep = torch.isin(train_labels.cpu()[tr], torch.tensor(cfg["transfer_classes"]))
+        tr = tr[keep]
+    if cfg["train_fraction"] < 1.0:
+        g = torch.Generator().manual_seed(cfg["fraction_seed"])
+        m = max(1, round(cfg["train_fraction"] * tr.shape[0]))
+        tr = tr[torch.randperm(tr.shape[0], generator=g)[:m]].sort().values
+    return tr, val
+
+
+def _lr_factor(cfg: dict, step: int, total: int, steps_per_epoch: int) -> float:
+    warm = cfg["warmup_epochs"] * steps_per_epoch
+    if warm and step < warm:
+        return (step + 1) / warm
+    if cfg["schedule"] == "constant":
+        return 1.0
+    progress = (step - warm) / max(1.0, total - warm)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _clip_per_member(params, max_norm: float) -> None:
+    sq = sum(p.grad.pow(2).flatten(1).sum(1) for p in params)  # (K,)
+    scale = torch.clamp(max_norm / (sq.sqrt() + 1e-6), max=1.0)
+    for p in params:
+        p.grad.mul_(scale.view(-1, *([1] * (p.grad.dim() - 1))))
+
+
+def _member_loss_fn(variant: losses.Variant, params: dict, has_teacher: bool, ensemble_teacher: bool):
+    """Per-member terms (each (K,)) for student logits (K, B, C); vmap when the variant allows it, else a loop."""
+    def one(s, y, t):
+        return variant(s, y, t, **params)
+
+    in_dims = (0, 0, (1 if ensemble_teacher else 0) if has_teacher else None)
+    mapped = torch.func.vmap(one, in_dims=in_dims)
+
+    def looped(s, y, t):
+        outs = [one(s[k], y[k], None if t is None else (t[:, k] if ensemble_teacher else t[k]))
+                for k in range(s.shape[0])]
+        return {name: torch.stack([o[name] for o in outs]) for name in outs[0]}
+
+    state = {"fn": mapped}
+
+    def call(s, y, t):
+        if state["fn"] is mapped:
+            try:
+                return mapped(s, y, t)
+            except (RuntimeError, NotImplementedError):  # an op without a batching rule in a user variant
+                state["fn"] = looped
+        return looped(s, y, t)
+    return call
+
+
+def _load_teacher(cfg: dict, device: torch.device, n_train: int, members: int) -> torch.Tensor | None:
+    variant = losses.get(cfg["variant"])
+    if not variant.needs_teacher:
+        return None
+    if cfg["teacher_logits"] is None:
+        raise ValueError(f"variant {cfg['variant']!r} needs teacher logits: set teacher_logits to a cache file")
+    blob = torch.load(cfg["teacher_logits"], map_location="cpu")
+    t = blob["logits"].to(device=device, dtype=torch.float32)  # (M, N, C)
+    if t.shape[1] != n_train:
+        raise ValueError(f"teacher logits {cfg['teacher_logits']} cover {t.shape[1]} examples, "
+                         f"the training split has {n_train}")
+    if cfg["teacher_pairing"] == "paired" and t.shape[0] != members:
+        raise ValueError(f"paired teacher needs one teacher member per seed: {t.shape[0]} members, {members} seeds")
+    return t
+
+
+def train(cfg: dict, seeds: list[int], out_dir: Path | str, device: str | None = None, root: Path | str | None = None,
+          name: str | None = None, progress: bool = True,
+          on_epoch_end: Callable[[int, dict], None] | None = None) -> list[dict]:
+    """Train the K=len(seeds) members of `cfg` together; write records under out_dir; return the metrics dicts."""
+    cfg = resolve(cfg)
+    out_dir = Path(out_dir)
+    name = name or str(out_dir)
+    device = pick_device(device)
+    chash = config_hash(cfg)
+    t_start = time.perf_counter()
+
+    train_split = kdata.load(cfg["dataset"], train=True, root=root, device=device)
+    test_split = kdata.load(cfg["dataset"], train=False, root=root, device=device)
+    tr_idx, val_idx = training_indices(cfg, train_split.y)
+    tr_idx = tr_idx.to(device)
+    x_val = kdata.normalize(train_split.x[val_idx.to(device)], cfg["dataset"])
+    y_val = train_split.y[val_idx.to(device)]
+    x_test = kdata.normalize(test_split.x, cfg["dataset"])
+
+    k = len(seeds)
+    teacher = _load_teacher(cfg, device, len(train_split), k)
+    variant = losses.get(cfg["variant"])
+    ensemble_teacher = teacher is not None and cfg["teacher_pairing"] == "ensemble"
+    loss_fn = _member_loss_fn(variant, dict(cfg["variant_params"]), teacher is not None, ensemble_teacher)
+
+    model = MLP(cfg["widths"], members=k, seeds=seeds, dropout_input=cfg["dropout_input"],
+                dropout_hidden=cfg["dropout_hidden"], max_norm=cfg["max_norm"]).to(device)
+    params = list(model.parameters())
+    opt = torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], nesterov=cfg["nesterov"],
+                          weight_decay=cfg["weight_decay"])
+    n, bs = tr_idx.shape[0], cfg["batch_size"]
+    steps_per_epoch = math.ceil(n / bs)
+    total_steps = steps_per_epoch * cfg["epochs"]
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(cfg, s, total_steps, steps_per_epoch))
+    orders = [torch.Generator().manual_seed(1_000_003 * s + 17) for s in seeds]
+    torch.manual_seed(seeds[0])  # dropout masks and jitter
+    history = {"train_loss": [], "train_terms": [], "val_errors": [], "epoch_seconds": []}
+    start_epoch = 0
+
+    ckpt_path = out_dir / "checkpoint.pt"
+    if ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if ck["config_hash"] == chash and ck["seeds"] == list(seeds):
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["opt"])
+            sched.load_state_dict(ck["sched"])
+            for g, st in zip(orders, ck["orders"]):
+                g.set_state(st)
+            torch.set_rng_state(ck["rng_cpu"])
+            if device.type == "cuda" and ck.get("rng_cuda") is not None:
+                torch.cuda.set_rng_state(ck["rng_cuda"], device)
+            history, start_epoch = ck["history"], ck["epoch"]
+            print(f"kdbench: {name}: resuming after epoch {start_epoch}")
+
+    bar = tqdm(range(start_epoch, cfg["epochs"]), desc=name, disable=not progress, leave=False)
+    for epoch in bar:
+        t_epoch = time.perf_counter()
+        model.train()
+        perm = torch.stack([torch.randperm(n, generator=g) for g in orders]).to(device)
+        perm = tr_idx[perm]  # (K, n) indices into the full training split
+        sums, count = None, 0
+        for step in range(steps_per_epoch):
+            idx = perm[:, step * bs:(step + 1) * bs]
+            xb = train_split.x[idx]
+            if cfg["jitter"]:
+                xb = kdata.jitter(xb, cfg["jitter"])
+            xb = kdata.normalize(xb, cfg["dataset"])
+            yb = train_split.y[idx]
+            tb = None
+            if teacher is not None:
+                tb = teacher[:, idx] if ensemble_teacher else teacher[torch.arange(k, device=device)[:, None], idx]
+            terms = loss_fn(model(xb), yb, tb)
+            stacked = torch.stack(list(terms.values()))  # (terms, K)
+            opt.zero_grad(set_to_none=True)
+            stacked.sum().backward()
+            if cfg["grad_clip"]:
+                _clip_per_member(params, cfg["grad_clip"])
+            opt.step()
+            sched.step()
+            model.apply_max_norm()
+            w = idx.shape[1]
+            sums = stacked.detach() * w if sums is None else sums + stacked.detach() * w
+            count += w
+            if (step + 1) % cfg["check_every"] == 0 or step == steps_per_epoch - 1:
+                _check_finite(sums, list(terms), seeds, name, epoch, step)
+        mean_terms = (sums / count).cpu()  # (terms, K)
+        val_err = ([r["errors"] for r in error_summary(predict_logits(model, x_val, cfg["eval_batch_size"]), y_val)]
+                   if len(val_idx) else [None] * k)
+        history["train_terms"].append({t: mean_terms[i].tolist() for i, t in enumerate(terms)})
+        history["train_loss"].append(mean_terms.sum(0).tolist())
+        history["val_errors"].append(val_err)
+        history["epoch_seconds"].append(time.perf_counter() - t_epoch)
+        atomic_torch_save(ckpt_path, {
+            "config_hash": chash, "seeds": list(seeds), "epoch": epoch + 1, "history": history,
+            "model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+            "orders": [g.get_state() for g in orders], "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None})
+        bar.set_postfix(loss=f"{mean_terms.sum(0).mean():.4f}",
+                        val_err=("-" if val_err[0] is None else f"{sum(val_err) / k:.0f}"))
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, history)
+
+    val_logits = predict_logits(model, x_val, cfg["eval_batch_size"])
+    test_logits = predict_logits(model, x_test, cfg["eval_batch_size"])
+    test = error_summary(test_logits, test_split.y)
+    atomic_torch_save(out_dir / "model.pt", {"model_config": model.config(), "train_config": cfg,
+                                             "state_dict": model.state_dict()})
+    atomic_torch_save(out_dir / "logits.pt", {"val": val_logits.cpu(), "val_idx": val_idx.cpu(),
+                                              "val_labels": y_val.cpu(), "test": test_logits.cpu(),
+                                              "test_labels": test_split.y.cpu(), "seeds": list(seeds)})
+    wall = time.perf_counter() - t_start
+    common = {"name": name, "config": cfg, "config_hash": chash, "git_commit": git_commit(),
+              "versions": package_versions(), "device": device_description(device), "wall_seconds": wall,
+              "members_trained_together": k, "epochs": cfg["epochs"], "train_examples": n,
+              "val_examples": int(len(val_idx)), "epoch_seconds": history["epoch_seconds"]}
+    records = []
+    for m, seed in enumerate(seeds):
+        rec = {**common, "seed": seed,
+               "train_loss": [e[m] for e in history["train_loss"]],
+               "train_terms": [{t: v[m] for t, v in e.items()} for e in history["train_terms"]],
+               "val_errors": [e[m] for e in history["val_errors"]],
+               "test_errors": test[m]["errors"], "test_accuracy": test[m]["accuracy"],
+               "test_per_class_errors": test[m]["per_class_errors"],
+               "test_per_class_counts": test[m]["per_class_counts"]}
+        atomic_write_json(out_dir / f"seed{seed}" / "metrics.json", rec)
+        records.append(rec)
+    ckpt_path.unlink(missing_ok=True)
+    return records
+
+
+def _check_finite(sums: torch.Tensor, term_names: list[str], seeds, name, epoch, step) -> None:
+    bad = ~torch.isfinite(sums)
+    if bool(bad.any()):
+        t, m = (int(i) for i in bad.nonzero()[0])
+        raise NonFiniteLossError(
+            f"run {name}: loss term {term_names[t]!r} became {float(sums[t, m])} for seed {seeds[m]} at epoch "
+            f"{epoch + 1}, step {step + 1}; the last good epoch's checkpoint is kept. Lower lr or set grad_clip.")
+
+
+@torch.no_grad()
+def teacher_logits(model_path: Path | str, out_path: Path | str, root: Path | str | None = None,
+                   device: str | None = None, batch_size: int = 4096) -> torch.Tensor:
+    """Logits (M, N, C) of every member of a trained model on the whole un-jittered training split, saved once so
+    that students read them instead of running the teacher (transfer sets index into them)."""
+    device = pick_device(device)
+    blob = torch.load(model_path, map_location=device, weights_only=False)
+    model = MLP(**blob["model_config"]).to(device)
+    model.load_state_dict(blob["state_dict"])
+    dataset = blob["train_config"]["dataset"]
+    split = kdata.load(dataset, train=True, root=root, device=device)
+    logits = predict_logits(model, kdata.normalize(split.x, dataset), batch_size).cpu()
+    atomic_torch_save(out_path, {"logits": logits, "dataset": dataset, "source": str(model_path),
+                                 "train_config_hash": config_hash(blob["train_config"])})
+    return logits

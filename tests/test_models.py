@@ -1,0 +1,66 @@
+"""Batched members behave exactly like K separately built nets; max-norm; dropout."""
+import torch
+from torch import nn
+
+from kdbench.models import MLP
+
+
+def test_batched_forward_matches_separate_members():
+    seeds = [3, 7, 11]
+    batched = MLP([20, 16, 16, 5], members=3, seeds=seeds)
+    x = torch.randn(3, 8, 20)
+    out = batched(x)
+    for k, seed in enumerate(seeds):
+        alone = MLP([20, 16, 16, 5], members=1, seeds=[seed])
+        assert torch.equal(alone.weights[0][0], batched.weights[0][k])  # own init from own seed
+        assert torch.allclose(alone(x[k:k + 1])[0], out[k], atol=1e-6)
+        assert torch.allclose(batched.member_module(k)(x[k]), out[k], atol=1e-6)
+    assert not torch.allclose(out[0], out[1])
+
+
+def test_batched_training_matches_separately_trained_modules():
+    """SGD with momentum on the batched model equals training K plain nn.Sequential nets, each on its own batches."""
+    torch.manual_seed(0)
+    K, steps = 3, 5
+    batched = MLP([12, 10, 4], members=K, seeds=[0, 1, 2])
+    separate = [batched.member_module(k) for k in range(K)]
+    xs, ys = torch.randn(steps, K, 6, 12), torch.randint(0, 4, (steps, K, 6))
+    opt = torch.optim.SGD(batched.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, nesterov=True) for m in separate]
+    for s in range(steps):
+        opt.zero_grad()
+        logits = batched(xs[s])
+        sum(nn.functional.cross_entropy(logits[k], ys[s, k]) for k in range(K)).backward()
+        opt.step()
+        for k, (m, o) in enumerate(zip(separate, opts)):
+            o.zero_grad()
+            nn.functional.cross_entropy(m(xs[s, k]), ys[s, k]).backward()
+            o.step()
+    x = torch.randn(5, 12)
+    out = batched(x)
+    for k, m in enumerate(separate):
+        assert torch.allclose(m(x), out[k], atol=1e-5)
+
+
+def test_max_norm_caps_each_hidden_units_incoming_weights():
+    m = MLP([30, 20, 10], members=2, max_norm=0.5)
+    with torch.no_grad():
+        m.weights[0].mul_(10)
+        m.weights[0][1, :, 0] = 0.01  # a unit already inside the ball stays as it is
+    before = m.weights[0][1, :, 0].clone()
+    m.apply_max_norm()
+    norms = m.weights[0].norm(dim=1)
+    assert norms.max() <= 0.5 + 1e-5 and norms.min() > 0
+    assert torch.equal(m.weights[0][1, :, 0], before)
+
+
+def test_dropout_only_in_training_and_own_masks_per_member():
+    m = MLP([50, 40, 3], members=2, seeds=[0, 0], dropout_input=0.2, dropout_hidden=0.5)
+    x = torch.randn(4, 50)
+    m.eval()
+    a = m(x)
+    assert torch.equal(a, m(x)) and torch.allclose(a[0], a[1])  # same seed, no dropout: identical members
+    m.train()
+    torch.manual_seed(1)
+    b = m(x)
+    assert not torch.allclose(b[0], b[1])  # identical weights, different masks
