@@ -91,6 +91,7 @@ def predict_logits(model: MLP, x: torch.Tensor, batch_size: int = 4096) -> torch
     """Eval-mode logits (K, N, C) of every member on flat inputs x (N, D), in chunks."""
     was = model.training
     model.eval()
-    out = torch.cat([model(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)], dim=1)
+    chunks = [model(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+    out = torch.cat(chunks, dim=1) if chunks else x.new_zeros(model.members, 0, model.widths[-1])
     model.train(was)
     return out

@@ -62,6 +62,12 @@ def test_nan_loss_stops_the_run_and_names_it(data_root, tmp_path):
     assert not (tmp_path / "x" / "seed0" / "metrics.json").exists()
 
 
+def test_no_validation_split_trains_on_everything(data_root, tmp_path):
+    rec = _run({**SMALL, "val_size": 0, "epochs": 1}, [0], tmp_path / "all", data_root)[0]
+    assert rec["val_examples"] == 0 and rec["val_errors"] == [None]
+    assert rec["train_examples"] == round(0.08 * 60000)
+
+
 def test_unknown_config_key_is_refused():
     with pytest.raises(ValueError, match="unknown training config key.*'epoch'"):
         train.resolve({"epoch": 3})

@@ -1,0 +1,156 @@
+"""Engine speed, always as a ratio against a plain reference timed in the same process on the same device.
+
+What this file achieves: it times one training epoch on all 60,000 MNIST images of
+  (a) the reference, the way most KD repositories do it: `torchvision.datasets.MNIST` with `ToTensor`/`Normalize`
+      (and `RandomCrop(28, padding=2)` for the jittered teacher), `DataLoader(batch_size=128, shuffle=True)`, an
+      `nn.Module` MLP, and for KD the teacher run forward on every student step;
+  (b) kdbench doing the same work through `kdbench.train.train` (data on the device as tensors, jitter on the
+      device, teacher logits read from the cache): the 784-1200-1200-10 dropout/max-norm teacher with jitter, the
+      784-800-800-10 student distilled at T=20, and 5 seeds of that student trained one after another vs batched.
+It prints seconds per epoch and the ratio of each case to its reference, and writes results/bench/engine.csv
+(case, device, seconds_per_epoch, ratio_vs_reference, reference_case, steps_timed). No test reads these timings.
+
+Usage: python benchmarks/engine.py [--device auto] [--ref-steps N] [--out results/bench/engine.csv]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from kdbench import data as kdata
+from kdbench.losses import distillation_loss
+from kdbench.records import device_description
+from kdbench.train import pick_device, teacher_logits, train
+
+TEACHER = dict(widths=[784, 1200, 1200, 10], dropout_input=0.2, dropout_hidden=0.5, max_norm=3.5, jitter=2)
+STUDENT = dict(widths=[784, 800, 800, 10])
+COMMON = dict(batch_size=128, lr=0.05, momentum=0.9, nesterov=True, val_size=0, epochs=2, schedule="constant")
+KD = dict(variant="hinton", variant_params={"temperature": 20.0, "hard_weight": 0.1}, grad_clip=5.0)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def plain_mlp(widths, p_in=0.0, p_hidden=0.0) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Flatten(), nn.Dropout(p_in)]
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(widths) - 2:
+            layers += [nn.ReLU(), nn.Dropout(p_hidden)]
+    return nn.Sequential(*layers)
+
+
+def reference_epoch(root, device, teacher: nn.Module | None, jitter: bool, widths, dropout=(0.0, 0.0),
+                    max_norm=None, max_steps=None) -> tuple[float, int]:
+    """Seconds per epoch of the DataLoader-style reference (extrapolated from max_steps if given)."""
+    from torchvision import datasets, transforms
+    tf = [transforms.RandomCrop(28, padding=2)] if jitter else []
+    tf += [transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))]
+    ds = datasets.MNIST(str(root), train=True, download=False, transform=transforms.Compose(tf))
+    loader = torch.utils.data.DataLoader(ds, batch_size=128, shuffle=True)
+    model = plain_mlp(widths, *dropout).to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
+    steps_total = math.ceil(len(ds) / 128)
+    steps = min(steps_total, max_steps or steps_total)
+    sync(device)
+    t0 = time.perf_counter()
+    for i, (x, y) in enumerate(loader):
+        if i == steps:
+            break
+        x, y = x.to(device), y.to(device)
+        out = model(x)
+        if teacher is not None:
+            with torch.no_grad():
+                t = teacher(x)
+            loss = distillation_loss(out, t, y, 20.0, 0.1)
+        else:
+            loss = nn.functional.cross_entropy(out, y)
+        opt.zero_grad()
+        loss.backward()
+        if teacher is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        if max_norm:
+            with torch.no_grad():
+                for m in list(model.modules())[:-1]:
+                    if isinstance(m, nn.Linear) and m.out_features != 10:
+                        m.weight.copy_(torch.renorm(m.weight, 2, 0, max_norm))
+    sync(device)
+    return (time.perf_counter() - t0) * steps_total / steps, steps
+
+
+def kdbench_epoch(cfg, seeds, out, root, device) -> float:
+    """Seconds of the last epoch of a kdbench run (the first one pays one-time costs)."""
+    rec = train(cfg, seeds, out, device=str(device), root=root, progress=False)[0]
+    return rec["epoch_seconds"][-1]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--root", default=None, help="data directory (default: $KDBENCH_DATA or ./data)")
+    ap.add_argument("--ref-steps", type=int, default=None, help="time only N reference steps and extrapolate")
+    ap.add_argument("--out", default="results/bench/engine.csv")
+    args = ap.parse_args(argv)
+    device = pick_device(args.device)
+    root = kdata.fetch("mnist", args.root)
+    desc = device_description(device)
+    rows = []
+
+    def add(case, sec, ref_case=None, ref_sec=None, steps=math.ceil(60000 / 128)):
+        ratio = (ref_sec / sec) if ref_sec else 1.0
+        rows.append(dict(case=case, device=desc, seconds_per_epoch=round(sec, 4), ratio_vs_reference=round(ratio, 2),
+                         reference_case=ref_case or case, steps_timed=steps))
+        print(f"{case:<34} {sec:9.3f} s/epoch   x{ratio:6.2f} vs {ref_case or 'itself'}", flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        # kdbench teacher (also the source of the cached logits the students read)
+        tcfg = {**COMMON, **TEACHER}
+        kd_teacher = kdbench_epoch(tcfg, [0], tmp / "teacher", root, device)
+        teacher_logits(tmp / "teacher" / "model.pt", tmp / "tl.pt", root=root, device=str(device))
+        blob = torch.load(tmp / "teacher" / "model.pt", map_location=device, weights_only=False)
+        from kdbench.models import MLP
+        kt = MLP(**blob["model_config"]).to(device)
+        kt.load_state_dict(blob["state_dict"])
+        ref_teacher_net = nn.Sequential(nn.Flatten(), kt.member_module(0)).eval()
+
+        ref_t, st = reference_epoch(root, device, None, True, TEACHER["widths"], (0.2, 0.5), 3.5, args.ref_steps)
+        add("reference_teacher_jitter", ref_t, steps=st)
+        add("kdbench_teacher_jitter", kd_teacher, "reference_teacher_jitter", ref_t)
+
+        ref_s, st = reference_epoch(root, device, ref_teacher_net, False, STUDENT["widths"], max_steps=args.ref_steps)
+        add("reference_kd_student_T20", ref_s, steps=st)
+        scfg = {**COMMON, **STUDENT, **KD, "teacher_logits": str(tmp / "tl.pt")}
+        kd_s = kdbench_epoch(scfg, [0], tmp / "student", root, device)
+        add("kdbench_kd_student_T20", kd_s, "reference_kd_student_T20", ref_s)
+
+        seq = sum(kdbench_epoch(scfg, [s], tmp / f"seq{s}", root, device) for s in range(5))
+        add("kdbench_kd_student_5seeds_sequential", seq)
+        bat = kdbench_epoch(scfg, list(range(5)), tmp / "batched", root, device)
+        add("kdbench_kd_student_5seeds_batched", bat, "kdbench_kd_student_5seeds_sequential", seq)
+        add("kdbench_kd_student_5seeds_batched_vs_reference", bat / 5, "reference_kd_student_T20", ref_s)
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = out.with_suffix(".csv.tmp")
+    with open(tmp_out, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp_out, out)
+    print(f"wrote {out} (torch {torch.__version__}, {desc})")
+
+
+if __name__ == "__main__":
+    main()
