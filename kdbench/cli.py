@@ -1,4 +1,6 @@
-"""Command line: `kdbench data fetch`, `kdbench train`, `kdbench teacher-logits`."""
+"""Command line: `kdbench data fetch`, `train`, `teacher-logits`, `bias`, `aggregate`, `summary`.
+
+The workflow's rules call these; each is a thin wrapper around one library function."""
 from __future__ import annotations
 
 import argparse
@@ -18,10 +20,18 @@ def _cmd_fetch(args) -> int:
 
 
 def _cmd_train(args) -> int:
+    import json
+
+    import torch
     import yaml
 
     from kdbench import data, train
-    cfg = yaml.safe_load(Path(args.config).read_text()) or {}
+    if (args.config is None) == (args.config_json is None):
+        print("kdbench: error: give exactly one of --config and --config-json", file=sys.stderr)
+        return 2
+    cfg = json.loads(args.config_json) if args.config_json else yaml.safe_load(Path(args.config).read_text()) or {}
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         records = train.train(cfg, args.seeds, args.out, device=args.device, root=args.root,
                               name=args.name, progress=not args.no_progress)
@@ -41,6 +51,57 @@ def _cmd_teacher_logits(args) -> int:
     return 0
 
 
+def _cmd_bias(args) -> int:
+    import json
+
+    import torch
+
+    from kdbench import bias
+    from kdbench.records import atomic_write_json
+    blob = torch.load(args.logits, map_location="cpu")
+    members = bias.correct(blob, args.classes, json.loads(args.grid_json), args.paper_shift)
+    atomic_write_json(args.out, {"logits": str(args.logits), "members": members})
+    for m in members:
+        print(f"seed {m['seed']}: shift {m['val_shift']:+g} (validation) -> {m['val_chosen']['errors']} test errors; "
+              f"raw {m['raw']['errors']}; paper's {m['paper_shift']:+g} -> {m['paper']['errors']}")
+    return 0
+
+
+def _cmd_aggregate(args) -> int:
+    import json
+
+    from kdbench import aggregate, figures, mnist
+    from kdbench.records import atomic_write_bytes
+    cfg = json.loads(args.config_json)
+    out = Path(args.out_dir)
+    runs = Path(args.runs)
+    paper = aggregate.load_paper(args.paper)
+    if args.section != "mnist":
+        print(f"kdbench: error: unknown section {args.section!r}", file=sys.stderr)
+        return 2
+    summary, prov = aggregate.tables(mnist.cells(cfg, runs), paper)
+    aggregate.write_csv(summary, out / "mnist_summary.csv")
+    aggregate.write_csv(prov, out / "mnist_provenance.csv")
+    atomic_write_bytes(out / "mnist.md", mnist.markdown(summary, cfg, cfg["profile"], mnist.run_facts(cfg, runs)).encode())
+    sw = cfg["mnist"]["sweep"]
+    figures.sweep(summary, sw["widths"], sw["temperatures"], mnist.sweep_name, out / "mnist_sweep.png")
+    figures.transfer([("transfer set without 3s", aggregate.read_json(runs / "omit3" / "bias.json")["members"]),
+                      ("transfer set of only 7s and 8s", aggregate.read_json(runs / "only78" / "bias.json")["members"])],
+                     out / "mnist_transfer.png")
+    print(f"mnist: {len(summary)} summary rows -> {out}")
+    return 0
+
+
+def _cmd_summary(args) -> int:
+    from kdbench import aggregate
+    df = aggregate.concat_summaries(args.parts)
+    aggregate.write_csv(df, args.out)
+    prov = [str(p).replace("_summary.csv", "_provenance.csv") for p in args.parts]
+    aggregate.write_csv(aggregate.concat_provenance(prov), Path(args.out).with_name("provenance.csv"))
+    print(f"{len(df)} rows -> {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="kdbench", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -54,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     f.set_defaults(func=_cmd_fetch)
 
     t = sub.add_parser("train", help="train the seeds of one config together")
-    t.add_argument("--config", required=True, help="YAML file of training keys (see kdbench.train.DEFAULTS)")
+    t.add_argument("--config", help="YAML file of training keys (see kdbench.train.DEFAULTS)")
+    t.add_argument("--config-json", help="the same keys as one JSON object (what the workflow passes)")
+    t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     t.add_argument("--seeds", type=int, nargs="+", default=[0])
     t.add_argument("--out", required=True)
     t.add_argument("--name", default=None)
@@ -69,6 +132,27 @@ def main(argv: list[str] | None = None) -> int:
     lg.add_argument("--root", default=None)
     lg.add_argument("--device", default="auto")
     lg.set_defaults(func=_cmd_teacher_logits)
+
+    b = sub.add_parser("bias", help="bias correction of a transfer-set student, shift chosen on validation")
+    b.add_argument("--logits", required=True, help="logits.pt of the run")
+    b.add_argument("--classes", type=int, nargs="+", required=True)
+    b.add_argument("--grid-json", required=True, help="JSON list of candidate shifts")
+    b.add_argument("--paper-shift", type=float, required=True)
+    b.add_argument("--out", required=True)
+    b.set_defaults(func=_cmd_bias)
+
+    a = sub.add_parser("aggregate", help="a section's summary rows, provenance, Markdown table and figures")
+    a.add_argument("section", choices=["mnist"])
+    a.add_argument("--config-json", required=True)
+    a.add_argument("--runs", required=True)
+    a.add_argument("--paper", required=True)
+    a.add_argument("--out-dir", required=True)
+    a.set_defaults(func=_cmd_aggregate)
+
+    sm = sub.add_parser("summary", help="concatenate section summaries into summary.csv")
+    sm.add_argument("parts", nargs="+")
+    sm.add_argument("--out", required=True)
+    sm.set_defaults(func=_cmd_summary)
 
     args = p.parse_args(argv)
     return args.func(args)

@@ -1,0 +1,49 @@
+"""kdbench: Hinton, Vinyals & Dean (2015), "Distilling the Knowledge in a Neural Network", re-run as a workflow.
+
+    snakemake --cores 2 --configfile config/quick.yaml      # this section on a 2-core CPU, about an hour
+    snakemake --cores 8                                     # paper scale (config/config.yaml), meant for a GPU
+    snakemake --profile workflow/profiles/slurm ...         # on a SLURM cluster
+
+Results go to results/<profile>/: summary.csv (one tidy table for the suite), provenance.csv (every seed's value and
+the run record it came from), one Markdown table and figures per section, the runs' metrics.json, and a benchmark
+file with the wall time of every training job. The rules call the kdbench command line; no training code lives here.
+"""
+from snakemake.utils import min_version, validate
+
+min_version("8.0")
+
+if not config:
+    configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/mnist.smk"
+
+
+report: "workflow/report/workflow.rst"
+
+
+rule all:
+    input:
+        RESULTS / "summary.csv",
+        RESULTS / "provenance.csv",
+        RESULTS / "mnist.md",
+        RESULTS / "mnist_sweep.png",
+        RESULTS / "mnist_transfer.png",
+    default_target: True
+
+
+rule summary:
+    """One tidy table for the whole suite; later sections append their parts."""
+    input:
+        parts=[RESULTS / "mnist_summary.csv"],
+        provenance=[RESULTS / "mnist_provenance.csv"],
+    output:
+        summary=RESULTS / "summary.csv",
+        provenance=RESULTS / "provenance.csv",
+    localrule: True
+    shell:
+        "kdbench summary {input.parts} --out {output.summary}"

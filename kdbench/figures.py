@@ -1,0 +1,63 @@
+"""Matplotlib figures of the MNIST section: test errors vs temperature per width, errors per class on the
+transfer sets with and without the bias correction. Written atomically as PNG."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from kdbench.records import atomic_write_bytes  # noqa: E402
+
+
+def _save(fig, path: Path | str) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def sweep(summary, widths: list[int], temperatures: list[float], name_of, path: Path | str) -> None:
+    """Test errors (mean ± std over seeds) vs T, one line per hidden width; teacher and baseline as references."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    errs = summary[summary.metric == "test_errors"].set_index("system")
+    for w in widths:
+        m = [errs.loc[name_of(w, t), "mean"] for t in temperatures]
+        s = [errs.loc[name_of(w, t), "std"] for t in temperatures]
+        ax.errorbar(temperatures, m, yerr=np.nan_to_num(s), marker="o", capsize=3, label=f"{w}-{w} student")
+    for ref, style in (("teacher", ":"), ("baseline", "--")):
+        if ref in errs.index:
+            ax.axhline(errs.loc[ref, "mean"], color="gray", linestyle=style, label=f"{ref} (mean)")
+    ax.set_xscale("log")
+    ax.set_xticks(temperatures)
+    ax.set_xticklabels([f"{t:g}" for t in temperatures])
+    ax.set_yscale("log")
+    ax.set_xlabel("distillation temperature T")
+    ax.set_ylabel("MNIST test errors (of 10,000)")
+    ax.set_title("Width × temperature (paper §3)")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def transfer(panels: list[tuple[str, list[dict]]], path: Path | str) -> None:
+    """Errors per true class, mean over seeds: raw, validation-chosen shift, the paper's shift. `panels` holds
+    (title, per-seed records of kdbench.bias.correct)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 3.8), squeeze=False)
+    for ax, (title, members) in zip(axes[0], panels):
+        classes = np.arange(len(members[0]["raw"]["per_class_errors"]))
+        for i, (key, label) in enumerate((("raw", "no correction"), ("val_chosen", "shift chosen on validation"),
+                                          ("paper", "paper's shift"))):
+            vals = np.mean([m[key]["per_class_errors"] for m in members], axis=0)
+            shift = {"raw": "", "val_chosen": f" ({np.mean([m['val_shift'] for m in members]):+.1f})",
+                     "paper": f" ({members[0]['paper_shift']:+.1f})"}[key]
+            ax.bar(classes + (i - 1) * 0.27, vals, width=0.27, label=label + shift)
+        ax.set_xticks(classes)
+        ax.set_xlabel("true class")
+        ax.set_ylabel("test errors (mean over seeds)")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    _save(fig, path)

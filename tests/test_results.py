@@ -1,0 +1,54 @@
+"""Regression thresholds on the committed results, derived from the paper's claims (never moved to fit).
+
+Every profile: the teacher beats the baseline and the distilled net beats the baseline (mean over seeds); without
+3s, the bias correction (shift chosen on validation) cuts errors on the test 3s at least by half; with only 7s and
+8s, the bias shift cuts the test error at least by half. Paper scale in addition: the distilled net closes at least
+60% of the baseline-teacher gap, and the teacher makes at most 100 errors.
+"""
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PROFILES = [p for p in ("quick", "paper") if (REPO / "results" / p / "summary.csv").exists()]
+
+
+def test_quick_profile_results_are_committed():
+    assert (REPO / "results" / "quick" / "summary.csv").exists(), "run the quick profile and commit results/quick"
+
+
+def _mean(summary, system, metric):
+    row = summary[(summary.system == system) & (summary.metric == metric)]
+    assert len(row) == 1, f"no row {system}/{metric}"
+    return float(row["mean"].iloc[0])
+
+
+@pytest.fixture(params=PROFILES)
+def summary(request):
+    return request.param, pd.read_csv(REPO / "results" / request.param / "summary.csv")
+
+
+def test_teacher_and_distilled_beat_the_baseline(summary):
+    _, s = summary
+    base = _mean(s, "baseline", "test_errors")
+    assert _mean(s, "teacher", "test_errors") < base
+    assert _mean(s, "distilled_T20", "test_errors") < base
+
+
+def test_bias_correction_halves_errors_on_the_omitted_threes(summary):
+    _, s = summary
+    assert _mean(s, "omit3_bias_val", "test_errors_on_3") <= 0.5 * _mean(s, "omit3_raw", "test_errors_on_3")
+
+
+def test_bias_shift_halves_the_error_of_the_7s_and_8s_transfer_set(summary):
+    _, s = summary
+    assert _mean(s, "only78_bias_val", "test_error_pct") <= 0.5 * _mean(s, "only78_raw", "test_error_pct")
+
+
+def test_paper_scale_claims(summary):
+    profile, s = summary
+    if profile != "paper":
+        pytest.skip("paper-scale thresholds apply to results/paper only")
+    assert _mean(s, "distilled_T20", "gap_closed_pct") >= 60.0
+    assert _mean(s, "teacher", "test_errors") <= 100

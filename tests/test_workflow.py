@@ -1,0 +1,106 @@
+"""The smoke profile runs the whole DAG end to end in a temporary directory; bad config stops before any job."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from kdbench import mnist
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / ".test" / "config.yaml"
+
+
+def snakemake(workdir: Path, *extra: str, data_root: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+           "--configfile", str(SMOKE), "--config", f"data_root={data_root}", "--cores", "2", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, data_root):
+    work = tmp_path_factory.mktemp("smoke")
+    r = snakemake(work, data_root=data_root)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return work / "results" / "smoke"
+
+
+def test_summary_has_every_row_of_the_section(smoke_run):
+    cfg = yaml.safe_load(SMOKE.read_text())
+    summary = pd.read_csv(smoke_run / "summary.csv")
+    assert list(summary.columns) == ["section", "table", "system", "metric", "paper", "mean", "std", "n_seeds", "unit"]
+    expected = {(s, "test_errors") for s in ["teacher", "baseline", "distilled_T20"] + mnist.sweep_systems(cfg)}
+    expected |= {("distilled_T20", "gap_closed_pct")}
+    for t in ("omit3", "only78"):
+        metrics = ["test_errors", "test_errors_on_3"] if t == "omit3" else ["test_error_pct"]
+        expected |= {(f"{t}_{v}", m) for v in ("raw", "bias_val", "bias_paper") for m in metrics}
+        expected |= {(f"{t}_bias_val", "bias_shift")}
+    assert set(zip(summary.system, summary.metric)) == expected
+    assert (summary.n_seeds == len(cfg["seeds"])).all()
+    assert summary.loc[summary.system == "teacher", "paper"].item() == 67
+    assert len(mnist.sweep_systems(cfg)) == 18
+
+
+def test_every_cell_traces_to_run_records(smoke_run):
+    work = smoke_run.parents[1]
+    prov = pd.read_csv(smoke_run / "provenance.csv")
+    summary = pd.read_csv(smoke_run / "summary.csv")
+    for _, row in summary.iterrows():
+        vals = prov[(prov.system == row.system) & (prov.metric == row.metric)]
+        assert len(vals) == row.n_seeds
+        assert vals.value.mean() == pytest.approx(row["mean"], rel=1e-4)
+        for src in vals.source:
+            assert (work / src).exists(), src
+
+
+def test_reports_figures_and_job_benchmarks_exist(smoke_run):
+    text = (smoke_run / "mnist.md").read_text()
+    assert "| Teacher 784-64-64-10" in text and "T=2.5" in text
+    for png in ("mnist_sweep.png", "mnist_transfer.png"):
+        assert (smoke_run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (smoke_run / "benchmarks" / "train_mnist" / "teacher.tsv").exists()
+
+
+def test_a_finished_workflow_has_nothing_left_to_do(smoke_run, data_root):
+    r = snakemake(smoke_run.parents[1], "-n", data_root=data_root)
+    assert r.returncode == 0 and "Nothing to be done" in (r.stdout + r.stderr)
+
+
+def _set(path, value):
+    def mutate(cfg):
+        *parents, last = path
+        for p in parents:
+            cfg = cfg[p]
+        cfg[last] = value
+    return mutate
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (_set(["mnist", "epochz"], 3), r"epochz"),
+    (_set(["seeds"], [0, 0]), r"non-unique|unique"),
+    (_set(["mnist", "teacher", "lr"], -1.0), r"lr|-1\.0"),
+    (_set(["mnist", "distilled", "variant_params", "temprature"], 4.0), r"temprature"),
+    (_set(["mnist", "distilled", "variant"], "hintn"), r"unknown KD variant 'hintn'"),
+])
+def test_bad_config_stops_before_any_job(tmp_path, data_root, mutate, message):
+    import re
+    bad = yaml.safe_load(SMOKE.read_text())
+    mutate(bad)
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(yaml.safe_dump(bad))
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path / "w"),
+           "--configfile", str(cfg), "--config", f"data_root={data_root}", "--cores", "1"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode != 0
+    assert re.search(message, r.stdout + r.stderr), (r.stdout + r.stderr)[-2000:]
+    assert not (tmp_path / "w" / "results").exists()
+
+
+def test_schema_train_keys_are_engine_keys():
+    from kdbench.train import DEFAULTS
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    assert set(schema["$defs"]["train"]["properties"]) <= set(DEFAULTS)
