@@ -21,6 +21,7 @@ validate(config, "workflow/schemas/config.schema.yaml")
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/mnist.smk"
+include: "workflow/rules/variants.smk"
 
 
 report: "workflow/report/workflow.rst"
@@ -33,6 +34,9 @@ rule all:
         RESULTS / "mnist.md",
         RESULTS / "mnist_sweep.png",
         RESULTS / "mnist_transfer.png",
+        RESULTS / "variants.md",
+        RESULTS / "variants.csv",
+        RESULTS / "variants.png",
     default_target: True
 
 

@@ -30,6 +30,12 @@ def _cmd_train(args) -> int:
         print("kdbench: error: give exactly one of --config and --config-json", file=sys.stderr)
         return 2
     cfg = json.loads(args.config_json) if args.config_json else yaml.safe_load(Path(args.config).read_text()) or {}
+    if args.temperature_from:
+        from kdbench import losses
+        losses.load_modules(cfg.get("variant_modules", []))
+        if "temperature" in losses.get(cfg.get("variant", "hard")).defaults:
+            chosen = json.loads(Path(args.temperature_from).read_text())["temperature"]
+            cfg["variant_params"] = {**cfg.get("variant_params", {}), "temperature": chosen}
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -75,10 +81,15 @@ def _cmd_aggregate(args) -> int:
     cfg = json.loads(args.config_json)
     out = Path(args.out_dir)
     runs = Path(args.runs)
-    paper = aggregate.load_paper(args.paper)
-    if args.section != "mnist":
-        print(f"kdbench: error: unknown section {args.section!r}", file=sys.stderr)
-        return 2
+    paper = aggregate.load_paper(args.paper) if args.paper else {}
+    if args.section == "variants":
+        from kdbench import variants
+        df = variants.table(cfg, runs)
+        aggregate.write_csv(df, out / "variants.csv")
+        atomic_write_bytes(out / "variants.md", variants.markdown(df, cfg).encode())
+        figures.variants(df, out / "variants.png")
+        print(f"variants: {len(df)} rows -> {out}")
+        return 0
     summary, prov = aggregate.tables(mnist.cells(cfg, runs), paper)
     aggregate.write_csv(summary, out / "mnist_summary.csv")
     aggregate.write_csv(prov, out / "mnist_provenance.csv")
@@ -89,6 +100,17 @@ def _cmd_aggregate(args) -> int:
                       ("transfer set of only 7s and 8s", aggregate.read_json(runs / "only78" / "bias.json")["members"])],
                      out / "mnist_transfer.png")
     print(f"mnist: {len(summary)} summary rows -> {out}")
+    return 0
+
+
+def _cmd_choose_temperature(args) -> int:
+    import json
+
+    from kdbench import variants
+    from kdbench.records import atomic_write_json
+    choice = variants.choose_temperature(json.loads(args.config_json), Path(args.runs), args.width)
+    atomic_write_json(args.out, choice)
+    print(f"width {args.width}: T={choice['temperature']:g} has the fewest validation errors")
     return 0
 
 
@@ -118,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--config", help="YAML file of training keys (see kdbench.train.DEFAULTS)")
     t.add_argument("--config-json", help="the same keys as one JSON object (what the workflow passes)")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    t.add_argument("--temperature-from", default=None,
+                   help="JSON file with a chosen 'temperature', set if the variant takes one")
     t.add_argument("--seeds", type=int, nargs="+", default=[0])
     t.add_argument("--out", required=True)
     t.add_argument("--name", default=None)
@@ -142,12 +166,19 @@ def main(argv: list[str] | None = None) -> int:
     b.set_defaults(func=_cmd_bias)
 
     a = sub.add_parser("aggregate", help="a section's summary rows, provenance, Markdown table and figures")
-    a.add_argument("section", choices=["mnist"])
+    a.add_argument("section", choices=["mnist", "variants"])
     a.add_argument("--config-json", required=True)
     a.add_argument("--runs", required=True)
-    a.add_argument("--paper", required=True)
+    a.add_argument("--paper", default=None, help="the paper's numbers (sections with paper numbers)")
     a.add_argument("--out-dir", required=True)
     a.set_defaults(func=_cmd_aggregate)
+
+    ct = sub.add_parser("choose-temperature", help="the sweep's best temperature for a width, on validation")
+    ct.add_argument("--config-json", required=True)
+    ct.add_argument("--runs", required=True)
+    ct.add_argument("--width", type=int, required=True)
+    ct.add_argument("--out", required=True)
+    ct.set_defaults(func=_cmd_choose_temperature)
 
     sm = sub.add_parser("summary", help="concatenate section summaries into summary.csv")
     sm.add_argument("parts", nargs="+")

@@ -61,3 +61,21 @@ def transfer(panels: list[tuple[str, list[dict]]], path: Path | str) -> None:
         ax.set_title(title)
         ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def variants(df, path: Path | str) -> None:
+    """Test errors per KD variant (mean ± std over seeds), one group of bars per experiment."""
+    exps = list(dict.fromkeys(df.experiment))
+    names = list(dict.fromkeys(df.variant))
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(names) * len(exps) / 2, 4.0))
+    width = 0.8 / len(names)
+    for i, v in enumerate(names):
+        sub = df[df.variant == v].set_index("experiment").loc[exps]
+        ax.bar(np.arange(len(exps)) + (i - (len(names) - 1) / 2) * width, sub["mean"], width,
+               yerr=np.nan_to_num(sub["std"].to_numpy(dtype=float)), capsize=3, label=v)
+    ax.set_xticks(np.arange(len(exps)))
+    ax.set_xticklabels(exps)
+    ax.set_ylabel("MNIST test errors (of 10,000)")
+    ax.set_title("KD variants, mean ± std over seeds")
+    ax.legend(fontsize=8, ncol=2)
+    _save(fig, path)

@@ -8,12 +8,18 @@ terms, and every term is logged under its name. The trainer maps a variant over 
 
 Built-ins: `hard` (cross-entropy), `hinton` (Hinton, Vinyals & Dean 2015, eq. 1-2 with the T**2 factor),
 `soft_only` (hinton with no hard term), `logit_matching` (squared error of zero-meaned logits, the high-temperature
-limit of `hinton`, section 2.1). `distillation_loss` is the reference formula the whole suite compares against.
+limit of `hinton`, section 2.1), `hinton_geometric` (hinton with ensemble members combined by the geometric mean) and
+`born_again` (hinton's loss, but its teacher is a trained copy of the student's own architecture: `teacher="self"`).
+`distillation_loss` is the reference formula the whole suite compares against. `load_modules` imports variant files
+given by path (the workflow's `variant_modules`), so a variant can live anywhere on disk.
 """
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -28,6 +34,7 @@ class Variant:
     fn: Callable[..., dict]
     needs_teacher: bool
     defaults: dict = field(default_factory=dict)
+    teacher: str = "teacher"  # "teacher": the experiment's teacher; "self": a trained copy of the student's architecture
 
     def __call__(self, student_logits, labels, teacher_logits=None, **params) -> dict[str, torch.Tensor]:
         unknown = set(params) - set(self.defaults)
@@ -42,14 +49,37 @@ class Variant:
 VARIANTS: dict[str, Variant] = {}
 
 
-def register(name: str, needs_teacher: bool = True, **defaults):
-    """Decorator: `@register("mine", temperature=4.0)` adds fn(student, labels, teacher, **params) -> dict."""
+def register(name: str, needs_teacher: bool = True, teacher: str = "teacher", **defaults):
+    """Decorator: `@register("mine", temperature=4.0)` adds fn(student, labels, teacher, **params) -> dict.
+
+    Keyword defaults are the variant's hyperparameters (the only keys it accepts). `teacher="self"` asks for a
+    trained copy of the student's own architecture as the teacher (born-again networks)."""
+    if teacher not in ("teacher", "self"):
+        raise ValueError(f"teacher must be 'teacher' or 'self', got {teacher!r}")
+
     def deco(fn):
-        if name in VARIANTS and VARIANTS[name].fn is not fn:
+        old = VARIANTS.get(name)
+        if old is not None and (old.fn.__module__, old.fn.__qualname__) != (fn.__module__, fn.__qualname__):
             raise ValueError(f"a KD variant named {name!r} is already registered")
-        VARIANTS[name] = Variant(name, fn, needs_teacher, dict(defaults))
+        VARIANTS[name] = Variant(name, fn, needs_teacher, dict(defaults), teacher)
         return fn
     return deco
+
+
+def load_modules(paths: list[str | Path]) -> dict[str, str]:
+    """Import each Python file (it registers its variants as a side effect); return {path: sha256 of the file}."""
+    hashes = {}
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"variant module {path} not found (config key variant_modules)")
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        name = f"kdbench_variant_{path.stem}_{digest[:12]}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        hashes[str(path)] = digest
+    return hashes
 
 
 def get(name: str) -> Variant:
@@ -132,3 +162,16 @@ def logit_matching(student_logits, labels, teacher_logits):
     v = v - v.mean(-1, keepdim=True)
     c = student_logits.shape[-1]
     return {"logit": ((z - v) ** 2).sum(-1).mean() / (2 * c)}
+
+
+@register("hinton_geometric", temperature=20.0, hard_weight=0.1)
+def hinton_geometric(student_logits, labels, teacher_logits, temperature, hard_weight):
+    """hinton with ensemble members combined by the normalized geometric mean of their probabilities."""
+    return hinton(student_logits, labels, teacher_logits, temperature, hard_weight, "geometric")
+
+
+@register("born_again", teacher="self", temperature=20.0, hard_weight=0.1)
+def born_again(student_logits, labels, teacher_logits, temperature, hard_weight):
+    """Born-again networks (Furlanello et al. 2018): hinton's loss with a teacher of the student's own architecture
+    trained on hard targets; the workflow supplies that teacher's cached logits."""
+    return hinton(student_logits, labels, teacher_logits, temperature, hard_weight, "arithmetic")

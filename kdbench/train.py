@@ -50,6 +50,7 @@ DEFAULTS = dict(
     fraction_seed=0,
     variant="hard",
     variant_params={},
+    variant_modules=[],         # Python files that register extra KD variants (kdbench.losses.load_modules)
     teacher_logits=None,        # path of a cached (M, N_train, C) tensor from `teacher_logits`
     teacher_pairing="ensemble",  # "ensemble": each member distills from all M teacher members; "paired": member k from k
     eval_batch_size=4096,
@@ -172,6 +173,7 @@ def train(cfg: dict, seeds: list[int], out_dir: Path | str, device: str | None =
     x_test = kdata.normalize(test_split.x, cfg["dataset"])
 
     k = len(seeds)
+    module_hashes = losses.load_modules(cfg["variant_modules"])
     teacher = _load_teacher(cfg, device, len(train_split), k)
     variant = losses.get(cfg["variant"])
     ensemble_teacher = teacher is not None and cfg["teacher_pairing"] == "ensemble"
@@ -265,7 +267,8 @@ def train(cfg: dict, seeds: list[int], out_dir: Path | str, device: str | None =
     wall = time.perf_counter() - t_start
     common = {"name": name, "config": cfg, "config_hash": chash, "git_commit": git_commit(),
               "versions": package_versions(), "device": device_description(device), "wall_seconds": wall,
-              "members_trained_together": k, "epochs": cfg["epochs"], "train_examples": n,
+              "members_trained_together": k, "variant_module_sha256": module_hashes,
+              "epochs": cfg["epochs"], "train_examples": n,
               "val_examples": int(len(val_idx)), "epoch_seconds": history["epoch_seconds"]}
     records = []
     for m, seed in enumerate(seeds):

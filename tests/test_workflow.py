@@ -1,6 +1,6 @@
 """The smoke profile runs the whole DAG end to end in a temporary directory; bad config stops before any job."""
+import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,16 +15,26 @@ REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / ".test" / "config.yaml"
 
 
-def snakemake(workdir: Path, *extra: str, data_root: Path) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, *extra: str, data_root: Path, configfile: Path = SMOKE) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-           "--configfile", str(SMOKE), "--config", f"data_root={data_root}", "--cores", "2", *extra]
+           "--configfile", str(configfile), "--config", f"data_root={data_root}", "--cores", "2", *extra]
     return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory, data_root):
+    """The smoke profile plus the example variant of docs/adding-a-variant.md, copied into a temporary file."""
+    import re
     work = tmp_path_factory.mktemp("smoke")
-    r = snakemake(work, data_root=data_root)
+    example = re.search(r"```python\n(# my_variants.py.*?)```",
+                        (REPO / "docs" / "adding-a-variant.md").read_text(), re.S).group(1)
+    (work / "my_variants.py").write_text(example)
+    cfg = yaml.safe_load(SMOKE.read_text())
+    cfg["variant_modules"] = [str(work / "my_variants.py")]
+    cfg["variants"] = cfg["variants"] + ["js_kd"]
+    configfile = work / "config.yaml"
+    configfile.write_text(yaml.safe_dump(cfg))
+    r = snakemake(work, data_root=data_root, configfile=configfile)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return work / "results" / "smoke"
 
@@ -65,8 +75,26 @@ def test_reports_figures_and_job_benchmarks_exist(smoke_run):
     assert (smoke_run / "benchmarks" / "train_mnist" / "teacher.tsv").exists()
 
 
+def test_the_documented_example_variant_gets_its_row(smoke_run):
+    df = pd.read_csv(smoke_run / "variants.csv")
+    cfg = yaml.safe_load(SMOKE.read_text())
+    assert set(df.variant) == set(cfg["variants"]) | {"js_kd"}
+    assert set(df.experiment) == {"mnist_distilled_T20", "mnist_w30_bestT"}
+    js = df[df.variant == "js_kd"]
+    assert len(js) == 2 and js["mean"].notna().all() and (js["n_seeds"] == 2).all()
+    assert js["diff_vs_hinton_mean"].notna().all()
+    assert "| js_kd |" in (smoke_run / "variants.md").read_text()
+    # the single-teacher geometric mean is hinton itself: same seeds, same numbers
+    geo = df[df.variant == "hinton_geometric"].set_index("experiment")["mean"]
+    ref = df[df.variant == "hinton"].set_index("experiment")["mean"]
+    assert (geo == ref).all()
+    # the bestT experiment ran at the temperature chosen on validation
+    choice = json.loads((smoke_run / "variants" / "mnist_w30_bestT_temperature.json").read_text())
+    assert df[(df.variant == "hinton") & (df.experiment == "mnist_w30_bestT")].temperature.item() == choice["temperature"]
+
+
 def test_a_finished_workflow_has_nothing_left_to_do(smoke_run, data_root):
-    r = snakemake(smoke_run.parents[1], "-n", data_root=data_root)
+    r = snakemake(smoke_run.parents[1], "-n", data_root=data_root, configfile=smoke_run.parents[1] / "config.yaml")
     assert r.returncode == 0 and "Nothing to be done" in (r.stdout + r.stderr)
 
 

@@ -3,7 +3,7 @@ import json
 import shlex
 from pathlib import Path
 
-from kdbench import losses, mnist, train
+from kdbench import losses, mnist, train, variants
 
 RESULTS = Path("results") / config["profile"]
 RUNS = RESULTS / "runs"
@@ -26,10 +26,30 @@ def quoted_json(obj):
     return shlex.quote(json.dumps(obj, sort_keys=True))
 
 
-def check_train_configs():
-    """Resolve every system's training config now, so a bad value or variant stops the workflow before any job."""
+def all_train_configs():
     for system in mnist.systems(config):
-        cfg = train.resolve(mnist.train_config(config, system, teacher_logits="<cached>"))
+        yield system, mnist.train_config(config, system, teacher_logits="<cached>")
+    for exp in variants.experiments(config):
+        for v in config["variants"]:
+            yield f"{exp}/{v}", variants.train_config(config, exp, v, teacher_logits="<cached>")
+
+
+def check_train_configs():
+    """Resolve every job's training config now, so a bad value or variant stops the workflow before any job."""
+    try:
+        losses.load_modules(config.get("variant_modules", []))
+    except (OSError, SyntaxError, ImportError, ValueError) as e:
+        raise ValueError(f"config: variant_modules: {e}") from None
+    if config["variant_experiments"]["mnist_bestT_width"] not in config["mnist"]["sweep"]["widths"]:
+        raise ValueError(f"config: variant_experiments.mnist_bestT_width must be one of the sweep's widths "
+                         f"{config['mnist']['sweep']['widths']}")
+    for name in config["variants"]:
+        try:
+            losses.get(name)
+        except KeyError as e:
+            raise ValueError(f"config: variants: {e.args[0]}") from None
+    for system, raw in all_train_configs():
+        cfg = train.resolve(raw)
         try:
             variant = losses.get(cfg["variant"])
             unknown = set(cfg["variant_params"]) - set(variant.defaults)

@@ -34,15 +34,18 @@ rule train_mnist:
 
 
 rule teacher_logits:
-    """The teacher's logits on the whole un-jittered training split, computed once; every student reads them."""
+    """A teacher's logits on the whole un-jittered training split, computed once; every student reads them. The
+    teacher is the section's teacher, or for born-again variants an experiment's `hard` run."""
     input:
-        model=RUNS / "teacher" / "model.pt",
+        model=RUNS / "{teacher}" / "model.pt",
         data=MNIST_FILES,
     output:
-        RUNS / "teacher" / "train_logits.pt",
+        RUNS / "{teacher}" / "train_logits.pt",
+    wildcard_constraints:
+        teacher=r"teacher|variants/[A-Za-z0-9_.]+/hard",
     threads: config["threads"]
     log:
-        RESULTS / "logs" / "teacher_logits.log",
+        RESULTS / "logs" / "teacher_logits" / "{teacher}.log",
     shell:
         "kdbench teacher-logits --model {input.model} --out {output} --root {DATA} --device {config[device]} "
         "> {log} 2>&1"

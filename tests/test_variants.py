@@ -1,0 +1,95 @@
+"""The KD variant registry beyond hinton: built-ins, variant files loaded by path, temperature choice, paired notes."""
+import json
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from conftest import REPO
+from kdbench import losses, variants
+
+SMOKE = yaml.safe_load((REPO / ".test" / "config.yaml").read_text())
+
+
+def _logits(seed=0, n=12, c=10):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, c, generator=g) * 2, torch.randn(n, c, generator=g) * 2, torch.randint(0, c, (n,), generator=g)
+
+
+@pytest.mark.parametrize("name", ["hard", "hinton", "soft_only", "logit_matching", "hinton_geometric", "born_again"])
+def test_builtin_variants_give_scalar_terms_and_a_descent_direction(name):
+    z, v, y = _logits()
+    z.requires_grad_(True)
+    terms = losses.get(name)(z, y, v)
+    assert terms and all(t.shape == () and torch.isfinite(t) for t in terms.values())
+    total = sum(terms.values())
+    (g,) = torch.autograd.grad(total, z)
+    with torch.no_grad():  # a small step against the gradient lowers the loss
+        assert sum(losses.get(name)(z - 1e-2 * g, y, v).values()) < total
+
+
+def test_geometric_and_born_again_are_hinton_for_one_teacher_and_geometric_differs_for_an_ensemble():
+    z, v, y = _logits()
+    ref = losses.distillation_loss(z, v, y, 20.0, 0.1)
+    assert torch.allclose(sum(losses.get("hinton_geometric")(z, y, v).values()), ref)
+    assert torch.allclose(sum(losses.get("born_again")(z, y, v).values()), ref)
+    ens = torch.randn(3, 12, 10) * 3
+    geo = sum(losses.get("hinton_geometric")(z, y, ens, temperature=2.0).values())
+    assert torch.allclose(geo, losses.distillation_loss(z, ens, y, 2.0, 0.1, ensemble="geometric"))
+    assert not torch.allclose(geo, losses.distillation_loss(z, ens, y, 2.0, 0.1))
+    assert losses.get("born_again").teacher == "self" and losses.get("hinton").teacher == "teacher"
+
+
+def _docs_example() -> str:
+    text = (REPO / "docs" / "adding-a-variant.md").read_text()
+    return re.search(r"```python\n(# my_variants.py.*?)```", text, re.S).group(1)
+
+
+def test_the_documented_example_variant_loads_from_a_file_and_trains(tmp_path):
+    path = tmp_path / "my_variants.py"
+    path.write_text(_docs_example())
+    hashes = losses.load_modules([path])
+    assert len(hashes[str(path)]) == 64
+    losses.load_modules([path])  # loading the same file again is harmless
+    z, v, y = _logits()
+    z.requires_grad_(True)
+    terms = losses.get("js_kd")(z, y, v)
+    assert set(terms) == {"hard", "soft"}
+    # JS is symmetric and zero when the student equals the teacher
+    assert float(losses.get("js_kd")(v, y, v, hard_weight=0.0)["soft"]) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(FileNotFoundError, match="variant module .* not found"):
+        losses.load_modules([tmp_path / "missing.py"])
+
+
+def test_variant_configs_take_the_experiments_temperature_only_where_declared():
+    cfg = {**SMOKE, "variant_params": {"soft_only": {"temperature": 8.0}}}
+    h = variants.train_config(cfg, "mnist_distilled_T20", "hinton", "tl.pt")
+    assert h["variant_params"] == {"temperature": 20.0, "hard_weight": 0.1} and h["teacher_logits"] == "tl.pt"
+    assert variants.train_config(cfg, "mnist_distilled_T20", "soft_only", "tl.pt")["variant_params"] == {"temperature": 8.0}
+    hard = variants.train_config(cfg, "mnist_distilled_T20", "hard", "tl.pt")
+    assert hard["variant_params"] == {} and hard["teacher_logits"] is None
+    small = variants.train_config(cfg, "mnist_w30_bestT", "logit_matching", "tl.pt")
+    assert small["widths"] == [784, 30, 30, 10] and small["variant_params"] == {}
+    assert variants.run_dir("r", "mnist_distilled_T20", "hinton").as_posix() == "r/distilled_T20"
+    assert variants.run_dir("r", "mnist_w30_bestT", "hinton").as_posix() == "r/variants/mnist_w30_bestT/hinton"
+
+
+def test_choose_temperature_on_validation(tmp_path):
+    cfg = {**SMOKE, "seeds": [0, 1]}
+    val = {1: 90, 2: 70, 2.5: 60, 4: 60, 8: 80, 20: 95}
+    for t, e in val.items():
+        for s in (0, 1):
+            p = tmp_path / f"sweep_w30_T{t:g}" / f"seed{s}" / "metrics.json"
+            p.parent.mkdir(parents=True)
+            p.write_text(json.dumps({"val_errors": [999, e + s]}))
+    choice = variants.choose_temperature(cfg, tmp_path, 30)
+    assert choice["temperature"] == 2.5  # tie with T=4 broken towards the lower T
+
+
+def test_paired_note():
+    mean, std, note = variants.paired_note([-10.0, -12.0, -11.0])
+    assert mean == -11.0 and std == pytest.approx(1.0) and "p < 0.05" in note
+    assert "n.s." in variants.paired_note([5.0, -6.0])[2]
+    assert variants.paired_note([0.0, 0.0])[2] == "identical on every seed"
