@@ -120,9 +120,7 @@ def test_bad_config_stops_before_any_job(tmp_path, data_root, mutate, message):
     mutate(bad)
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(yaml.safe_dump(bad))
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path / "w"),
-           "--configfile", str(cfg), "--config", f"data_root={data_root}", "--cores", "1"]
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = snakemake(tmp_path / "w", data_root=data_root, configfile=cfg)
     assert r.returncode != 0
     assert re.search(message, r.stdout + r.stderr), (r.stdout + r.stderr)[-2000:]
     assert not (tmp_path / "w" / "results").exists()
