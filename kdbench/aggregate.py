@@ -20,6 +20,14 @@ def load_paper(path: Path | str) -> dict[tuple[str, str, str], float]:
     return {(e["section"], e["system"], e["metric"]): e["value"] for e in entries}
 
 
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1); std is NaN for fewer than two values, both for none."""
+    n = len(values)
+    mean = sum(values) / n if n else math.nan
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
+    return mean, std
+
+
 def read_json(path: Path | str) -> dict:
     return json.loads(Path(path).read_text())
 
@@ -35,13 +43,10 @@ class Cell:
     values: list[tuple[int, float, str]] = field(default_factory=list)  # (seed, value, source file)
 
     def summary(self, paper: dict) -> dict:
-        vals = [v for _, v, _ in self.values]
-        n = len(vals)
-        mean = sum(vals) / n if n else math.nan
-        std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1)) if n > 1 else math.nan
+        mean, std = mean_std([v for _, v, _ in self.values])
         return {"section": self.section, "table": self.table, "system": self.system, "metric": self.metric,
                 "paper": paper.get((self.section, self.system, self.metric), math.nan),
-                "mean": mean, "std": std, "n_seeds": n, "unit": self.unit}
+                "mean": mean, "std": std, "n_seeds": len(self.values), "unit": self.unit}
 
     def provenance(self) -> list[dict]:
         return [{"section": self.section, "table": self.table, "system": self.system, "metric": self.metric,

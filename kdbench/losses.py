@@ -36,11 +36,15 @@ class Variant:
     defaults: dict = field(default_factory=dict)
     teacher: str = "teacher"  # "teacher": the experiment's teacher; "self": a trained copy of the student's architecture
 
-    def __call__(self, student_logits, labels, teacher_logits=None, **params) -> dict[str, torch.Tensor]:
+    def check_params(self, params: dict) -> None:
+        """Raise ValueError naming any key that is not one of the variant's hyperparameters."""
         unknown = set(params) - set(self.defaults)
         if unknown:
             raise ValueError(f"variant {self.name!r} has no parameter(s) {sorted(unknown)}; "
                              f"it takes {sorted(self.defaults)}")
+
+    def __call__(self, student_logits, labels, teacher_logits=None, **params) -> dict[str, torch.Tensor]:
+        self.check_params(params)
         if self.needs_teacher and teacher_logits is None:
             raise ValueError(f"variant {self.name!r} needs teacher logits")
         return self.fn(student_logits, labels, teacher_logits, **{**self.defaults, **params})

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from kdbench import losses, mnist
-from kdbench.aggregate import fmt, read_json
+from kdbench.aggregate import fmt, mean_std, read_json
 
 # two-sided 95% critical values of Student's t, by degrees of freedom (1..10); larger df use 1.96
 T_CRIT_95 = [12.71, 4.30, 3.18, 2.78, 2.57, 2.45, 2.36, 2.31, 2.26, 2.23]
@@ -75,10 +75,9 @@ def choose_temperature(cfg: dict, runs: Path, width: int) -> dict:
 def paired_note(diffs: list[float]) -> tuple[float, float, str]:
     """Mean and std of paired differences (variant - hinton) and a paired t-test note at the 5% level."""
     n = len(diffs)
-    mean = sum(diffs) / n
+    mean, std = mean_std(diffs)
     if n < 2:
-        return mean, math.nan, "one seed: no test"
-    std = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+        return mean, std, "one seed: no test"
     crit = T_CRIT_95[n - 2] if n - 1 <= len(T_CRIT_95) else 1.96
     if std == 0:
         return mean, std, "identical on every seed" if mean == 0 else "same difference on every seed"
@@ -98,8 +97,7 @@ def table(cfg: dict, runs: Path | str) -> pd.DataFrame:
             recs = [read_json(p) for p in paths]
             errs = [r["test_errors"] for r in recs]
             n = len(errs)
-            mean = sum(errs) / n
-            std = math.sqrt(sum((e - mean) ** 2 for e in errs) / (n - 1)) if n > 1 else math.nan
+            mean, std = mean_std(errs)
             d_mean, d_std, note = paired_note([e - ref[s] for s, e in zip(cfg["seeds"], errs)])
             rows.append({"experiment": exp, "variant": variant, "metric": "test_errors", "mean": mean, "std": std,
                          "n_seeds": n, "diff_vs_hinton_mean": d_mean, "diff_vs_hinton_std": d_std,

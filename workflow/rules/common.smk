@@ -51,13 +51,9 @@ def check_train_configs():
     for system, raw in all_train_configs():
         cfg = train.resolve(raw)
         try:
-            variant = losses.get(cfg["variant"])
-            unknown = set(cfg["variant_params"]) - set(variant.defaults)
-        except KeyError as e:
+            losses.get(cfg["variant"]).check_params(cfg["variant_params"])
+        except (KeyError, ValueError) as e:
             raise ValueError(f"config: system {system!r}: {e.args[0]}") from None
-        if unknown:
-            raise ValueError(f"config: system {system!r}: variant {variant.name!r} has no parameter(s) "
-                             f"{sorted(unknown)}; it takes {sorted(variant.defaults)}")
         if cfg["widths"][0] != 784 or cfg["widths"][-1] != 10:
             raise ValueError(f"config: system {system!r}: MNIST nets need widths [784, ..., 10], got {cfg['widths']}")
 
