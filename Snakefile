@@ -1,6 +1,6 @@
 """kdbench: Hinton, Vinyals & Dean (2015), "Distilling the Knowledge in a Neural Network", re-run as a workflow.
 
-    snakemake --cores 2 --configfile config/quick.yaml      # this section on a 2-core CPU, about an hour
+    snakemake --cores 2 --configfile config/quick.yaml      # every section on a 2-core CPU (quick budgets)
     snakemake --cores 8                                     # paper scale (config/config.yaml), meant for a GPU
     snakemake --profile workflow/profiles/slurm ...         # on a SLURM cluster
 
@@ -22,6 +22,7 @@ validate(config, "workflow/schemas/config.schema.yaml")
 include: "workflow/rules/common.smk"
 include: "workflow/rules/mnist.smk"
 include: "workflow/rules/variants.smk"
+include: "workflow/rules/ensembles.smk"
 
 
 report: "workflow/report/workflow.rst"
@@ -37,14 +38,16 @@ rule all:
         RESULTS / "variants.md",
         RESULTS / "variants.csv",
         RESULTS / "variants.png",
+        RESULTS / "ensembles.md",
+        RESULTS / "ensembles.png",
     default_target: True
 
 
 rule summary:
     """One tidy table for the whole suite; later sections append their parts."""
     input:
-        parts=[RESULTS / "mnist_summary.csv"],
-        provenance=[RESULTS / "mnist_provenance.csv"],
+        parts=[RESULTS / "mnist_summary.csv", RESULTS / "ensembles_summary.csv"],
+        provenance=[RESULTS / "mnist_provenance.csv", RESULTS / "ensembles_provenance.csv"],
     output:
         summary=RESULTS / "summary.csv",
         provenance=RESULTS / "provenance.csv",

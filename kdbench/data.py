@@ -256,29 +256,47 @@ MEAN_STD = {"mnist": (0.1307, 0.3081), "fashion_mnist": (0.2860, 0.3530)}
 
 @dataclass
 class Split:
-    """Images as uint8 (N, 28, 28) and labels as int64 (N,), both on one device."""
+    """Images as uint8 (N, 28, 28) and labels as int64 (N,), both on one device. Speech splits have the same
+    interface (`kdbench.speech.FrameSplit`): `x`, `y`, `groups`, `inputs(idx, max_shift)`."""
     x: torch.Tensor
     y: torch.Tensor
+    dataset: str = "mnist"
+    groups = None  # images are independent examples (speech frames are grouped by utterance)
 
     def __len__(self) -> int:
         return self.y.shape[0]
 
-    def subset(self, idx: torch.Tensor) -> "Split":
-        return Split(self.x[idx], self.y[idx])
+    def inputs(self, idx: torch.Tensor | None = None, max_shift: int = 0) -> torch.Tensor:
+        """Normalized float inputs (..., 784) of the examples idx (all if None), jittered on the device if asked."""
+        x = self.x if idx is None else self.x[idx]
+        return normalize(jitter(x, max_shift) if max_shift else x, self.dataset)
 
 
 def load(dataset: str, train: bool, root: Path | str | None = None, device: str | torch.device = "cpu",
-         fetch_missing: bool = True) -> Split:
-    """Verified split of `dataset` as uint8 tensors on `device` (read once through torchvision.datasets)."""
+         fetch_missing: bool = True):
+    """Verified split of `dataset` on `device`: images as uint8 tensors (read once through torchvision.datasets);
+    the speech splits (`speech`, `speech_unseen`) as frame windows from their feature cache."""
+    root = Path(root) if root is not None else default_root()
+    from kdbench import speech
+    if dataset in speech.SPLITS:
+        return speech.load(dataset, train, root, device)
     import torchvision.datasets as tvd
 
-    root = Path(root) if root is not None else default_root()
     if fetch_missing:
         fetch(dataset, root)
     else:
         verify(root, dataset)
     ds = getattr(tvd, _spec(dataset)["torchvision"])(str(root), train=train, download=False)
-    return Split(ds.data.to(device), ds.targets.to(device=device, dtype=torch.long))
+    return Split(ds.data.to(device), ds.targets.to(device=device, dtype=torch.long), dataset)
+
+
+def input_output_dims(dataset: str) -> tuple[int, int]:
+    """(input size, number of classes) of a net on `dataset`."""
+    from kdbench import speech
+    if dataset in speech.SPLITS:
+        return speech.CONTEXT * speech.N_MELS, speech.NUM_CLASSES
+    _spec(dataset)
+    return 784, 10
 
 
 def normalize(x_uint8: torch.Tensor, dataset: str) -> torch.Tensor:
@@ -288,8 +306,15 @@ def normalize(x_uint8: torch.Tensor, dataset: str) -> torch.Tensor:
     return x.flatten(-2)
 
 
-def validation_split(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded disjoint (train_idx, val_idx) of range(n); the test set is never used for selection."""
+def validation_split(n: int, val_size: int, seed: int, groups: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded disjoint (train_idx, val_idx) of range(n); the test set is never used for selection. With `groups`
+    (e.g. the utterance of every speech frame) whole groups are held out and val_size counts groups."""
+    if groups is not None:
+        ids = torch.unique(groups.cpu())
+        g_tr, g_val = validation_split(ids.shape[0], val_size, seed)
+        held = torch.isin(groups.cpu(), ids[g_val])
+        return (~held).nonzero().flatten(), held.nonzero().flatten()
     if not 0 <= val_size < n:
         raise ValueError(f"val_size must be in [0, {n}), got {val_size}")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))

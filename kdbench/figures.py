@@ -1,5 +1,5 @@
-"""Matplotlib figures of the MNIST section: test errors vs temperature per width, errors per class on the
-transfer sets with and without the bias correction. Written atomically as PNG."""
+"""Matplotlib figures: MNIST test errors vs temperature per width, errors per class on the transfer sets with and
+without the bias correction, KD variants, and the ensembles section's bars. Written atomically as PNG."""
 from __future__ import annotations
 
 import io
@@ -78,4 +78,34 @@ def variants(df, path: Path | str) -> None:
     ax.set_ylabel("MNIST test errors (of 10,000)")
     ax.set_title("KD variants, mean ± std over seeds")
     ax.legend(fontsize=8, ncol=2)
+    _save(fig, path)
+
+
+def ensembles(summary, facts: dict, dataset_names: list[str], path: Path | str) -> None:
+    """Per dataset: Table 1 bars (baseline, ensembles, distilled), Table 5 bars (100%, 3% hard, 3% soft) with
+    mean ± std error bars, and test accuracy against ensemble size."""
+    fig, axes = plt.subplots(len(dataset_names), 3, figsize=(15, 3.6 * len(dataset_names)), squeeze=False)
+    for row, ds in zip(axes, dataset_names):
+        acc = summary[(summary.section == ds) & (summary.metric == "test_accuracy_pct")].set_index(["table", "system"])
+        for ax, table, systems, title in (
+                (row[0], "table1", ["baseline", "ensemble_arithmetic", "ensemble_geometric", "distilled"],
+                 "Table 1 analog"),
+                (row[1], "table5", ["baseline_100", "baseline_3", "soft_3"], "Table 5 analog")):
+            m = [acc.loc[(table, s), "mean"] for s in systems]
+            s = np.nan_to_num([acc.loc[(table, s_), "std"] for s_ in systems])
+            ax.bar(range(len(systems)), m, yerr=s, capsize=4, color=["C0", "C1", "C2", "C3"][:len(systems)])
+            lo = min(m) - 3 * max(max(s), 0.5)
+            ax.set_ylim(max(0.0, lo), min(100.0, max(m) + 3 * max(max(s), 0.5)))
+            ax.set_xticks(range(len(systems)))
+            ax.set_xticklabels([x.replace("_", "\n") for x in systems], fontsize=8)
+            ax.set_ylabel("test accuracy % (frames for speech)")
+            ax.set_title(f"{ds}: {title}")
+        curve = facts[ds]["size_curve"]
+        for seed, vals in curve.items():
+            if seed != "sizes":
+                row[2].plot(curve["sizes"], vals, marker="o", label=f"ensemble of seed {seed}")
+        row[2].set_xlabel("members averaged (arithmetic mean)")
+        row[2].set_ylabel("test accuracy %")
+        row[2].set_title(f"{ds}: accuracy vs ensemble size")
+        row[2].legend(fontsize=8)
     _save(fig, path)

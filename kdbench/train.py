@@ -52,7 +52,9 @@ DEFAULTS = dict(
     variant_params={},
     variant_modules=[],         # Python files that register extra KD variants (kdbench.losses.load_modules)
     teacher_logits=None,        # path of a cached (M, N_train, C) tensor from `teacher_logits`
-    teacher_pairing="ensemble",  # "ensemble": each member distills from all M teacher members; "paired": member k from k
+    teacher_pairing="ensemble",  # "ensemble": each member distills from all M teacher members; "paired": member k
+                                 # from k; "grouped": M = K*G, member k from teacher members k*G .. k*G+G-1
+    keep_best=False,            # end with each member's best-validation epoch (early stopping) instead of its last
     eval_batch_size=4096,
     check_every=50,             # steps between non-finite loss checks
 )
@@ -68,8 +70,10 @@ def resolve(cfg: dict) -> dict:
     if unknown:
         raise ValueError(f"unknown training config key(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
     out = {**DEFAULTS, **cfg}
-    if out["teacher_pairing"] not in ("ensemble", "paired"):
-        raise ValueError(f"teacher_pairing must be 'ensemble' or 'paired', got {out['teacher_pairing']!r}")
+    if out["teacher_pairing"] not in ("ensemble", "paired", "grouped"):
+        raise ValueError(f"teacher_pairing must be 'ensemble', 'paired' or 'grouped', got {out['teacher_pairing']!r}")
+    if out["keep_best"] and not out["val_size"]:
+        raise ValueError("keep_best needs a validation split: set val_size > 0")
     if out["schedule"] not in ("cosine", "constant"):
         raise ValueError(f"schedule must be 'cosine' or 'constant', got {out['schedule']!r}")
     return out
@@ -81,10 +85,12 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch.device(device)
 
 
-def training_indices(cfg: dict, train_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(transfer-set indices, validation indices) into the full training split, both seeded."""
+def training_indices(cfg: dict, train_labels: torch.Tensor, groups: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(transfer-set indices, validation indices) into the full training split, both seeded; with groups (speech
+    utterances) validation holds out val_size whole groups."""
     n = train_labels.shape[0]
-    tr, val = kdata.validation_split(n, cfg["val_size"], cfg["val_seed"])
+    tr, val = kdata.validation_split(n, cfg["val_size"], cfg["val_seed"], groups)
     if cfg["transfer_classes"] is not None:
         keep = torch.isin(train_labels.cpu()[tr], torch.tensor(cfg["transfer_classes"]))
         tr = tr[keep]
@@ -150,7 +156,18 @@ def _load_teacher(cfg: dict, device: torch.device, n_train: int, members: int) -
                          f"the training split has {n_train}")
     if cfg["teacher_pairing"] == "paired" and t.shape[0] != members:
         raise ValueError(f"paired teacher needs one teacher member per seed: {t.shape[0]} members, {members} seeds")
+    if cfg["teacher_pairing"] == "grouped":
+        if t.shape[0] % members:
+            raise ValueError(f"grouped teacher: {t.shape[0]} teacher members do not split into {members} groups")
+        t = t.reshape(members, t.shape[0] // members, *t.shape[1:])  # (K, G, N, C)
     return t
+
+
+def predict_split(model: MLP, split, idx: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    """Eval-mode logits (K, len(idx), C) of the examples idx of a split, inputs gathered chunk by chunk."""
+    chunks = [predict_logits(model, split.inputs(idx[i:i + batch_size]), batch_size)
+              for i in range(0, idx.shape[0], batch_size)]
+    return torch.cat(chunks, dim=1) if chunks else torch.zeros(model.members, 0, model.widths[-1])
 
 
 def train(cfg: dict, seeds: list[int], out_dir: Path | str, device: str | None = None, root: Path | str | None = None,
@@ -166,17 +183,17 @@ def train(cfg: dict, seeds: list[int], out_dir: Path | str, device: str | None =
 
     train_split = kdata.load(cfg["dataset"], train=True, root=root, device=device)
     test_split = kdata.load(cfg["dataset"], train=False, root=root, device=device)
-    tr_idx, val_idx = training_indices(cfg, train_split.y)
-    tr_idx = tr_idx.to(device)
-    x_val = kdata.normalize(train_split.x[val_idx.to(device)], cfg["dataset"])
-    y_val = train_split.y[val_idx.to(device)]
-    x_test = kdata.normalize(test_split.x, cfg["dataset"])
+    tr_idx, val_idx = training_indices(cfg, train_split.y, train_split.groups)
+    tr_idx, val_idx = tr_idx.to(device), val_idx.to(device)
+    y_val = train_split.y[val_idx]
+    test_all = torch.arange(len(test_split), device=device)
+    ebs = cfg["eval_batch_size"]
 
     k = len(seeds)
     module_hashes = losses.load_modules(cfg["variant_modules"])
     teacher = _load_teacher(cfg, device, len(train_split), k)
     variant = losses.get(cfg["variant"])
-    ensemble_teacher = teacher is not None and cfg["teacher_pairing"] == "ensemble"
+    ensemble_teacher = teacher is not None and cfg["teacher_pairing"] in ("ensemble", "grouped")
     loss_fn = _member_loss_fn(variant, dict(cfg["variant_params"]), teacher is not None, ensemble_teacher)
 
     model = MLP(cfg["widths"], members=k, seeds=seeds, dropout_input=cfg["dropout_input"],
@@ -192,6 +209,8 @@ def train(cfg: dict, seeds: list[int], out_dir: Path | str, device: str | None =
     torch.manual_seed(seeds[0])  # dropout masks and jitter
     history = {"train_loss": [], "train_terms": [], "val_errors": [], "epoch_seconds": []}
     start_epoch = 0
+    best = {"errors": [math.inf] * k, "epoch": [0] * k,
+            "state": {n_: t.detach().clone() for n_, t in model.state_dict().items()}} if cfg["keep_best"] else None
 
     ckpt_path = out_dir / "checkpoint.pt"
     if ckpt_path.exists():
@@ -205,7 +224,7 @@ def train(cfg: dict, seeds: list[int], out_dir: Path | str, device: str | None =
             torch.set_rng_state(ck["rng_cpu"])
             if device.type == "cuda" and ck.get("rng_cuda") is not None:
                 torch.cuda.set_rng_state(ck["rng_cuda"], device)
-            history, start_epoch = ck["history"], ck["epoch"]
+            history, start_epoch, best = ck["history"], ck["epoch"], ck.get("best")
             print(f"kdbench: {name}: resuming after epoch {start_epoch}")
 
     bar = tqdm(range(start_epoch, cfg["epochs"]), desc=name, disable=not progress, leave=False)
@@ -217,14 +236,16 @@ def train(cfg: dict, seeds: list[int], out_dir: Path | str, device: str | None =
         sums, count = None, 0
         for step in range(steps_per_epoch):
             idx = perm[:, step * bs:(step + 1) * bs]
-            xb = train_split.x[idx]
-            if cfg["jitter"]:
-                xb = kdata.jitter(xb, cfg["jitter"])
-            xb = kdata.normalize(xb, cfg["dataset"])
+            xb = train_split.inputs(idx, cfg["jitter"])
             yb = train_split.y[idx]
             tb = None
             if teacher is not None:
-                tb = teacher[:, idx] if ensemble_teacher else teacher[torch.arange(k, device=device)[:, None], idx]
+                if cfg["teacher_pairing"] == "ensemble":
+                    tb = teacher[:, idx]  # (M, K, B, C)
+                elif cfg["teacher_pairing"] == "grouped":  # (K, G, N, C) -> (G, K, B, C)
+                    tb = teacher[torch.arange(k, device=device)[:, None], :, idx].permute(2, 0, 1, 3)
+                else:
+                    tb = teacher[torch.arange(k, device=device)[:, None], idx]
             terms = loss_fn(model(xb), yb, tb)
             stacked = torch.stack(list(terms.values()))  # (terms, K)
             opt.zero_grad(set_to_none=True)
@@ -240,15 +261,17 @@ def train(cfg: dict, seeds: list[int], out_dir: Path | str, device: str | None =
             if (step + 1) % cfg["check_every"] == 0 or step == steps_per_epoch - 1:
                 _check_finite(sums, list(terms), seeds, name, epoch, step)
         mean_terms = (sums / count).cpu()  # (terms, K)
-        val_err = ([r["errors"] for r in error_summary(predict_logits(model, x_val, cfg["eval_batch_size"]), y_val)]
+        val_err = ([r["errors"] for r in error_summary(predict_split(model, train_split, val_idx, ebs), y_val)]
                    if len(val_idx) else [None] * k)
+        if best is not None:
+            _keep_best(model, best, val_err, epoch)
         history["train_terms"].append({t: mean_terms[i].tolist() for i, t in enumerate(terms)})
         history["train_loss"].append(mean_terms.sum(0).tolist())
         history["val_errors"].append(val_err)
         history["epoch_seconds"].append(time.perf_counter() - t_epoch)
         atomic_torch_save(ckpt_path, {
             "config_hash": chash, "seeds": list(seeds), "epoch": epoch + 1, "history": history,
-            "model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+            "model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "best": best,
             "orders": [g.get_state() for g in orders], "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None})
         bar.set_postfix(loss=f"{mean_terms.sum(0).mean():.4f}",
@@ -256,14 +279,20 @@ def train(cfg: dict, seeds: list[int], out_dir: Path | str, device: str | None =
         if on_epoch_end is not None:
             on_epoch_end(epoch, history)
 
-    val_logits = predict_logits(model, x_val, cfg["eval_batch_size"])
-    test_logits = predict_logits(model, x_test, cfg["eval_batch_size"])
+    if best is not None:
+        model.load_state_dict(best["state"])
+    val_logits = predict_split(model, train_split, val_idx, ebs)
+    test_logits = predict_split(model, test_split, test_all, ebs)
     test = error_summary(test_logits, test_split.y)
+    train_acc = [r["accuracy"] for r in error_summary(predict_split(model, train_split, tr_idx, ebs),
+                                                      train_split.y[tr_idx])]
     atomic_torch_save(out_dir / "model.pt", {"model_config": model.config(), "train_config": cfg,
                                              "state_dict": model.state_dict()})
+    groups = ({"val_groups": train_split.groups[val_idx].cpu(), "test_groups": test_split.groups.cpu()}
+              if train_split.groups is not None else {})
     atomic_torch_save(out_dir / "logits.pt", {"val": val_logits.cpu(), "val_idx": val_idx.cpu(),
                                               "val_labels": y_val.cpu(), "test": test_logits.cpu(),
-                                              "test_labels": test_split.y.cpu(), "seeds": list(seeds)})
+                                              "test_labels": test_split.y.cpu(), "seeds": list(seeds), **groups})
     wall = time.perf_counter() - t_start
     common = {"name": name, "config": cfg, "config_hash": chash, "git_commit": git_commit(),
               "versions": package_versions(), "device": device_description(device), "wall_seconds": wall,
@@ -276,6 +305,8 @@ def train(cfg: dict, seeds: list[int], out_dir: Path | str, device: str | None =
                "train_loss": [e[m] for e in history["train_loss"]],
                "train_terms": [{t: v[m] for t, v in e.items()} for e in history["train_terms"]],
                "val_errors": [e[m] for e in history["val_errors"]],
+               "final_epoch": best["epoch"][m] if best is not None else cfg["epochs"],
+               "train_accuracy": train_acc[m],
                "test_errors": test[m]["errors"], "test_accuracy": test[m]["accuracy"],
                "test_per_class_errors": test[m]["per_class_errors"],
                "test_per_class_counts": test[m]["per_class_counts"]}
@@ -283,6 +314,20 @@ def train(cfg: dict, seeds: list[int], out_dir: Path | str, device: str | None =
         records.append(rec)
     ckpt_path.unlink(missing_ok=True)
     return records
+
+
+@torch.no_grad()
+def _keep_best(model: MLP, best: dict, val_err: list[int], epoch: int) -> None:
+    """Copy the members whose validation errors improved into best["state"] (all tensors are member-major)."""
+    improved = [e < b for e, b in zip(val_err, best["errors"])]
+    if not any(improved):
+        return
+    mask = torch.tensor(improved)
+    for name, t in model.state_dict().items():
+        best["state"][name][mask.to(t.device)] = t[mask.to(t.device)]
+    for m, up in enumerate(improved):
+        if up:
+            best["errors"][m], best["epoch"][m] = val_err[m], epoch + 1
 
 
 def _check_finite(sums: torch.Tensor, term_names: list[str], seeds, name, epoch, step) -> None:
@@ -296,7 +341,8 @@ def _check_finite(sums: torch.Tensor, term_names: list[str], seeds, name, epoch,
 
 @torch.no_grad()
 def teacher_logits(model_path: Path | str, out_path: Path | str, root: Path | str | None = None,
-                   device: str | None = None, batch_size: int = 4096) -> torch.Tensor:
+                   device: str | None = None, batch_size: int = 4096, members: list[int] | None = None
+                   ) -> torch.Tensor:
     """Logits (M, N, C) of every member of a trained model on the whole un-jittered training split, saved once so
     that students read them instead of running the teacher (transfer sets index into them)."""
     device = pick_device(device)
@@ -305,7 +351,9 @@ def teacher_logits(model_path: Path | str, out_path: Path | str, root: Path | st
     model.load_state_dict(blob["state_dict"])
     dataset = blob["train_config"]["dataset"]
     split = kdata.load(dataset, train=True, root=root, device=device)
-    logits = predict_logits(model, kdata.normalize(split.x, dataset), batch_size).cpu()
-    atomic_torch_save(out_path, {"logits": logits, "dataset": dataset, "source": str(model_path),
+    logits = predict_split(model, split, torch.arange(len(split), device=device), batch_size).cpu()
+    if members is not None:
+        logits = logits[list(members)]
+    atomic_torch_save(out_path, {"logits": logits, "dataset": dataset, "source": str(model_path), "members": members,
                                  "train_config_hash": config_hash(blob["train_config"])})
     return logits

@@ -3,7 +3,7 @@ import json
 import shlex
 from pathlib import Path
 
-from kdbench import losses, mnist, train, variants
+from kdbench import data, ensembles, losses, mnist, train, variants
 
 RESULTS = Path("results") / config["profile"]
 RUNS = RESULTS / "runs"
@@ -22,6 +22,11 @@ def run_outputs(system):
             "metrics": [d / f"seed{s}" / "metrics.json" for s in SEEDS]}
 
 
+# What the MNIST and variants rules see of the config: later sections' blocks are left out, so adding or changing
+# them does not change those rules' params (which would rerun finished jobs).
+MNIST_CONFIG = {k: v for k, v in config.items() if k not in ("ensembles", "specialists")}
+
+
 def quoted_json(obj):
     return shlex.quote(json.dumps(obj, sort_keys=True))
 
@@ -32,6 +37,9 @@ def all_train_configs():
     for exp in variants.experiments(config):
         for v in config["variants"]:
             yield f"{exp}/{v}", variants.train_config(config, exp, v, teacher_logits="<cached>")
+    for ds in ensembles.datasets(config):
+        for system in ensembles.systems(config):
+            yield f"ensembles/{ds}/{system}", ensembles.train_config(config, ds, system, teacher_logits="<cached>")
 
 
 def check_train_configs():
@@ -54,8 +62,10 @@ def check_train_configs():
             losses.get(cfg["variant"]).check_params(cfg["variant_params"])
         except (KeyError, ValueError) as e:
             raise ValueError(f"config: system {system!r}: {e.args[0]}") from None
-        if cfg["widths"][0] != 784 or cfg["widths"][-1] != 10:
-            raise ValueError(f"config: system {system!r}: MNIST nets need widths [784, ..., 10], got {cfg['widths']}")
+        dims = data.input_output_dims(cfg["dataset"])
+        if (cfg["widths"][0], cfg["widths"][-1]) != dims:
+            raise ValueError(f"config: system {system!r}: {cfg['dataset']} nets need widths [{dims[0]}, ..., "
+                             f"{dims[1]}], got {cfg['widths']}")
 
 
 check_train_configs()

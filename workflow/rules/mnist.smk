@@ -83,7 +83,7 @@ rule aggregate_mnist:
         transfer=report(RESULTS / "mnist_transfer.png", caption="../report/mnist_transfer.rst",
                         category="MNIST (section 3)"),
     params:
-        cfg=quoted_json(config),
+        cfg=quoted_json(MNIST_CONFIG),
     localrule: True
     shell:
         "kdbench aggregate mnist --config-json {params.cfg} --runs {RUNS} --paper {input.paper} --out-dir {RESULTS}"

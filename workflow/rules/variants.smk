@@ -28,7 +28,7 @@ rule choose_temperature:
     output:
         RESULTS / "variants" / "mnist_w{width}_bestT_temperature.json",
     params:
-        cfg=quoted_json(config),
+        cfg=quoted_json(MNIST_CONFIG),
     localrule: True
     shell:
         "kdbench choose-temperature --config-json {params.cfg} --runs {RUNS} --width {wildcards.width} --out {output}"
@@ -77,7 +77,7 @@ rule aggregate_variants:
         table=report(RESULTS / "variants.md", caption="../report/variants.rst", category="KD variants"),
         figure=report(RESULTS / "variants.png", caption="../report/variants.rst", category="KD variants"),
     params:
-        cfg=quoted_json(config),
+        cfg=quoted_json(MNIST_CONFIG),
     localrule: True
     shell:
         "kdbench aggregate variants --config-json {params.cfg} --runs {RUNS} --out-dir {RESULTS}"

@@ -1,0 +1,284 @@
+"""Ensembles, their distillation into one net (the paper's Table 1) and soft targets as a regularizer (Table 5).
+
+What this file achieves: for every dataset of the profile's `ensembles` block (`speech`, `speech_unseen` frame
+classification, `fashion_mnist` images) it defines the training configs of
+
+  - `ensemble`: S x M single nets (S = the profile's seeds, M members each) trained as one batched model; member m
+    of ensemble s differs only in its init and data order (seed 1000 + 100 s + m). Its members are the baselines;
+  - `distilled_T{T}`: one net of the members' size per seed s, distilled from ensemble s's soft targets
+    (arithmetic mean of the members' tempered probabilities, hinton loss); T is chosen on validation;
+  - `base3` / `soft3`: the baseline net on a seeded 3% of the training examples, on hard targets with early stopping,
+    and on soft targets of the 100%-data net of seed s (member 0 of ensemble s) run to the end;
+
+and from the runs' logits it computes the tables: mean +- std over seeds of test accuracy (frame accuracy for
+speech), utterance error for speech (kdbench.speech.utterance_errors), arithmetic and geometric ensemble means,
+the share of the ensemble's gain a distilled net keeps, and the share of the 3%-vs-100% gap soft targets recover.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from kdbench import speech
+from kdbench.aggregate import Cell, fmt, read_json
+
+TABLE1, TABLE5 = "table1", "table5"
+SPEECH = tuple(speech.SPLITS)
+
+
+def datasets(cfg: dict) -> list[str]:
+    return list(cfg["ensembles"]["datasets"])
+
+
+def member_seed(seed: int, m: int) -> int:
+    return 1000 + 100 * seed + m
+
+
+def ensemble_seeds(cfg: dict) -> list[int]:
+    return [member_seed(s, m) for s in cfg["seeds"] for m in range(cfg["ensembles"]["members"])]
+
+
+def single_teacher_members(cfg: dict) -> list[int]:
+    """Positions (in the ensemble model) of each seed's 100%-data net: member 0 of ensemble s."""
+    return [i * cfg["ensembles"]["members"] for i in range(len(cfg["seeds"]))]
+
+
+def systems(cfg: dict) -> list[str]:
+    temps = cfg["ensembles"]["distilled"]["temperatures"]
+    return ["ensemble"] + [distilled_name(t) for t in temps] + ["base3", "soft3"]
+
+
+def distilled_name(t: float) -> str:
+    return f"distilled_T{t:g}"
+
+
+def teacher_file(system: str) -> str | None:
+    """Which cached teacher logits a system reads: the whole ensemble, one net per seed, or none."""
+    if system.startswith("distilled_T"):
+        return "teacher_ensemble.pt"
+    if system == "soft3":
+        return "teacher_single.pt"
+    return None
+
+
+def train_config(cfg: dict, dataset: str, system: str, teacher_logits: str | None) -> dict:
+    """The `kdbench.train` config of one system on one dataset."""
+    e = cfg["ensembles"]
+    base = {**e["common"], **e["datasets"][dataset], "dataset": dataset}
+    if system == "ensemble":
+        return base
+    if system.startswith("distilled_T"):
+        d = e["distilled"]
+        return {**base, **d["train"], "variant": "hinton", "teacher_logits": teacher_logits,
+                "teacher_pairing": "grouped",
+                "variant_params": {"temperature": float(system[len("distilled_T"):]),
+                                   "hard_weight": d["hard_weight"], "ensemble": "arithmetic"}}
+    f = e["fraction"]
+    small = {"train_fraction": f["fraction"], "fraction_seed": f["fraction_seed"]}
+    if system == "base3":
+        return {**base, **f["hard"], **small, "keep_best": True}
+    if system == "soft3":
+        s = dict(f["soft"])
+        params = {"temperature": s.pop("temperature"), "hard_weight": s.pop("hard_weight")}
+        return {**base, **s, **small, "keep_best": False, "variant": "hinton", "variant_params": params,
+                "teacher_logits": teacher_logits, "teacher_pairing": "paired"}
+    raise ValueError(f"unknown ensembles system {system!r}")
+
+
+def system_seeds(cfg: dict, system: str) -> list[int]:
+    return ensemble_seeds(cfg) if system == "ensemble" else list(cfg["seeds"])
+
+
+# ---------------------------------------------------------------------------------------------------- evaluation
+
+def combine(logits: torch.Tensor, how: str) -> torch.Tensor:
+    """Log-probabilities of an ensemble from member logits (M, N, C): arithmetic or normalized geometric mean."""
+    logp = torch.log_softmax(logits.float(), -1)
+    if how == "arithmetic":
+        return torch.logsumexp(logp, 0) - math.log(logp.shape[0])
+    if how == "geometric":
+        return torch.log_softmax(logp.mean(0), -1)
+    raise ValueError(f"unknown ensemble mean {how!r}")
+
+
+def accuracy_pct(logits: torch.Tensor, labels: torch.Tensor) -> list[float]:
+    """Per member (K, N, C) -> K accuracies in percent."""
+    if logits.dim() == 2:
+        logits = logits.unsqueeze(0)
+    return (100.0 * (logits.argmax(-1) == labels).float().mean(-1)).tolist()
+
+
+class _Eval:
+    """Test metrics of (K, N, C) logits of one dataset: accuracy and, for speech, utterance error."""
+
+    def __init__(self, dataset: str, blob: dict, root: Path | str | None):
+        self.dataset, self.labels = dataset, blob["test_labels"]
+        self.groups = blob.get("test_groups")
+        self.digits = None
+        if dataset in SPEECH:
+            cache = speech.load_cache(root, dataset, build_missing=False)
+            self.digits = cache["utterances"][:, 0]
+
+    def __call__(self, logits: torch.Tensor) -> dict[str, list[float]]:
+        out = {"test_accuracy_pct": accuracy_pct(logits, self.labels)}
+        if self.digits is not None:
+            out["utterance_error_pct"] = [r["utterance_error_pct"]
+                                          for r in speech.utterance_errors(logits, self.groups, self.digits)]
+        return out
+
+
+def _logits(runs: Path, dataset: str, system: str) -> dict:
+    return torch.load(Path(runs) / dataset / system / "logits.pt", map_location="cpu", weights_only=False)
+
+
+def _metrics(runs: Path, dataset: str, system: str, seed: int) -> tuple[dict, str]:
+    p = Path(runs) / dataset / system / f"seed{seed}" / "metrics.json"
+    return read_json(p), str(p)
+
+
+def choose_temperature(cfg: dict, runs: Path, dataset: str) -> tuple[float, dict[float, float]]:
+    """The distillation temperature with the lowest mean validation error over seeds (test never looked at)."""
+    val = {}
+    for t in cfg["ensembles"]["distilled"]["temperatures"]:
+        blob = _logits(runs, dataset, distilled_name(t))
+        val[float(t)] = 100.0 - sum(accuracy_pct(blob["val"], blob["val_labels"])) / len(cfg["seeds"])
+    return min(val, key=lambda t: (val[t], t)), val
+
+
+def cells(cfg: dict, runs: Path | str, root: Path | str | None = None) -> tuple[list[Cell], dict]:
+    """Summary cells of every dataset, plus facts for the Markdown (chosen T, validation errors, size curves)."""
+    runs = Path(runs)
+    out, facts = [], {}
+    m_count, seeds = cfg["ensembles"]["members"], list(cfg["seeds"])
+    for ds in datasets(cfg):
+        ens = _logits(runs, ds, "ensemble")
+        ev = _Eval(ds, ens, root)
+        ens_src = str(runs / ds / "ensemble" / "logits.pt")
+        single = ev(ens["test"])  # every member
+        metric_names = list(single)
+
+        def add(table, system, metric, values, unit="pct"):
+            c = Cell(ds, table, system, metric, unit)
+            c.values = list(values)
+            out.append(c)
+
+        for metric in metric_names:
+            add(TABLE1, "baseline", metric, [(sd, v, ens_src) for sd, v in zip(ensemble_seeds(cfg), single[metric])])
+        per_seed_base = {metric: [sum(single[metric][i * m_count:(i + 1) * m_count]) / m_count
+                                  for i in range(len(seeds))] for metric in metric_names}
+        combos, curves = {}, {}
+        for how in ("arithmetic", "geometric"):
+            vals = {metric: [] for metric in metric_names}
+            for i in range(len(seeds)):
+                member_logits = ens["test"][i * m_count:(i + 1) * m_count]
+                r = ev(combine(member_logits, how))
+                for metric in metric_names:
+                    vals[metric].append(r[metric][0])
+                if how == "arithmetic":
+                    curves.setdefault("sizes", list(range(1, m_count + 1)))
+                    curves[seeds[i]] = [ev(combine(member_logits[:n], how))["test_accuracy_pct"][0]
+                                        for n in range(1, m_count + 1)]
+            combos[how] = vals
+            for metric in metric_names:
+                add(TABLE1, f"ensemble_{how}", metric, [(s, v, ens_src) for s, v in zip(seeds, vals[metric])])
+
+        t_best, val_err = choose_temperature(cfg, runs, ds)
+        dist = _logits(runs, ds, distilled_name(t_best))
+        dist_src = str(runs / ds / distilled_name(t_best) / "logits.pt")
+        d = ev(dist["test"])
+        for metric in metric_names:
+            add(TABLE1, "distilled", metric, [(s, v, dist_src) for s, v in zip(seeds, d[metric])])
+        add(TABLE1, "distilled", "chosen_temperature", [(s, t_best, dist_src) for s in seeds], unit="T")
+        gain = [100.0 * (dv - b) / (ea - b) if ea != b else math.nan
+                for dv, b, ea in zip(d["test_accuracy_pct"], per_seed_base["test_accuracy_pct"],
+                                     combos["arithmetic"]["test_accuracy_pct"])]
+        add(TABLE1, "distilled", "gain_recovered_pct", [(s, g, dist_src) for s, g in zip(seeds, gain)])
+
+        # Table 5: train and test accuracy of the 100%-data net (member 0 of each ensemble), 3% hard, 3% soft
+        t5 = {}
+        for system, run, members in (("baseline_100", "ensemble", single_teacher_members(cfg)),
+                                     ("baseline_3", "base3", list(range(len(seeds)))),
+                                     ("soft_3", "soft3", list(range(len(seeds))))):
+            blob = ens if run == "ensemble" else _logits(runs, ds, run)
+            test = ev(blob["test"][members])["test_accuracy_pct"]
+            run_seeds = [ensemble_seeds(cfg)[j] for j in members] if run == "ensemble" else seeds
+            recs = [_metrics(runs, ds, run, sd) for sd in run_seeds]
+            add(TABLE5, system, "train_accuracy_pct", [(s, 100.0 * r["train_accuracy"], src)
+                                                       for s, (r, src) in zip(seeds, recs)])
+            add(TABLE5, system, "test_accuracy_pct", [(s, v, src) for s, v, (_, src) in zip(seeds, test, recs)])
+            t5[system] = test
+            if run == "base3":
+                facts.setdefault(ds, {})["base3_epochs"] = [r["final_epoch"] for r, _ in recs]
+        rec = [100.0 * (s3 - b3) / (b100 - b3) if b100 != b3 else math.nan
+               for s3, b3, b100 in zip(t5["soft_3"], t5["baseline_3"], t5["baseline_100"])]
+        add(TABLE5, "soft_3", "gap_recovered_pct", [(s, v, str(runs / ds / "soft3" / "logits.pt"))
+                                                    for s, v in zip(seeds, rec)])
+        facts.setdefault(ds, {}).update({"chosen_temperature": t_best, "val_error_pct_by_T": val_err,
+                                         "size_curve": curves})
+    return out, facts
+
+
+# ---------------------------------------------------------------------------------------------------- report
+
+NAMES = {"baseline": "Baseline (single net)", "ensemble_arithmetic": "{M}x ensemble, arithmetic mean",
+         "ensemble_geometric": "{M}x ensemble, geometric mean", "distilled": "Distilled single net",
+         "baseline_100": "Baseline (100% of training set)", "baseline_3": "Baseline (3% of training set)",
+         "soft_3": "Soft targets (3% of training set)"}
+TITLES = {"speech": "Spoken digits, documented split (takes 0-4 of every speaker are the test set)",
+          "speech_unseen": "Spoken digits, unseen speakers (george and lucas are the test set)",
+          "fashion_mnist": "Fashion-MNIST"}
+
+
+def _row(summary: pd.DataFrame, ds: str, table: str, system: str, metric: str) -> pd.Series | None:
+    r = summary[(summary.section == ds) & (summary.table == table) & (summary.system == system)
+                & (summary.metric == metric)]
+    return None if r.empty else r.iloc[0]
+
+
+def _cell(r: pd.Series | None, digits: int = 2) -> str:
+    return "–" if r is None else fmt(r["mean"], r["std"], digits)
+
+
+def _paper(r: pd.Series | None) -> str:
+    return "" if r is None or pd.isna(r["paper"]) else f" ({r['paper']:g})"
+
+
+def markdown(summary: pd.DataFrame, cfg: dict, facts: dict) -> str:
+    m_count, n_seeds = cfg["ensembles"]["members"], len(cfg["seeds"])
+    lines = [f"# Ensembles, distillation and soft targets as a regularizer (profile `{cfg['profile']}`)", "",
+             f"Mean ± std over {n_seeds} seeds (the baseline row: over all {n_seeds * m_count} single nets); "
+             "the paper's number in parentheses where it has one (speech frames from a 2012 Android voice-search "
+             "set; ours are spoken digits, see docs/DEVIATIONS.md). Accuracy of speech systems is frame accuracy; "
+             "utterance error is the analog of WER.", ""]
+    for ds in datasets(cfg):
+        sp = ds in SPEECH
+        acc = "Test frame accuracy %" if sp else "Test accuracy %"
+        lines += [f"## {TITLES.get(ds, ds)}", "", "### Table 1 analog: ensemble -> distilled single net", "",
+                  f"| System | {acc} |" + (" Utterance error % |" if sp else ""),
+                  "|---|---|" + ("---|" if sp else "")]
+        for system in ("baseline", "ensemble_arithmetic", "ensemble_geometric", "distilled"):
+            r = _row(summary, ds, TABLE1, system, "test_accuracy_pct")
+            u = _row(summary, ds, TABLE1, system, "utterance_error_pct")
+            lines.append(f"| {NAMES[system].format(M=m_count)} | {_cell(r)}{_paper(r)} |"
+                         + (f" {_cell(u)}{_paper(u)} |" if sp else ""))
+        f = facts.get(ds, {})
+        g = _row(summary, ds, TABLE1, "distilled", "gain_recovered_pct")
+        val = ", ".join(f"T={t:g}: {v:.2f}%" for t, v in f.get("val_error_pct_by_T", {}).items())
+        lines += ["", f"Distillation temperature chosen on validation: **T={f.get('chosen_temperature', math.nan):g}** "
+                      f"(mean validation error {val}); hard-target weight {cfg['ensembles']['distilled']['hard_weight']}.",
+                  f"Share of the ensemble's gain over the baseline kept by the distilled net (per seed, arithmetic "
+                  f"ensemble): **{_cell(g, 1)}%**{_paper(g)}.", "",
+                  "### Table 5 analog: soft targets on 3% of the training set", "",
+                  "| System | Train accuracy % | Test accuracy % |", "|---|---|---|"]
+        for system in ("baseline_100", "baseline_3", "soft_3"):
+            tr = _row(summary, ds, TABLE5, system, "train_accuracy_pct")
+            te = _row(summary, ds, TABLE5, system, "test_accuracy_pct")
+            lines.append(f"| {NAMES[system]} | {_cell(tr)}{_paper(tr)} | {_cell(te)}{_paper(te)} |")
+        gap = _row(summary, ds, TABLE5, "soft_3", "gap_recovered_pct")
+        lines += ["", f"Share of the test-accuracy gap between 3% and 100% recovered by soft targets: "
+                      f"**{_cell(gap, 1)}%**{_paper(gap)}. The 3% hard-target runs stopped early at epochs "
+                      f"{f.get('base3_epochs')} (best validation); the soft-target runs ran every epoch.", ""]
+    return "\n".join(lines) + "\n"
