@@ -81,9 +81,9 @@ def train_config(cfg: dict, dataset: str, system: str, teacher_logits: str | Non
     if system == "base3":
         return {**base, **f["hard"], **small, "keep_best": True}
     if system == "soft3":
-        s = dict(f["soft"])
-        params = {"temperature": s.pop("temperature"), "hard_weight": s.pop("hard_weight")}
-        return {**base, **s, **small, "keep_best": False, "variant": "hinton", "variant_params": params,
+        soft = f["soft"]
+        params = {"temperature": soft["temperature"], "hard_weight": soft["hard_weight"]}
+        return {**base, **soft["train"], **small, "keep_best": False, "variant": "hinton", "variant_params": params,
                 "teacher_logits": teacher_logits, "teacher_pairing": "paired"}
     raise ValueError(f"unknown ensembles system {system!r}")
 

@@ -163,6 +163,18 @@ def _load_teacher(cfg: dict, device: torch.device, n_train: int, members: int) -
     return t
 
 
+def teacher_batch(teacher: torch.Tensor, idx: torch.Tensor, pairing: str) -> torch.Tensor:
+    """Teacher logits of the examples idx (K, B) that each student member sees: "ensemble" (M, N, C) -> all M for
+    every member (M, K, B, C); "grouped" (K, G, N, C) -> member k's own G teachers (G, K, B, C); "paired" (K, N, C)
+    -> member k's own teacher (K, B, C)."""
+    rows = torch.arange(idx.shape[0], device=idx.device)[:, None]
+    if pairing == "ensemble":
+        return teacher[:, idx]
+    if pairing == "grouped":
+        return teacher[rows, :, idx].permute(2, 0, 1, 3)  # advanced indices first: (K, B, G, C)
+    return teacher[rows, idx]
+
+
 def predict_split(model: MLP, split, idx: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
     """Eval-mode logits (K, len(idx), C) of the examples idx of a split, inputs gathered chunk by chunk."""
     chunks = [predict_logits(model, split.inputs(idx[i:i + batch_size]), batch_size)
@@ -238,14 +250,7 @@ def train(cfg: dict, seeds: list[int], out_dir: Path | str, device: str | None =
             idx = perm[:, step * bs:(step + 1) * bs]
             xb = train_split.inputs(idx, cfg["jitter"])
             yb = train_split.y[idx]
-            tb = None
-            if teacher is not None:
-                if cfg["teacher_pairing"] == "ensemble":
-                    tb = teacher[:, idx]  # (M, K, B, C)
-                elif cfg["teacher_pairing"] == "grouped":  # (K, G, N, C) -> (G, K, B, C)
-                    tb = teacher[torch.arange(k, device=device)[:, None], :, idx].permute(2, 0, 1, 3)
-                else:
-                    tb = teacher[torch.arange(k, device=device)[:, None], idx]
+            tb = None if teacher is None else teacher_batch(teacher, idx, cfg["teacher_pairing"])
             terms = loss_fn(model(xb), yb, tb)
             stacked = torch.stack(list(terms.values()))  # (terms, K)
             opt.zero_grad(set_to_none=True)

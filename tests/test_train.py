@@ -103,3 +103,31 @@ def test_transfer_set_without_a_class(data_root, tmp_path):
     labels = torch.tensor([0, 3, 3, 5, 1] * 20)
     tr, val = train.training_indices({**train.DEFAULTS, "val_size": 10, "transfer_classes": [0, 1, 5]}, labels)
     assert not set(tr.tolist()) & set(val.tolist()) and 3 not in labels[tr].tolist()
+
+
+def test_keep_best_ends_each_member_at_its_best_validation_epoch(data_root, tmp_path):
+    cfg = {**SMALL, "epochs": 4, "lr": 0.4, "schedule": "constant", "keep_best": True}
+    recs = _run(cfg, [0, 1, 2], tmp_path / "b", data_root)
+    blob = torch.load(tmp_path / "b" / "logits.pt", weights_only=False)
+    final_val_errors = (blob["val"].argmax(-1) != blob["val_labels"]).sum(-1).tolist()
+    for r, final in zip(recs, final_val_errors):
+        assert final == min(r["val_errors"])
+        assert r["final_epoch"] == r["val_errors"].index(min(r["val_errors"])) + 1
+        assert 0.0 < r["train_accuracy"] <= 1.0
+    with pytest.raises(ValueError, match="keep_best needs a validation split"):
+        train.resolve({"keep_best": True, "val_size": 0})
+
+
+def test_teacher_batch_gives_each_member_its_own_teachers():
+    n, c = 50, 4
+    teacher = torch.randn(6, n, c)  # 3 students x 2 teachers each, or 6 for everyone
+    idx = torch.randint(0, n, (3, 7))
+    ens = train.teacher_batch(teacher, idx, "ensemble")
+    assert ens.shape == (6, 3, 7, c) and torch.equal(ens[4, 1], teacher[4][idx[1]])
+    grouped = train.teacher_batch(teacher.reshape(3, 2, n, c), idx, "grouped")
+    assert grouped.shape == (2, 3, 7, c)
+    for k in range(3):
+        for g in range(2):
+            assert torch.equal(grouped[g, k], teacher[2 * k + g][idx[k]])
+    paired = train.teacher_batch(teacher[:3], idx, "paired")
+    assert paired.shape == (3, 7, c) and torch.equal(paired[2], teacher[2][idx[2]])

@@ -43,6 +43,7 @@ def test_summary_has_every_row_of_the_section(smoke_run):
     cfg = yaml.safe_load(SMOKE.read_text())
     summary = pd.read_csv(smoke_run / "summary.csv")
     assert list(summary.columns) == ["section", "table", "system", "metric", "paper", "mean", "std", "n_seeds", "unit"]
+    summary = summary[summary.section == "mnist"]
     expected = {(s, "test_errors") for s in ["teacher", "baseline", "distilled_T20"] + mnist.sweep_systems(cfg)}
     expected |= {("distilled_T20", "gap_closed_pct")}
     for t in ("omit3", "only78"):
@@ -60,7 +61,8 @@ def test_every_cell_traces_to_run_records(smoke_run):
     prov = pd.read_csv(smoke_run / "provenance.csv")
     summary = pd.read_csv(smoke_run / "summary.csv")
     for _, row in summary.iterrows():
-        vals = prov[(prov.system == row.system) & (prov.metric == row.metric)]
+        vals = prov[(prov.section == row.section) & (prov.table == row.table) & (prov.system == row.system)
+                    & (prov.metric == row.metric)]
         assert len(vals) == row.n_seeds
         assert vals.value.mean() == pytest.approx(row["mean"], rel=1e-4)
         for src in vals.source:
@@ -91,6 +93,33 @@ def test_the_documented_example_variant_gets_its_row(smoke_run):
     # the bestT experiment ran at the temperature chosen on validation
     choice = json.loads((smoke_run / "variants" / "mnist_w30_bestT_temperature.json").read_text())
     assert df[(df.variant == "hinton") & (df.experiment == "mnist_w30_bestT")].temperature.item() == choice["temperature"]
+
+
+def test_ensembles_section_rows_tables_and_figure(smoke_run):
+    from kdbench import ensembles
+    cfg = yaml.safe_load(SMOKE.read_text())
+    s = pd.read_csv(smoke_run / "summary.csv")
+    s = s[s.section != "mnist"]
+    assert set(s.section) == {"speech", "speech_unseen", "fashion_mnist"}
+    for ds in ("speech", "speech_unseen", "fashion_mnist"):
+        rows = s[s.section == ds]
+        t1 = set(rows[rows.table == "table1"].system)
+        assert t1 == {"baseline", "ensemble_arithmetic", "ensemble_geometric", "distilled"}
+        assert set(rows[rows.table == "table5"].system) == {"baseline_100", "baseline_3", "soft_3"}
+        assert ("utterance_error_pct" in set(rows.metric)) == ds.startswith("speech")
+        base = rows[(rows.system == "baseline") & (rows.metric == "test_accuracy_pct")].iloc[0]
+        assert base.n_seeds == len(cfg["seeds"]) * cfg["ensembles"]["members"]
+        assert 0 < base["mean"] <= 100
+        t = rows[rows.metric == "chosen_temperature"]["mean"].item()
+        assert t in cfg["ensembles"]["distilled"]["temperatures"]
+    assert s[(s.section == "speech") & (s.system == "distilled") & (s.metric == "test_accuracy_pct")].paper.item() == 60.8
+    md = (smoke_run / "ensembles.md").read_text()
+    assert "| 3x ensemble, geometric mean |" in md and "Utterance error %" in md and "## Fashion-MNIST" in md
+    assert (smoke_run / "ensembles.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the distilled nets learned from their own seed's ensemble: grouped teachers, one group per seed
+    rec = json.loads((smoke_run / "runs" / "ensembles" / "speech" / "distilled_T2" / "seed1" / "metrics.json").read_text())
+    assert rec["config"]["teacher_pairing"] == "grouped"
+    assert len(ensembles.ensemble_seeds(cfg)) == len(set(ensembles.ensemble_seeds(cfg)))
 
 
 def test_a_finished_workflow_has_nothing_left_to_do(smoke_run, data_root):
