@@ -227,7 +227,8 @@ def train(cfg: dict, seeds: list[int], out_dir: Path | str, device: str | None =
     ckpt_path = out_dir / "checkpoint.pt"
     if ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if ck["config_hash"] == chash and ck["seeds"] == list(seeds):
+        if (ck["config_hash"] == chash and ck["seeds"] == list(seeds)
+                and ck.get("data") == train_split.fingerprint):
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["opt"])
             sched.load_state_dict(ck["sched"])
@@ -238,6 +239,8 @@ def train(cfg: dict, seeds: list[int], out_dir: Path | str, device: str | None =
                 torch.cuda.set_rng_state(ck["rng_cuda"], device)
             history, start_epoch, best = ck["history"], ck["epoch"], ck.get("best")
             print(f"kdbench: {name}: resuming after epoch {start_epoch}")
+        else:
+            print(f"kdbench: {name}: the checkpoint there was made with another config, seeds or data; starting over")
 
     bar = tqdm(range(start_epoch, cfg["epochs"]), desc=name, disable=not progress, leave=False)
     for epoch in bar:
@@ -275,7 +278,8 @@ def train(cfg: dict, seeds: list[int], out_dir: Path | str, device: str | None =
         history["val_errors"].append(val_err)
         history["epoch_seconds"].append(time.perf_counter() - t_epoch)
         atomic_torch_save(ckpt_path, {
-            "config_hash": chash, "seeds": list(seeds), "epoch": epoch + 1, "history": history,
+            "config_hash": chash, "seeds": list(seeds), "data": train_split.fingerprint, "epoch": epoch + 1,
+            "history": history,
             "model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "best": best,
             "orders": [g.get_state() for g in orders], "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None})
