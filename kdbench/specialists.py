@@ -196,7 +196,7 @@ def evaluate(cfg: dict, dataset: str, runs: Path | str, clusters: list[list[int]
         log_q = combine(log_pg, spec_lp, clusters, active, s["combine"]["steps"])
         right_g, right_q = log_pg.argmax(-1) == labels, log_q.argmax(-1) == labels
         by_cover = {}
-        for n_cov in range(int(cover.max()) + 1):
+        for n_cov in sorted(set(cover.tolist())):  # only counts that occur: no empty rows
             sel = cover == n_cov
             g, q = int(right_g[sel].sum()), int(right_q[sel].sum())
             by_cover[n_cov] = {"cases": int(sel.sum()), "delta_correct": q - g,
