@@ -23,6 +23,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/mnist.smk"
 include: "workflow/rules/variants.smk"
 include: "workflow/rules/ensembles.smk"
+include: "workflow/rules/specialists.smk"
 
 
 report: "workflow/report/workflow.rst"
@@ -40,14 +41,16 @@ rule all:
         RESULTS / "variants.png",
         RESULTS / "ensembles.md",
         RESULTS / "ensembles.png",
+        RESULTS / "specialists.md",
+        RESULTS / "specialists.png",
     default_target: True
 
 
 rule summary:
     """One tidy table for the whole suite; later sections append their parts."""
     input:
-        parts=[RESULTS / "mnist_summary.csv", RESULTS / "ensembles_summary.csv"],
-        provenance=[RESULTS / "mnist_provenance.csv", RESULTS / "ensembles_provenance.csv"],
+        parts=[RESULTS / f"{part}_summary.csv" for part in ("mnist", "ensembles", "specialists")],
+        provenance=[RESULTS / f"{part}_provenance.csv" for part in ("mnist", "ensembles", "specialists")],
     output:
         summary=RESULTS / "summary.csv",
         provenance=RESULTS / "provenance.csv",

@@ -15,17 +15,17 @@ Usage: python benchmarks/engine.py [--device auto] [--ref-steps N] [--out result
 from __future__ import annotations
 
 import argparse
-import csv
 import math
-import os
 import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 from torch import nn
 
 from kdbench import data as kdata
+from kdbench.aggregate import write_csv
 from kdbench.losses import distillation_loss
 from kdbench.records import device_description
 from kdbench.train import pick_device, teacher_logits, train
@@ -142,13 +142,7 @@ def main(argv=None):
         add("kdbench_kd_student_5seeds_batched_vs_reference", bat / 5, "reference_kd_student_T20", ref_s)
 
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_suffix(".csv.tmp")
-    with open(tmp_out, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp_out, out)
+    write_csv(pd.DataFrame(rows), out)
     print(f"wrote {out} (torch {torch.__version__}, {desc})")
 
 

@@ -1,4 +1,4 @@
-"""Command line: `kdbench data fetch|features`, `train`, `teacher-logits`, `bias`, `aggregate`, `summary`.
+"""Command line: `kdbench data fetch|features`, `train`, `clusters`, `teacher-logits`, `bias`, `aggregate`, `summary`.
 
 The workflow's rules call these; each is a thin wrapper around one library function."""
 from __future__ import annotations
@@ -114,6 +114,17 @@ def _cmd_aggregate(args) -> int:
         figures.ensembles(summary, facts, ensembles.datasets(cfg), out / "ensembles.png")
         print(f"ensembles: {len(summary)} summary rows -> {out}")
         return 0
+    if args.section == "specialists":
+        from kdbench import specialists
+        files = dict(item.split("=", 1) for item in args.clusters)
+        cells, facts = specialists.cells(cfg, runs, files)
+        summary, prov = aggregate.tables(cells, paper)
+        aggregate.write_csv(summary, out / "specialists_summary.csv")
+        aggregate.write_csv(prov, out / "specialists_provenance.csv")
+        atomic_write_bytes(out / "specialists.md", specialists.markdown(summary, cfg, facts).encode())
+        figures.specialists(summary, facts, out / "specialists.png")
+        print(f"specialists: {len(summary)} summary rows -> {out}")
+        return 0
     if args.section == "variants":
         from kdbench import variants
         df = variants.table(cfg, runs)
@@ -143,6 +154,21 @@ def _cmd_choose_temperature(args) -> int:
     choice = variants.choose_temperature(json.loads(args.config_json), Path(args.runs), args.width)
     atomic_write_json(args.out, choice)
     print(f"width {args.width}: T={choice['temperature']:g} has the fewest validation errors")
+    return 0
+
+
+def _cmd_clusters(args) -> int:
+    import json
+
+    from kdbench import specialists
+    from kdbench.records import atomic_write_json
+    try:
+        found = specialists.clusters_for(json.loads(args.config_json), args.dataset, args.ensemble_logits)
+    except ValueError as e:
+        print(f"kdbench: error: {e}", file=sys.stderr)
+        return 1
+    atomic_write_json(args.out, found)
+    print(f"{args.dataset}: {len(found['clusters'])} clusters {found['clusters']} -> {args.out}")
     return 0
 
 
@@ -205,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     b.set_defaults(func=_cmd_bias)
 
     a = sub.add_parser("aggregate", help="a section's summary rows, provenance, Markdown table and figures")
-    a.add_argument("section", choices=["mnist", "variants", "ensembles"])
+    a.add_argument("section", choices=["mnist", "variants", "ensembles", "specialists"])
+    a.add_argument("--clusters", nargs="*", default=[], help="DATASET=clusters.json pairs (specialists)")
     a.add_argument("--root", default=None, help="data directory (speech utterance labels)")
     a.add_argument("--config-json", required=True)
     a.add_argument("--runs", required=True)
@@ -219,6 +246,13 @@ def main(argv: list[str] | None = None) -> int:
     ct.add_argument("--width", type=int, required=True)
     ct.add_argument("--out", required=True)
     ct.set_defaults(func=_cmd_choose_temperature)
+
+    cl = sub.add_parser("clusters", help="confusable class clusters from a generalist's validation predictions")
+    cl.add_argument("--config-json", required=True)
+    cl.add_argument("--dataset", required=True)
+    cl.add_argument("--ensemble-logits", required=True, help="logits.pt of the dataset's ensemble run")
+    cl.add_argument("--out", required=True)
+    cl.set_defaults(func=_cmd_clusters)
 
     sm = sub.add_parser("summary", help="concatenate section summaries into summary.csv")
     sm.add_argument("parts", nargs="+")

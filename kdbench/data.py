@@ -266,6 +266,11 @@ class Split:
     def __len__(self) -> int:
         return self.y.shape[0]
 
+    @property
+    def fingerprint(self) -> str:
+        """The verified files are fixed by their checksums, so the dataset's name identifies the data."""
+        return self.dataset
+
     def inputs(self, idx: torch.Tensor | None = None, max_shift: int = 0) -> torch.Tensor:
         """Normalized float inputs (..., 784) of the examples idx (all if None), jittered on the device if asked."""
         x = self.x if idx is None else self.x[idx]

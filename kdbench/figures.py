@@ -109,3 +109,26 @@ def ensembles(summary, facts: dict, dataset_names: list[str], path: Path | str) 
         row[2].set_title(f"{ds}: accuracy vs ensemble size")
         row[2].legend(fontsize=8)
     _save(fig, path)
+
+
+def specialists(summary, facts: dict, path: Path | str) -> None:
+    """Per dataset: the relative change in accuracy (mean ± std over seeds) by the number of specialists covering
+    the test case's correct class (the paper's Table 4), with the number of test cases on each bar."""
+    names = list(facts)
+    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 3.8), squeeze=False)
+    for ax, ds in zip(axes[0], names):
+        counts = list(facts[ds]["per_seed"][0]["by_coverage"])
+        rows = [summary[(summary.system == f"{ds}/covered_by_{n}") & (summary.metric == "relative_change_pct")]
+                .iloc[0] for n in counts]
+        cases = [facts[ds]["per_seed"][0]["by_coverage"][n]["cases"] for n in counts]
+        ax.bar(range(len(counts)), [r["mean"] for r in rows], yerr=np.nan_to_num([r["std"] for r in rows]),
+               capsize=4, color="C2")
+        for x, (r, n) in enumerate(zip(rows, cases)):
+            ax.annotate(f"n={n}", (x, 0), textcoords="offset points", xytext=(0, -12), ha="center", fontsize=8)
+        ax.axhline(0, color="gray", linewidth=0.8)
+        ax.set_xticks(range(len(counts)))
+        ax.set_xticklabels([str(n) for n in counts])
+        ax.set_xlabel("specialists covering the correct class")
+        ax.set_ylabel("relative accuracy change % (vs generalist)")
+        ax.set_title(f"{ds}: generalist + specialists (Table 4 analog)")
+    _save(fig, path)

@@ -275,6 +275,7 @@ class FrameSplit:
     groups: torch.Tensor  # (N,) utterance ids
     frames: torch.Tensor  # (P, 40) standardized, padded
     dataset: str
+    fingerprint: str = ""  # recipe version and recordings: a checkpoint resumes only on the same features
 
     def __len__(self) -> int:
         return self.y.shape[0]
@@ -291,7 +292,8 @@ def load(split: str, train: bool, root: Path | str, device: str | torch.device =
     keep = ~blob["is_test"] if train else blob["is_test"]
     frames = blob["frames"].to(device)
     return FrameSplit(blob["starts"][keep].to(device), blob["labels"][keep].to(device),
-                      blob["utterance"][keep].to(device), frames, split)
+                      blob["utterance"][keep].to(device), frames, split,
+                      f"{split}-v{blob['version']}-{blob['recordings_sha256'][:16]}")
 
 
 def utterance_errors(logits: torch.Tensor, groups: torch.Tensor, utterance_digits: torch.Tensor) -> list[dict]:

@@ -55,6 +55,10 @@ DEFAULTS = dict(
     teacher_pairing="ensemble",  # "ensemble": each member distills from all M teacher members; "paired": member k
                                  # from k; "grouped": M = K*G, member k from teacher members k*G .. k*G+G-1
     keep_best=False,            # end with each member's best-validation epoch (early stopping) instead of its last
+    class_subset=None,          # specialist: these classes keep their own outputs, all others share a dustbin output
+    subset_fraction=None,       # specialist: share of each epoch drawn from class_subset (the rest sampled afresh)
+    init_from=None,             # path of a model.pt whose members initialize this one (all but the output layer)
+    init_members=None,          # which member of init_from starts each seed (default: 0, 1, ...)
     eval_batch_size=4096,
     check_every=50,             # steps between non-finite loss checks
 )
@@ -72,6 +76,8 @@ def resolve(cfg: dict) -> dict:
     out = {**DEFAULTS, **cfg}
     if out["teacher_pairing"] not in ("ensemble", "paired", "grouped"):
         raise ValueError(f"teacher_pairing must be 'ensemble', 'paired' or 'grouped', got {out['teacher_pairing']!r}")
+    if out["subset_fraction"] is not None and (out["class_subset"] is None or not 0 < out["subset_fraction"] < 1):
+        raise ValueError("subset_fraction needs class_subset and a value strictly between 0 and 1")
     if out["keep_best"] and not out["val_size"]:
         raise ValueError("keep_best needs a validation split: set val_size > 0")
     if out["schedule"] not in ("cosine", "constant"):
@@ -175,6 +181,58 @@ def teacher_batch(teacher: torch.Tensor, idx: torch.Tensor, pairing: str) -> tor
     return teacher[rows, idx]
 
 
+def _subset_labels(cfg: dict, train_split, test_split, tr_idx: torch.Tensor) -> dict:
+    """Relabel both splits for a specialist (subset classes 0..n-1, everything else the dustbin n) and prepare its
+    sampling: each epoch holds every subset example of the transfer set plus others drawn afresh so that subset
+    examples make up `subset_fraction` of it (all examples, unresampled, without a subset_fraction)."""
+    classes = torch.tensor(cfg["class_subset"], device=train_split.y.device)
+    num = int(max(train_split.y.max(), test_split.y.max())) + 1
+    remap = torch.full((num,), len(classes), dtype=torch.long, device=classes.device)
+    remap[classes] = torch.arange(len(classes), device=classes.device)
+    in_subset = torch.isin(train_split.y[tr_idx], classes)
+    natural = float(in_subset.float().mean())
+    train_split.y, test_split.y = remap[train_split.y], remap[test_split.y.to(classes.device)]
+    inside, outside = tr_idx[in_subset], tr_idx[~in_subset]
+    f = cfg["subset_fraction"]
+    if f is None:
+        return {"inside": tr_idx, "outside": tr_idx[:0], "n_out": 0, "epoch_size": tr_idx.shape[0],
+                "natural_fraction": natural, "dustbin_shift": 0.0}
+    n_out = min(outside.shape[0], round(inside.shape[0] * (1 - f) / f))
+    # the dustbin's prior odds against the subset were (1-f)/f in training and are (1-natural)/natural in the data
+    shift = math.log(((1 - natural) / natural) / ((1 - f) / f))
+    return {"inside": inside, "outside": outside, "n_out": n_out, "epoch_size": inside.shape[0] + n_out,
+            "natural_fraction": natural, "dustbin_shift": shift}
+
+
+def _subset_epoch(subset: dict, g: torch.Generator) -> torch.Tensor:
+    pick = subset["outside"][torch.randperm(subset["outside"].shape[0], generator=g)[:subset["n_out"]].to(
+        subset["outside"].device)]
+    epoch = torch.cat([subset["inside"], pick])
+    return epoch[torch.randperm(epoch.shape[0], generator=g).to(epoch.device)]
+
+
+@torch.no_grad()
+def init_from_model(model: MLP, path: Path | str, members: list[int], class_subset: list[int] | None) -> None:
+    """Start member k from member members[k] of a trained model: hidden layers copied; the output layer copied, or
+    for a specialist the subset's output units copied and the dustbin unit set to the mean of the others' weights
+    with bias mean + log(count), so that it starts near the generalist's total probability of those classes."""
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    src = blob["state_dict"]
+    idx = torch.tensor(members)
+    layers = len(model.weights)
+    if blob["model_config"]["widths"][:-1] != model.widths[:-1]:
+        raise ValueError(f"init_from {path}: widths {blob['model_config']['widths']} do not match {model.widths}")
+    for i in range(layers):
+        w, b = src[f"weights.{i}"][idx], src[f"biases.{i}"][idx]
+        if i == layers - 1 and class_subset is not None:
+            keep = torch.tensor(class_subset)
+            rest = torch.tensor([c for c in range(w.shape[-1]) if c not in set(class_subset)])
+            w = torch.cat([w[..., keep], w[..., rest].mean(-1, keepdim=True)], -1)
+            b = torch.cat([b[..., keep], b[..., rest].mean(-1, keepdim=True) + math.log(len(rest))], -1)
+        model.weights[i].copy_(w)
+        model.biases[i].copy_(b)
+
+
 def predict_split(model: MLP, split, idx: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
     """Eval-mode logits (K, len(idx), C) of the examples idx of a split, inputs gathered chunk by chunk."""
     chunks = [predict_logits(model, split.inputs(idx[i:i + batch_size]), batch_size)
@@ -197,6 +255,9 @@ def train(cfg: dict, seeds: list[int], out_dir: Path | str, device: str | None =
     test_split = kdata.load(cfg["dataset"], train=False, root=root, device=device)
     tr_idx, val_idx = training_indices(cfg, train_split.y, train_split.groups)
     tr_idx, val_idx = tr_idx.to(device), val_idx.to(device)
+    subset = None
+    if cfg["class_subset"] is not None:
+        subset = _subset_labels(cfg, train_split, test_split, tr_idx)
     y_val = train_split.y[val_idx]
     test_all = torch.arange(len(test_split), device=device)
     ebs = cfg["eval_batch_size"]
@@ -210,10 +271,12 @@ def train(cfg: dict, seeds: list[int], out_dir: Path | str, device: str | None =
 
     model = MLP(cfg["widths"], members=k, seeds=seeds, dropout_input=cfg["dropout_input"],
                 dropout_hidden=cfg["dropout_hidden"], max_norm=cfg["max_norm"]).to(device)
+    if cfg["init_from"] is not None:
+        init_from_model(model, cfg["init_from"], cfg["init_members"] or list(range(k)), cfg["class_subset"])
     params = list(model.parameters())
     opt = torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], nesterov=cfg["nesterov"],
                           weight_decay=cfg["weight_decay"])
-    n, bs = tr_idx.shape[0], cfg["batch_size"]
+    n, bs = (tr_idx.shape[0] if subset is None else subset["epoch_size"]), cfg["batch_size"]
     steps_per_epoch = math.ceil(n / bs)
     total_steps = steps_per_epoch * cfg["epochs"]
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(cfg, s, total_steps, steps_per_epoch))
@@ -227,7 +290,8 @@ def train(cfg: dict, seeds: list[int], out_dir: Path | str, device: str | None =
     ckpt_path = out_dir / "checkpoint.pt"
     if ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if ck["config_hash"] == chash and ck["seeds"] == list(seeds):
+        if (ck["config_hash"] == chash and ck["seeds"] == list(seeds)
+                and ck.get("data") == train_split.fingerprint):
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["opt"])
             sched.load_state_dict(ck["sched"])
@@ -238,13 +302,18 @@ def train(cfg: dict, seeds: list[int], out_dir: Path | str, device: str | None =
                 torch.cuda.set_rng_state(ck["rng_cuda"], device)
             history, start_epoch, best = ck["history"], ck["epoch"], ck.get("best")
             print(f"kdbench: {name}: resuming after epoch {start_epoch}")
+        else:
+            print(f"kdbench: {name}: the checkpoint there was made with another config, seeds or data; starting over")
 
     bar = tqdm(range(start_epoch, cfg["epochs"]), desc=name, disable=not progress, leave=False)
     for epoch in bar:
         t_epoch = time.perf_counter()
         model.train()
-        perm = torch.stack([torch.randperm(n, generator=g) for g in orders]).to(device)
-        perm = tr_idx[perm]  # (K, n) indices into the full training split
+        if subset is None:
+            perm = torch.stack([torch.randperm(n, generator=g) for g in orders]).to(device)
+            perm = tr_idx[perm]  # (K, n) indices into the full training split
+        else:
+            perm = torch.stack([_subset_epoch(subset, g) for g in orders]).to(device)
         sums, count = None, 0
         for step in range(steps_per_epoch):
             idx = perm[:, step * bs:(step + 1) * bs]
@@ -275,7 +344,8 @@ def train(cfg: dict, seeds: list[int], out_dir: Path | str, device: str | None =
         history["val_errors"].append(val_err)
         history["epoch_seconds"].append(time.perf_counter() - t_epoch)
         atomic_torch_save(ckpt_path, {
-            "config_hash": chash, "seeds": list(seeds), "epoch": epoch + 1, "history": history,
+            "config_hash": chash, "seeds": list(seeds), "data": train_split.fingerprint, "epoch": epoch + 1,
+            "history": history,
             "model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "best": best,
             "orders": [g.get_state() for g in orders], "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None})
@@ -311,6 +381,8 @@ def train(cfg: dict, seeds: list[int], out_dir: Path | str, device: str | None =
                "train_terms": [{t: v[m] for t, v in e.items()} for e in history["train_terms"]],
                "val_errors": [e[m] for e in history["val_errors"]],
                "final_epoch": best["epoch"][m] if best is not None else cfg["epochs"],
+               **({} if subset is None else {"subset_natural_fraction": subset["natural_fraction"],
+                                             "dustbin_logit_shift": subset["dustbin_shift"]}),
                "train_accuracy": train_acc[m],
                "test_errors": test[m]["errors"], "test_accuracy": test[m]["accuracy"],
                "test_per_class_errors": test[m]["per_class_errors"],

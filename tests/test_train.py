@@ -55,6 +55,23 @@ def test_interrupted_run_resumes_to_the_same_result(data_root, tmp_path):
     assert resumed[0]["test_errors"] == straight[0]["test_errors"]
 
 
+def test_a_checkpoint_made_on_other_data_is_not_resumed(data_root, tmp_path, capsys):
+    cfg = {**SMALL, "epochs": 2}
+
+    def interrupt(epoch, history):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(cfg, [5], tmp_path / "r", data_root, on_epoch_end=interrupt)
+    ck = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)
+    ck["data"] = "speech-v1-older-features"
+    ck["history"]["train_loss"] = [[123.0]]  # would show up if this checkpoint were resumed
+    torch.save(ck, tmp_path / "r" / "checkpoint.pt")
+    rec = _run(cfg, [5], tmp_path / "r", data_root)[0]
+    assert "starting over" in capsys.readouterr().out
+    assert len(rec["train_loss"]) == 2 and rec["train_loss"][0] != 123.0
+
+
 def test_nan_loss_stops_the_run_and_names_it(data_root, tmp_path):
     cfg = {**SMALL, "lr": 1e6, "check_every": 5}
     with pytest.raises(train.NonFiniteLossError, match=r"run mnist/exploding: loss term 'hard' became (nan|inf)"):

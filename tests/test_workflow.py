@@ -64,7 +64,7 @@ def test_every_cell_traces_to_run_records(smoke_run):
         vals = prov[(prov.section == row.section) & (prov.table == row.table) & (prov.system == row.system)
                     & (prov.metric == row.metric)]
         assert len(vals) == row.n_seeds
-        assert vals.value.mean() == pytest.approx(row["mean"], rel=1e-4)
+        assert vals.value.mean() == pytest.approx(row["mean"], rel=1e-4, nan_ok=True)
         for src in vals.source:
             assert (work / src).exists(), src
 
@@ -99,7 +99,7 @@ def test_ensembles_section_rows_tables_and_figure(smoke_run):
     from kdbench import ensembles
     cfg = yaml.safe_load(SMOKE.read_text())
     s = pd.read_csv(smoke_run / "summary.csv")
-    s = s[s.section != "mnist"]
+    s = s[~s.section.isin(["mnist", "specialists"])]
     assert set(s.section) == {"speech", "speech_unseen", "fashion_mnist"}
     for ds in ("speech", "speech_unseen", "fashion_mnist"):
         rows = s[s.section == ds]
@@ -120,6 +120,29 @@ def test_ensembles_section_rows_tables_and_figure(smoke_run):
     rec = json.loads((smoke_run / "runs" / "ensembles" / "speech" / "distilled_T2" / "seed1" / "metrics.json").read_text())
     assert rec["config"]["teacher_pairing"] == "grouped"
     assert len(ensembles.ensemble_seeds(cfg)) == len(set(ensembles.ensemble_seeds(cfg)))
+
+
+def test_specialists_section_one_job_per_cluster_and_both_tables(smoke_run):
+    cfg = yaml.safe_load(SMOKE.read_text())
+    s = pd.read_csv(smoke_run / "summary.csv")
+    s = s[s.section == "specialists"]
+    for ds in cfg["specialists"]["datasets"]:
+        clusters = json.loads((smoke_run / "runs" / "specialists" / ds / "clusters.json").read_text())["clusters"]
+        assert clusters and all(2 <= len(c) for c in clusters)
+        for i, classes in enumerate(clusters):
+            rec = json.loads((smoke_run / "runs" / "specialists" / ds / f"spec{i}" / "seed0" / "metrics.json").read_text())
+            assert rec["config"]["class_subset"] == classes and rec["config"]["widths"][-1] == len(classes) + 1
+            assert rec["config"]["init_from"].endswith(f"ensembles/{ds}/ensemble/model.pt")
+        t3 = s[(s.table == "table3") & s.system.str.startswith(f"{ds}/")]
+        assert set(t3.system) == {f"{ds}/generalist", f"{ds}/with_specialists"}
+        t4 = s[(s.table == "table4") & s.system.str.startswith(f"{ds}/covered_by_")]
+        import torch
+        n_test = len(torch.load(smoke_run / "runs" / "ensembles" / ds / "ensemble" / "logits.pt",
+                                weights_only=False)["test_labels"])
+        assert t4[t4.metric == "cases"]["mean"].sum() == n_test  # every test case in exactly one coverage row
+    md = (smoke_run / "specialists.md").read_text()
+    assert "### Table 4 analog" in md and "Sandal" in md
+    assert (smoke_run / "specialists.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_finished_workflow_has_nothing_left_to_do(smoke_run, data_root):

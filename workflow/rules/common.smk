@@ -3,7 +3,7 @@ import json
 import shlex
 from pathlib import Path
 
-from kdbench import data, ensembles, losses, mnist, train, variants
+from kdbench import data, ensembles, losses, mnist, specialists, train, variants
 
 RESULTS = Path("results") / config["profile"]
 RUNS = RESULTS / "runs"
@@ -40,6 +40,10 @@ def all_train_configs():
     for ds in ensembles.datasets(config):
         for system in ensembles.systems(config):
             yield f"ensembles/{ds}/{system}", ensembles.train_config(config, ds, system, teacher_logits="<cached>")
+    for ds in specialists.datasets(config):
+        if ds not in ensembles.datasets(config):
+            raise ValueError(f"config: specialists.datasets: {ds!r} has no generalist; add it to ensembles.datasets")
+        yield f"specialists/{ds}/spec0", specialists.train_config(config, ds, [0, 1], "<generalist>")
 
 
 def check_train_configs():
@@ -63,6 +67,8 @@ def check_train_configs():
         except (KeyError, ValueError) as e:
             raise ValueError(f"config: system {system!r}: {e.args[0]}") from None
         dims = data.input_output_dims(cfg["dataset"])
+        if cfg["class_subset"] is not None:
+            dims = (dims[0], len(cfg["class_subset"]) + 1)
         if (cfg["widths"][0], cfg["widths"][-1]) != dims:
             raise ValueError(f"config: system {system!r}: {cfg['dataset']} nets need widths [{dims[0]}, ..., "
                              f"{dims[1]}], got {cfg['widths']}")

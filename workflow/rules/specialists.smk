@@ -1,0 +1,94 @@
+# The paper's section 5 (Tables 3 and 4): confusable clusters from the generalist's predictions (a checkpoint: how
+# many specialists there are is known only once it has run), one independent training job per specialist, then
+# the KL combination on the test set and the section's tables and figure.
+import json
+
+from kdbench import specialists
+
+SPEC = RUNS / "specialists"
+SPEC_DATASETS = specialists.datasets(config)
+# what these rules see of the config: the generalists' recipe (ensembles) and their own block
+SPEC_CONFIG = {k: config[k] for k in ("profile", "seeds", "ensembles", "specialists")}
+
+
+checkpoint specialist_clusters:
+    """k-means on the columns of the covariance of the generalists' validation predictions (no labels used)."""
+    input:
+        ENS / "{dataset}" / "ensemble" / "logits.pt",
+    output:
+        SPEC / "{dataset}" / "clusters.json",
+    wildcard_constraints:
+        dataset="|".join(SPEC_DATASETS),
+    params:
+        cfg=quoted_json(SPEC_CONFIG),
+    localrule: True
+    shell:
+        "kdbench clusters --config-json {params.cfg} --dataset {wildcards.dataset} --ensemble-logits {input} "
+        "--out {output}"
+
+
+def specialist_classes(path):
+    return json.loads(Path(path).read_text())["clusters"]
+
+
+rule train_specialist:
+    """One specialist (every seed together, seed s starting from generalist s): its cluster plus a dustbin class,
+    half of each epoch from its cluster."""
+    input:
+        clusters=SPEC / "{dataset}" / "clusters.json",
+        generalist=ENS / "{dataset}" / "ensemble" / "model.pt",
+        data=lambda w: dataset_inputs(w.dataset),
+    output:
+        model=SPEC / "{dataset}" / "spec{i}" / "model.pt",
+        logits=SPEC / "{dataset}" / "spec{i}" / "logits.pt",
+        metrics=[SPEC / "{dataset}" / "spec{i}" / f"seed{s}" / "metrics.json" for s in SEEDS],
+    wildcard_constraints:
+        dataset="|".join(SPEC_DATASETS),
+        i=r"\d+",
+    params:
+        cfg=lambda w, input: quoted_json(specialists.train_config(
+            config, w.dataset, specialist_classes(input.clusters)[int(w.i)], str(input.generalist))),
+        seeds=" ".join(str(s) for s in SEEDS),
+        out=lambda w: SPEC / w.dataset / f"spec{w.i}",
+    threads: config["threads"]
+    resources:
+        gpu=lambda w: 1 if config["device"].startswith("cuda") else 0,
+    log:
+        RESULTS / "logs" / "train_specialist" / "{dataset}" / "spec{i}.log",
+    benchmark:
+        RESULTS / "benchmarks" / "train_specialist" / "{dataset}" / "spec{i}.tsv"
+    shell:
+        "kdbench train --config-json {params.cfg} --seeds {params.seeds} --out {params.out} "
+        "--name specialists/{wildcards.dataset}/spec{wildcards.i} --device {config[device]} --root {DATA} "
+        "--threads {threads} > {log} 2>&1"
+
+
+def all_specialists(w):
+    """Every specialist's run, once each dataset's clusters are known."""
+    out = []
+    for ds in SPEC_DATASETS:
+        n = len(specialist_classes(checkpoints.specialist_clusters.get(dataset=ds).output[0]))
+        out += [SPEC / ds / f"spec{i}" / f"seed{s}" / "metrics.json" for i in range(n) for s in SEEDS]
+        out += [SPEC / ds / f"spec{i}" / "logits.pt" for i in range(n)]
+    return out
+
+
+rule aggregate_specialists:
+    """Tables 3 and 4 per dataset: the generalist alone and combined with its specialists (eq. 5)."""
+    input:
+        runs=all_specialists,
+        clusters=[SPEC / ds / "clusters.json" for ds in SPEC_DATASETS],
+        generalists=[ENS / ds / "ensemble" / "logits.pt" for ds in SPEC_DATASETS],
+        paper=PAPER,
+    output:
+        summary=RESULTS / "specialists_summary.csv",
+        provenance=RESULTS / "specialists_provenance.csv",
+        md=report(RESULTS / "specialists.md", caption="../report/specialists.rst", category="Specialists"),
+        fig=report(RESULTS / "specialists.png", caption="../report/specialists.rst", category="Specialists"),
+    params:
+        cfg=quoted_json(SPEC_CONFIG),
+        clusters=" ".join(f"{ds}={SPEC / ds / 'clusters.json'}" for ds in SPEC_DATASETS),
+    localrule: True
+    shell:
+        "kdbench aggregate specialists --config-json {params.cfg} --runs {RUNS} --paper {input.paper} "
+        "--clusters {params.clusters} --out-dir {RESULTS}"
