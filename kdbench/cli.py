@@ -52,6 +52,14 @@ def _cmd_train(args) -> int:
         print("kdbench: error: give exactly one of --config and --config-json", file=sys.stderr)
         return 2
     cfg = json.loads(args.config_json) if args.config_json else yaml.safe_load(Path(args.config).read_text()) or {}
+    if args.cluster_file:
+        from kdbench import specialists
+        clusters = json.loads(Path(args.cluster_file).read_text())["clusters"]
+        if not 0 <= args.cluster_index < len(clusters):
+            print(f"kdbench: error: {args.cluster_file} has {len(clusters)} clusters, no index {args.cluster_index}",
+                  file=sys.stderr)
+            return 2
+        cfg = specialists.with_cluster(cfg, clusters[args.cluster_index])
     if args.temperature_from:
         from kdbench import losses
         losses.load_modules(cfg.get("variant_modules", []))
@@ -205,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     t.add_argument("--temperature-from", default=None,
                    help="JSON file with a chosen 'temperature', set if the variant takes one")
+    t.add_argument("--cluster-file", default=None, help="clusters.json: train a specialist for one of its clusters")
+    t.add_argument("--cluster-index", type=int, default=0)
     t.add_argument("--seeds", type=int, nargs="+", default=[0])
     t.add_argument("--out", required=True)
     t.add_argument("--name", default=None)

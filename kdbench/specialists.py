@@ -95,13 +95,22 @@ def clusters_for(cfg: dict, dataset: str, ensemble_logits: Path | str) -> dict:
 
 # ---------------------------------------------------------------------------------------------------- training
 
-def train_config(cfg: dict, dataset: str, classes: list[int], generalist_model: str) -> dict:
-    """A specialist's `kdbench.train` config: the generalist's recipe, its cluster plus a dustbin as outputs."""
+def base_config(cfg: dict, dataset: str, generalist_model: str) -> dict:
+    """What every specialist of a dataset shares: the generalist's recipe, started from the generalist, the
+    profile's specialist training keys and subset fraction. `with_cluster` adds a cluster."""
     base = ensembles.train_config(cfg, dataset, "ensemble", None)
     s = settings(cfg, dataset)
-    return {**base, **s["train"], "widths": base["widths"][:-1] + [len(classes) + 1],
-            "class_subset": list(classes), "subset_fraction": s["subset_fraction"],
+    return {**base, **s["train"], "subset_fraction": s["subset_fraction"],
             "init_from": generalist_model, "init_members": generalist_members(cfg)}
+
+
+def with_cluster(base: dict, classes: list[int]) -> dict:
+    """A specialist's `kdbench.train` config: its cluster plus a dustbin as outputs."""
+    return {**base, "widths": base["widths"][:-1] + [len(classes) + 1], "class_subset": list(classes)}
+
+
+def train_config(cfg: dict, dataset: str, classes: list[int], generalist_model: str) -> dict:
+    return with_cluster(base_config(cfg, dataset, generalist_model), classes)
 
 
 # ---------------------------------------------------------------------------------------------------- inference

@@ -46,8 +46,10 @@ rule train_specialist:
         dataset="|".join(SPEC_DATASETS),
         i=r"\d+",
     params:
-        cfg=lambda w, input: quoted_json(specialists.train_config(
-            config, w.dataset, specialist_classes(input.clusters)[int(w.i)], str(input.generalist))),
+        # the cluster's classes are read from clusters.json by the job itself: params that are plain functions of
+        # the config keep snakemake's rerun-on-params-change working for jobs that follow a checkpoint
+        cfg=lambda w: quoted_json(specialists.base_config(
+            config, w.dataset, str(ENS / w.dataset / "ensemble" / "model.pt"))),
         seeds=" ".join(str(s) for s in SEEDS),
         out=lambda w: SPEC / w.dataset / f"spec{w.i}",
     threads: config["threads"]
@@ -58,8 +60,8 @@ rule train_specialist:
     benchmark:
         RESULTS / "benchmarks" / "train_specialist" / "{dataset}" / "spec{i}.tsv"
     shell:
-        "kdbench train --config-json {params.cfg} --seeds {params.seeds} --out {params.out} "
-        "--name specialists/{wildcards.dataset}/spec{wildcards.i} --device {config[device]} --root {DATA} "
+        "kdbench train --config-json {params.cfg} --cluster-file {input.clusters} --cluster-index {wildcards.i} "
+        "--seeds {params.seeds} --out {params.out} --name specialists/{wildcards.dataset}/spec{wildcards.i} --device {config[device]} --root {DATA} "
         "--threads {threads} > {log} 2>&1"
 
 
