@@ -150,6 +150,20 @@ def test_a_finished_workflow_has_nothing_left_to_do(smoke_run, data_root):
     assert r.returncode == 0 and "Nothing to be done" in (r.stdout + r.stderr)
 
 
+def test_a_changed_specialist_recipe_reruns_the_specialists(smoke_run, data_root, tmp_path):
+    """Specialist jobs come after a checkpoint; a new recipe must still rerun them (and nothing upstream)."""
+    work = smoke_run.parents[1]
+    cfg = yaml.safe_load((work / "config.yaml").read_text())
+    cfg["specialists"]["train"]["epochs"] += 1
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(cfg))
+    r = snakemake(work, "-n", data_root=data_root, configfile=changed)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "train_specialist" in out, out[-2000:]
+    import re
+    assert not re.search(r"rule (train_ensemble|train_ensemble_student|train_mnist|train_variant):", out)
+
+
 def _set(path, value):
     def mutate(cfg):
         *parents, last = path
