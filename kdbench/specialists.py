@@ -41,9 +41,24 @@ def settings(cfg: dict, dataset: str) -> dict:
     """The dataset's specialists settings: the common ones overridden by the dataset's own."""
     sp = cfg["specialists"]
     own = sp["datasets"][dataset] or {}
-    return {"clusters": {**sp["clusters"], **own.get("clusters", {})}, "train": {**sp["train"], **own.get("train", {})},
+    return {"clusters": cluster_settings(cfg, dataset), "train": {**sp["train"], **own.get("train", {})},
             "top_n": own.get("top_n", sp["top_n"]), "subset_fraction": sp["subset_fraction"],
             "combine": {**sp["combine"]}}
+
+
+def cluster_settings(cfg: dict, dataset: str) -> dict:
+    """Only what the clusters depend on (so a new training recipe does not recompute them)."""
+    own = cfg["specialists"]["datasets"][dataset] or {}
+    return {**cfg["specialists"]["clusters"], **own.get("clusters", {})}
+
+
+def cluster_config(cfg: dict) -> dict:
+    """The part of the config the clusters checkpoint sees: seeds, the generalists' recipe, cluster settings."""
+    sp = cfg["specialists"]
+    return {"profile": cfg["profile"], "seeds": cfg["seeds"], "ensembles": cfg["ensembles"],
+            "specialists": {"clusters": sp["clusters"],
+                            "datasets": {d: {"clusters": (v or {}).get("clusters", {})}
+                                         for d, v in sp["datasets"].items()}}}
 
 
 def generalist_members(cfg: dict) -> list[int]:
@@ -81,7 +96,7 @@ def find_clusters(cov: torch.Tensor, ks: list[int], min_size: int, max_size: int
 
 def clusters_for(cfg: dict, dataset: str, ensemble_logits: Path | str) -> dict:
     """The clusters of a dataset from its generalists' validation predictions (what the workflow checkpoint writes)."""
-    s = settings(cfg, dataset)["clusters"]
+    s = cluster_settings(cfg, dataset)
     blob = torch.load(ensemble_logits, map_location="cpu", weights_only=False)
     probs = torch.softmax(blob["val"][generalist_members(cfg)].float(), -1)
     cov = prediction_covariance(probs)

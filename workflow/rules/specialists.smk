@@ -20,7 +20,7 @@ checkpoint specialist_clusters:
     wildcard_constraints:
         dataset="|".join(SPEC_DATASETS),
     params:
-        cfg=quoted_json(SPEC_CONFIG),
+        cfg=quoted_json(specialists.cluster_config(config)),
     localrule: True
     shell:
         "kdbench clusters --config-json {params.cfg} --dataset {wildcards.dataset} --ensemble-logits {input} "
