@@ -27,7 +27,7 @@ from torch import nn
 from kdbench import data as kdata
 from kdbench.aggregate import write_csv
 from kdbench.losses import distillation_loss
-from kdbench.records import device_description
+from kdbench.records import device_description, speed_row
 from kdbench.train import pick_device, teacher_logits, train
 
 TEACHER = dict(widths=[784, 1200, 1200, 10], dropout_input=0.2, dropout_hidden=0.5, max_norm=3.5, jitter=2)
@@ -108,10 +108,7 @@ def main(argv=None):
     rows = []
 
     def add(case, sec, ref_case=None, ref_sec=None, steps=math.ceil(60000 / 128)):
-        ratio = (ref_sec / sec) if ref_sec else 1.0
-        rows.append(dict(case=case, device=desc, seconds_per_epoch=round(sec, 4), ratio_vs_reference=round(ratio, 2),
-                         reference_case=ref_case or case, steps_timed=steps))
-        print(f"{case:<34} {sec:9.3f} s/epoch   x{ratio:6.2f} vs {ref_case or 'itself'}", flush=True)
+        rows.append(speed_row(case, desc, sec, steps, ref_case, ref_sec))
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

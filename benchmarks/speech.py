@@ -24,7 +24,7 @@ from torch import nn
 
 from kdbench import data as kdata
 from kdbench import speech
-from kdbench.records import device_description
+from kdbench.records import device_description, speed_row
 from kdbench.train import pick_device, train
 
 NET = dict(dataset="speech", widths=[1040, 256, 256, 256, 31], batch_size=128, lr=0.05, momentum=0.9,
@@ -91,10 +91,7 @@ def main(argv=None):
     rows = []
 
     def add(case, sec, ref_case=None, ref_sec=None, steps=steps_epoch):
-        ratio = (ref_sec / sec) if ref_sec else 1.0
-        rows.append(dict(case=case, device=desc, seconds_per_epoch=round(sec, 4), ratio_vs_reference=round(ratio, 2),
-                         reference_case=ref_case or case, steps_timed=steps))
-        print(f"{case:<40} {sec:9.3f} s/epoch   x{ratio:6.2f} vs {ref_case or 'itself'}", flush=True)
+        rows.append(speed_row(case, desc, sec, steps, ref_case, ref_sec))
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -71,3 +71,12 @@ def device_description(device: torch.device | str) -> str:
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
     return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def speed_row(case: str, device: str, seconds: float, steps: int, ref_case: str | None = None,
+              ref_seconds: float | None = None) -> dict:
+    """One row of a benchmark CSV (seconds per epoch and the speed ratio to a reference case), printed as well."""
+    ratio = (ref_seconds / seconds) if ref_seconds else 1.0
+    print(f"{case:<40} {seconds:9.3f} s/epoch   x{ratio:6.2f} vs {ref_case or 'itself'}", flush=True)
+    return dict(case=case, device=device, seconds_per_epoch=round(seconds, 4), ratio_vs_reference=round(ratio, 2),
+                reference_case=ref_case or case, steps_timed=steps)
