@@ -103,6 +103,15 @@ def _cmd_bias(args) -> int:
     return 0
 
 
+def _section_tables(out: Path, name: str, cells, paper: dict):
+    """A section's summary and provenance CSVs from its cells; returns the summary."""
+    from kdbench import aggregate
+    summary, prov = aggregate.tables(cells, paper)
+    aggregate.write_csv(summary, out / f"{name}_summary.csv")
+    aggregate.write_csv(prov, out / f"{name}_provenance.csv")
+    return summary
+
+
 def _cmd_aggregate(args) -> int:
     import json
 
@@ -115,9 +124,7 @@ def _cmd_aggregate(args) -> int:
     if args.section == "ensembles":
         from kdbench import ensembles
         cells, facts = ensembles.cells(cfg, runs, root=args.root)
-        summary, prov = aggregate.tables(cells, paper)
-        aggregate.write_csv(summary, out / "ensembles_summary.csv")
-        aggregate.write_csv(prov, out / "ensembles_provenance.csv")
+        summary = _section_tables(out, "ensembles", cells, paper)
         atomic_write_bytes(out / "ensembles.md", ensembles.markdown(summary, cfg, facts).encode())
         figures.ensembles(summary, facts, ensembles.datasets(cfg), out / "ensembles.png")
         print(f"ensembles: {len(summary)} summary rows -> {out}")
@@ -126,9 +133,7 @@ def _cmd_aggregate(args) -> int:
         from kdbench import specialists
         files = dict(item.split("=", 1) for item in args.clusters)
         cells, facts = specialists.cells(cfg, runs, files)
-        summary, prov = aggregate.tables(cells, paper)
-        aggregate.write_csv(summary, out / "specialists_summary.csv")
-        aggregate.write_csv(prov, out / "specialists_provenance.csv")
+        summary = _section_tables(out, "specialists", cells, paper)
         atomic_write_bytes(out / "specialists.md", specialists.markdown(summary, cfg, facts).encode())
         figures.specialists(summary, facts, out / "specialists.png")
         print(f"specialists: {len(summary)} summary rows -> {out}")
@@ -141,9 +146,7 @@ def _cmd_aggregate(args) -> int:
         figures.variants(df, out / "variants.png")
         print(f"variants: {len(df)} rows -> {out}")
         return 0
-    summary, prov = aggregate.tables(mnist.cells(cfg, runs), paper)
-    aggregate.write_csv(summary, out / "mnist_summary.csv")
-    aggregate.write_csv(prov, out / "mnist_provenance.csv")
+    summary = _section_tables(out, "mnist", mnist.cells(cfg, runs), paper)
     atomic_write_bytes(out / "mnist.md", mnist.markdown(summary, cfg, cfg["profile"], mnist.run_facts(cfg, runs)).encode())
     sw = cfg["mnist"]["sweep"]
     figures.sweep(summary, sw["widths"], sw["temperatures"], mnist.sweep_name, out / "mnist_sweep.png")

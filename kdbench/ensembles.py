@@ -179,7 +179,7 @@ def cells(cfg: dict, runs: Path | str, root: Path | str | None = None) -> tuple[
                     vals[metric].append(r[metric][0])
                 if how == "arithmetic":
                     curves.setdefault("sizes", list(range(1, m_count + 1)))
-                    curves[seeds[i]] = [ev(combine(member_logits[:n], how))["test_accuracy_pct"][0]
+                    curves[seeds[i]] = [accuracy_pct(combine(member_logits[:n], how), ev.labels)[0]
                                         for n in range(1, m_count + 1)]
             combos[how] = vals
             for metric in metric_names:

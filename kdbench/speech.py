@@ -24,6 +24,7 @@ analog of word error: each digit's score sums, over the utterance's frames, log(
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import tarfile
 import tempfile
@@ -103,7 +104,6 @@ def _copy_verified(files: dict[str, Path], dst: Path) -> None:
 
 def fetch(root: Path | str, mirror: Path | str | None = None, allow_download: bool = True) -> Path:
     """Verified recordings in ROOT/FSDD/recordings from the first source that has them; returns ROOT/FSDD."""
-    import os
     root = Path(root)
     base = fsdd_dir(root)
     names = list(checksums())
@@ -216,7 +216,8 @@ def build_features(root: Path | str, split: str, out: Path | str | None = None) 
         raise ValueError(f"unknown speech split {split!r}; known: {sorted(SPLITS)}")
     base = fetch(root)
     fbank = mel_filterbank()
-    names = sorted(checksums())
+    sums = checksums()
+    names = sorted(sums)
     pad_before, pad_after = TARGET_FRAME, CONTEXT - TARGET_FRAME - 1
     chunks, starts, labels, utt_of, utt_rows = [], [], [], [], []
     offset = 0
@@ -248,7 +249,7 @@ def build_features(root: Path | str, split: str, out: Path | str | None = None) 
         "names": names, "speakers": SPEAKERS, "mean": mean, "std": std,
         "settings": {"sample_rate": SAMPLE_RATE, "win": WIN, "hop": HOP, "n_fft": N_FFT, "n_mels": N_MELS,
                      "context": CONTEXT, "target_frame": TARGET_FRAME, "silence_db": SILENCE_DB},
-        "recordings_sha256": hashlib.sha256("".join(f"{checksums()[n]}{n}" for n in names).encode()).hexdigest()})
+        "recordings_sha256": hashlib.sha256("".join(f"{sums[n]}{n}" for n in names).encode()).hexdigest()})
     return out
 
 
@@ -312,10 +313,6 @@ def utterance_errors(logits: torch.Tensor, groups: torch.Tensor, utterance_digit
     n = ids.shape[0]
     return [{"utterance_errors": int(w.sum()), "utterances": n, "utterance_error_pct": 100.0 * float(w.sum()) / n}
             for w in wrong]
-
-
-def num_utterances(blob: dict) -> int:
-    return int(blob["utterances"].shape[0])
 
 
 def describe(blob: dict) -> str:

@@ -424,13 +424,16 @@ def teacher_logits(model_path: Path | str, out_path: Path | str, root: Path | st
     that students read them instead of running the teacher (transfer sets index into them)."""
     device = pick_device(device)
     blob = torch.load(model_path, map_location=device, weights_only=False)
-    model = MLP(**blob["model_config"]).to(device)
-    model.load_state_dict(blob["state_dict"])
+    model_config, state = blob["model_config"], blob["state_dict"]
+    if members is not None:  # only the chosen members run (every state tensor is member-major)
+        idx = list(members)
+        model_config = {**model_config, "members": len(idx), "seeds": [model_config["seeds"][i] for i in idx]}
+        state = {k: v[idx] for k, v in state.items()}
+    model = MLP(**model_config).to(device)
+    model.load_state_dict(state)
     dataset = blob["train_config"]["dataset"]
     split = kdata.load(dataset, train=True, root=root, device=device)
     logits = predict_split(model, split, torch.arange(len(split), device=device), batch_size).cpu()
-    if members is not None:
-        logits = logits[list(members)]
     atomic_torch_save(out_path, {"logits": logits, "dataset": dataset, "source": str(model_path), "members": members,
                                  "train_config_hash": config_hash(blob["train_config"])})
     return logits
