@@ -22,9 +22,14 @@ def run_outputs(system):
             "metrics": [d / f"seed{s}" / "metrics.json" for s in SEEDS]}
 
 
-# What the MNIST and variants rules see of the config: later sections' blocks are left out, so adding or changing
-# them does not change those rules' params (which would rerun finished jobs).
-MNIST_CONFIG = {k: v for k, v in config.items() if k not in ("ensembles", "specialists")}
+def config_for(*keys):
+    """The part of the config a rule's params carry: only the keys its code reads, so that adding or changing another
+    section does not change its params (which would rerun finished jobs)."""
+    return {k: config[k] for k in keys if k in config}
+
+
+MNIST_CONFIG = config_for("profile", "seeds", "data_root", "device", "threads", "paper_numbers", "mnist",
+                          "variant_modules", "variants", "variant_params", "variant_experiments")
 
 
 def quoted_json(obj):

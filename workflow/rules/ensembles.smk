@@ -144,7 +144,7 @@ rule aggregate_ensembles:
         md=report(RESULTS / "ensembles.md", caption="../report/ensembles.rst", category="Ensembles"),
         fig=report(RESULTS / "ensembles.png", caption="../report/ensembles.rst", category="Ensembles"),
     params:
-        cfg=quoted_json({k: v for k, v in config.items() if k != "specialists"}),
+        cfg=quoted_json(config_for("profile", "seeds", "ensembles")),
     localrule: True
     shell:
         "kdbench aggregate ensembles --config-json {params.cfg} --runs {ENS} --paper {input.paper} "

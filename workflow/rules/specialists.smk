@@ -8,7 +8,7 @@ from kdbench import specialists
 SPEC = RUNS / "specialists"
 SPEC_DATASETS = specialists.datasets(config)
 # what these rules see of the config: the generalists' recipe (ensembles) and their own block
-SPEC_CONFIG = {k: config[k] for k in ("profile", "seeds", "ensembles", "specialists")}
+SPEC_CONFIG = config_for("profile", "seeds", "ensembles", "specialists")
 
 
 checkpoint specialist_clusters:
