@@ -51,27 +51,33 @@ def _cmd_train(args) -> int:
     if (args.config is None) == (args.config_json is None):
         print("kdbench: error: give exactly one of --config and --config-json", file=sys.stderr)
         return 2
-    cfg = json.loads(args.config_json) if args.config_json else yaml.safe_load(Path(args.config).read_text()) or {}
-    if args.cluster_file:
-        from kdbench import specialists
-        clusters = json.loads(Path(args.cluster_file).read_text())["clusters"]
-        if not 0 <= args.cluster_index < len(clusters):
-            print(f"kdbench: error: {args.cluster_file} has {len(clusters)} clusters, no index {args.cluster_index}",
-                  file=sys.stderr)
-            return 2
-        cfg = specialists.with_cluster(cfg, clusters[args.cluster_index])
-    if args.temperature_from:
-        from kdbench import losses
-        losses.load_modules(cfg.get("variant_modules", []))
-        if "temperature" in losses.get(cfg.get("variant", "hard")).defaults:
-            chosen = json.loads(Path(args.temperature_from).read_text())["temperature"]
-            cfg["variant_params"] = {**cfg.get("variant_params", {}), "temperature": chosen}
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
+        print(f"kdbench: error: --seeds {' '.join(map(str, args.seeds))}: each seed trains one member and writes "
+              f"seed<S>/metrics.json. Fix: give distinct integers >= 0", file=sys.stderr)
+        return 2
     try:
+        cfg = json.loads(args.config_json) if args.config_json else yaml.safe_load(Path(args.config).read_text()) or {}
+    except (OSError, json.JSONDecodeError, yaml.YAMLError) as e:
+        print(f"kdbench: error: cannot read the training config {args.config or '--config-json'}: {e}",
+              file=sys.stderr)
+        return 2
+    try:
+        if args.cluster_file:  # a specialist: its cluster's classes and a dustbin become the outputs
+            from kdbench import specialists
+            clusters = json.loads(Path(args.cluster_file).read_text())["clusters"]
+            if not 0 <= args.cluster_index < len(clusters):
+                raise ValueError(f"{args.cluster_file} has {len(clusters)} clusters, no index {args.cluster_index}")
+            cfg = specialists.with_cluster({**train.DEFAULTS, **cfg}, clusters[args.cluster_index])
+        cfg = train.resolve(cfg, where=f"training config {args.config or '--config-json'}")
+        if args.temperature_from and "temperature" in train.losses.get(cfg["variant"]).defaults:
+            chosen = json.loads(Path(args.temperature_from).read_text())["temperature"]
+            cfg["variant_params"] = {**cfg["variant_params"], "temperature": chosen}
+        if args.threads:
+            torch.set_num_threads(args.threads)
         records = train.train(cfg, args.seeds, args.out, device=args.device, root=args.root,
                               name=args.name, progress=not args.no_progress)
-    except (data.DataError, speech.SpeechDataError, train.NonFiniteLossError, ValueError) as e:
+    except (data.DataError, speech.SpeechDataError, train.NonFiniteLossError, train.DivergedError, ValueError,
+            OSError, KeyError) as e:
         print(f"kdbench: error: {e}", file=sys.stderr)
         return 1
     for r in records:
@@ -193,6 +199,25 @@ def _cmd_summary(args) -> int:
     return 0
 
 
+def _exit_with_parent() -> None:
+    """On Linux, ask the kernel for SIGTERM when the process that started this one dies: a job whose snakemake was
+    killed stops instead of training on as an orphan beside the job that the next `snakemake` starts (the rules
+    `exec` this command, so that parent is snakemake or the SLURM job step). The epoch checkpoints are atomic, so the
+    next run resumes where the killed one stopped."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import os
+    import signal
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if parent == 1 or os.getppid() != parent:  # the parent was gone before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="kdbench", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -273,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     sm.set_defaults(func=_cmd_summary)
 
     args = p.parse_args(argv)
+    if argv is None:  # run as a command, not called from Python
+        _exit_with_parent()
     return args.func(args)
 
 

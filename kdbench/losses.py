@@ -37,11 +37,16 @@ class Variant:
     teacher: str = "teacher"  # "teacher": the experiment's teacher; "self": a trained copy of the student's architecture
 
     def check_params(self, params: dict) -> None:
-        """Raise ValueError naming any key that is not one of the variant's hyperparameters."""
+        """Raise ValueError naming any key that is not one of the variant's hyperparameters, or a value out of its
+        range: the ranges of PARAM_RULES for the names every variant shares, else the type of the default."""
         unknown = set(params) - set(self.defaults)
         if unknown:
             raise ValueError(f"variant {self.name!r} has no parameter(s) {sorted(unknown)}; "
                              f"it takes {sorted(self.defaults)}")
+        for key, value in params.items():
+            ok, what = PARAM_RULES.get(key) or _same_kind(self.defaults[key])
+            if not ok(value):
+                raise ValueError(f"variant {self.name!r}: {key} must be {what}, got {value!r}")
 
     def __call__(self, student_logits, labels, teacher_logits=None, **params) -> dict[str, torch.Tensor]:
         self.check_params(params)
@@ -50,7 +55,31 @@ class Variant:
         return self.fn(student_logits, labels, teacher_logits, **{**self.defaults, **params})
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# hyperparameters shared by many variants (user variants too): name -> (test, what a good value is)
+PARAM_RULES = {
+    "temperature": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "hard_weight": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "ensemble": (lambda v: v in ENSEMBLE_MEANS, f"one of {list(ENSEMBLE_MEANS)}"),
+}
+
+
+def _same_kind(default):
+    """Any other hyperparameter: a value of the same kind as its default (a finite number, a bool, a string)."""
+    if isinstance(default, bool):
+        return (lambda v: isinstance(v, bool)), "true or false"
+    if _is_number(default):
+        return _is_number, "a finite number"
+    if isinstance(default, str):
+        return (lambda v: isinstance(v, str)), "a string"
+    return (lambda v: True), "any value"
+
+
 VARIANTS: dict[str, Variant] = {}
+_LOADED: dict[str, str] = {}  # sha256 of a variant file already imported -> its module name
 
 
 def register(name: str, needs_teacher: bool = True, teacher: str = "teacher", **defaults):
@@ -78,11 +107,14 @@ def load_modules(paths: list[str | Path]) -> dict[str, str]:
         if not path.is_file():
             raise FileNotFoundError(f"variant module {path} not found (config key variant_modules)")
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        hashes[str(path)] = digest
+        if digest in _LOADED:  # the same file content registers the same variants: import it once per process
+            continue
         name = f"kdbench_variant_{path.stem}_{digest[:12]}"
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        hashes[str(path)] = digest
+        _LOADED[digest] = name
     return hashes
 
 

@@ -13,6 +13,7 @@ and `logits.pt` (validation and test logits of every member, for bias correction
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -22,67 +23,30 @@ from tqdm.auto import tqdm
 
 from kdbench import data as kdata
 from kdbench import losses
+from kdbench.config import DEFAULTS, ConfigError, resolve  # noqa: F401  (kdbench.train.DEFAULTS, .resolve)
 from kdbench.evaluate import error_summary
 from kdbench.models import MLP, predict_logits
 from kdbench.records import (atomic_torch_save, atomic_write_json, config_hash, device_description, git_commit,
                              package_versions)
 
-DEFAULTS = dict(
-    dataset="mnist",
-    widths=[784, 800, 800, 10],
-    dropout_input=0.0,
-    dropout_hidden=0.0,
-    max_norm=None,
-    epochs=10,
-    batch_size=128,
-    lr=0.05,
-    momentum=0.9,
-    nesterov=True,
-    weight_decay=0.0,
-    schedule="cosine",          # "cosine" (to 0 at the last step) or "constant"
-    warmup_epochs=0.0,
-    grad_clip=None,             # max L2 norm of each member's gradient
-    jitter=0,                   # max translation in pixels (the paper's teacher: 2)
-    val_size=10000,             # held out of the training set, seeded by val_seed; 0 = train on everything
-    val_seed=0,
-    transfer_classes=None,      # classes kept in the training (transfer) set; None = all
-    train_fraction=1.0,         # seeded random fraction of the remaining training examples
-    fraction_seed=0,
-    variant="hard",
-    variant_params={},
-    variant_modules=[],         # Python files that register extra KD variants (kdbench.losses.load_modules)
-    teacher_logits=None,        # path of a cached (M, N_train, C) tensor from `teacher_logits`
-    teacher_pairing="ensemble",  # "ensemble": each member distills from all M teacher members; "paired": member k
-                                 # from k; "grouped": M = K*G, member k from teacher members k*G .. k*G+G-1
-    keep_best=False,            # end with each member's best-validation epoch (early stopping) instead of its last
-    class_subset=None,          # specialist: these classes keep their own outputs, all others share a dustbin output
-    subset_fraction=None,       # specialist: share of each epoch drawn from class_subset (the rest sampled afresh)
-    init_from=None,             # path of a model.pt whose members initialize this one (all but the output layer)
-    init_members=None,          # which member of init_from starts each seed (default: 0, 1, ...)
-    eval_batch_size=4096,
-    check_every=50,             # steps between non-finite loss checks
-)
-
-
 class NonFiniteLossError(RuntimeError):
     pass
 
 
-def resolve(cfg: dict) -> dict:
-    """Defaults filled in; an unknown key is an error that names it."""
-    unknown = set(cfg) - set(DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown training config key(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-    out = {**DEFAULTS, **cfg}
-    if out["teacher_pairing"] not in ("ensemble", "paired", "grouped"):
-        raise ValueError(f"teacher_pairing must be 'ensemble', 'paired' or 'grouped', got {out['teacher_pairing']!r}")
-    if out["subset_fraction"] is not None and (out["class_subset"] is None or not 0 < out["subset_fraction"] < 1):
-        raise ValueError("subset_fraction needs class_subset and a value strictly between 0 and 1")
-    if out["keep_best"] and not out["val_size"]:
-        raise ValueError("keep_best needs a validation split: set val_size > 0")
-    if out["schedule"] not in ("cosine", "constant"):
-        raise ValueError(f"schedule must be 'cosine' or 'constant', got {out['schedule']!r}")
-    return out
+class DivergedError(RuntimeError):
+    """Training ended no better than guessing the most frequent class of the training set."""
+
+
+def _check_writable(out_dir: Path) -> None:
+    """Fail before any data is loaded or epoch trained if the run's folder cannot take its checkpoint."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".kdbench-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise OSError(f"cannot write the run's outputs to {out_dir}: {e.strerror or e}. Fix: choose a writable --out "
+                      f"folder, or fix its permissions") from None
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -247,6 +211,7 @@ def train(cfg: dict, seeds: list[int], out_dir: Path | str, device: str | None =
     cfg = resolve(cfg)
     out_dir = Path(out_dir)
     name = name or str(out_dir)
+    _check_writable(out_dir)
     device = pick_device(device)
     chash = config_hash(cfg)
     t_start = time.perf_counter()
@@ -282,7 +247,7 @@ def train(cfg: dict, seeds: list[int], out_dir: Path | str, device: str | None =
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(cfg, s, total_steps, steps_per_epoch))
     orders = [torch.Generator().manual_seed(1_000_003 * s + 17) for s in seeds]
     torch.manual_seed(seeds[0])  # dropout masks and jitter
-    history = {"train_loss": [], "train_terms": [], "val_errors": [], "epoch_seconds": []}
+    history = {"train_loss": [], "train_terms": [], "val_errors": [], "epoch_seconds": [], "seconds_before": 0.0}
     start_epoch = 0
     best = {"errors": [math.inf] * k, "epoch": [0] * k,
             "state": {n_: t.detach().clone() for n_, t in model.state_dict().items()}} if cfg["keep_best"] else None
@@ -301,6 +266,8 @@ def train(cfg: dict, seeds: list[int], out_dir: Path | str, device: str | None =
             if device.type == "cuda" and ck.get("rng_cuda") is not None:
                 torch.cuda.set_rng_state(ck["rng_cuda"], device)
             history, start_epoch, best = ck["history"], ck["epoch"], ck.get("best")
+            # the interrupted process's time up to its last checkpoint counts towards wall_seconds
+            history["seconds_before"] = history.get("seconds_before", 0.0) + ck.get("seconds_in_process", 0.0)
             print(f"kdbench: {name}: resuming after epoch {start_epoch}")
         else:
             print(f"kdbench: {name}: the checkpoint there was made with another config, seeds or data; starting over")
@@ -345,7 +312,7 @@ def train(cfg: dict, seeds: list[int], out_dir: Path | str, device: str | None =
         history["epoch_seconds"].append(time.perf_counter() - t_epoch)
         atomic_torch_save(ckpt_path, {
             "config_hash": chash, "seeds": list(seeds), "data": train_split.fingerprint, "epoch": epoch + 1,
-            "history": history,
+            "history": history, "seconds_in_process": time.perf_counter() - t_start,
             "model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "best": best,
             "orders": [g.get_state() for g in orders], "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None})
@@ -359,8 +326,9 @@ def train(cfg: dict, seeds: list[int], out_dir: Path | str, device: str | None =
     val_logits = predict_split(model, train_split, val_idx, ebs)
     test_logits = predict_split(model, test_split, test_all, ebs)
     test = error_summary(test_logits, test_split.y)
-    train_acc = [r["accuracy"] for r in error_summary(predict_split(model, train_split, tr_idx, ebs),
-                                                      train_split.y[tr_idx])]
+    train_logits, y_train = predict_split(model, train_split, tr_idx, ebs), train_split.y[tr_idx]
+    train_acc = [r["accuracy"] for r in error_summary(train_logits, y_train)]
+    at_chance = _check_learned(train_logits, y_train, seeds, name)
     atomic_torch_save(out_dir / "model.pt", {"model_config": model.config(), "train_config": cfg,
                                              "state_dict": model.state_dict()})
     groups = ({"val_groups": train_split.groups[val_idx].cpu(), "test_groups": test_split.groups.cpu()}
@@ -368,11 +336,12 @@ def train(cfg: dict, seeds: list[int], out_dir: Path | str, device: str | None =
     atomic_torch_save(out_dir / "logits.pt", {"val": val_logits.cpu(), "val_idx": val_idx.cpu(),
                                               "val_labels": y_val.cpu(), "test": test_logits.cpu(),
                                               "test_labels": test_split.y.cpu(), "seeds": list(seeds), **groups})
-    wall = time.perf_counter() - t_start
+    wall = history["seconds_before"] + time.perf_counter() - t_start  # all processes of a resumed run
     common = {"name": name, "config": cfg, "config_hash": chash, "git_commit": git_commit(),
               "versions": package_versions(), "device": device_description(device), "wall_seconds": wall,
               "members_trained_together": k, "variant_module_sha256": module_hashes,
-              "epochs": cfg["epochs"], "train_examples": n,
+              "epochs": cfg["epochs"], "train_examples": n, "resumed_after_epoch": start_epoch,
+              "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
               "val_examples": int(len(val_idx)), "epoch_seconds": history["epoch_seconds"]}
     records = []
     for m, seed in enumerate(seeds):
@@ -383,7 +352,7 @@ def train(cfg: dict, seeds: list[int], out_dir: Path | str, device: str | None =
                "final_epoch": best["epoch"][m] if best is not None else cfg["epochs"],
                **({} if subset is None else {"subset_natural_fraction": subset["natural_fraction"],
                                              "dustbin_logit_shift": subset["dustbin_shift"]}),
-               "train_accuracy": train_acc[m],
+               "train_accuracy": train_acc[m], "at_chance": at_chance[m],
                "test_errors": test[m]["errors"], "test_accuracy": test[m]["accuracy"],
                "test_per_class_errors": test[m]["per_class_errors"],
                "test_per_class_counts": test[m]["per_class_counts"]}
@@ -405,6 +374,34 @@ def _keep_best(model: MLP, best: dict, val_err: list[int], epoch: int) -> None:
     for m, up in enumerate(improved):
         if up:
             best["errors"][m], best["epoch"][m] = val_err[m], epoch + 1
+
+
+def _check_learned(logits: torch.Tensor, y: torch.Tensor, seeds, name) -> list[bool]:
+    """A member that gives one answer for 99% of its transfer set (whose classes are more mixed) has diverged: stop the run
+    before its numbers can enter a table as a normal result. A member whose balanced accuracy there (the mean recall
+    over the classes present) is within 2 points of a constant answer's, 1/classes, is returned as at chance: its
+    record says so and the log warns (tiny smoke budgets get there without diverging). Balanced, so that a
+    specialist trained on a resampled transfer set is judged on every class, not on its dustbin's share."""
+    classes = torch.unique(y)
+    pred = logits.argmax(-1).to(y.device)  # (K, N)
+    hits = (pred == y).float()
+    recall = torch.stack([hits[:, y == c].mean(1) for c in classes], 1)  # (K, classes present)
+    balanced, chance = recall.mean(1).tolist(), 1.0 / classes.numel()
+    top_label = float(torch.bincount(y).max()) / y.shape[0]
+    top_answer = [float(torch.bincount(p).max()) / p.shape[0] for p in pred]
+    collapsed = [(s, a) for s, a in zip(seeds, top_answer) if a >= 0.99 > top_label]
+    if collapsed:
+        detail = ", ".join(f"seed {s}: {100 * a:.2f}%" for s, a in collapsed)
+        raise DivergedError(
+            f"run {name}: the net gives one answer for almost every example of its transfer set ({detail} of them; "
+            f"its most frequent class is {100 * top_label:.1f}%): the run diverged, so no metrics were written. "
+            f"Lower lr, set or lower grad_clip.")
+    at_chance = [b <= chance + 0.02 for b in balanced]
+    for s, b, flag in zip(seeds, balanced, at_chance):
+        if flag:
+            print(f"kdbench: warning: run {name} seed {s}: balanced accuracy {100 * b:.1f}% on its transfer set is "
+                  f"at chance ({100 * chance:.1f}%); its record says at_chance: true")
+    return at_chance
 
 
 def _check_finite(sums: torch.Tensor, term_names: list[str], seeds, name, epoch, step) -> None:

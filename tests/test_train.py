@@ -1,5 +1,6 @@
 """The training engine: deterministic, resumable, stops on NaN, records every run, reads cached teacher logits."""
 import json
+import time
 
 import pytest
 import torch
@@ -9,13 +10,13 @@ from kdbench import train
 SMALL = dict(widths=[784, 48, 10], epochs=2, train_fraction=0.08, val_size=1000, lr=0.05, batch_size=100)
 
 
-def _run(cfg, seeds, out, data_root, **kw):
-    return train.train(cfg, seeds, out, device="cpu", root=data_root, progress=False, **kw)
+def _run(cfg, seeds, out, mnist_root, **kw):
+    return train.train(cfg, seeds, out, device="cpu", root=mnist_root, progress=False, **kw)
 
 
-def test_same_seed_same_numbers_and_a_useful_record(data_root, tmp_path):
-    a = _run(SMALL, [0, 1], tmp_path / "a", data_root)
-    b = _run(SMALL, [0, 1], tmp_path / "b", data_root)
+def test_same_seed_same_numbers_and_a_useful_record(mnist_root, tmp_path):
+    a = _run(SMALL, [0, 1], tmp_path / "a", mnist_root)
+    b = _run(SMALL, [0, 1], tmp_path / "b", mnist_root)
     for ra, rb in zip(a, b):
         assert ra["train_loss"] == rb["train_loss"] and ra["val_errors"] == rb["val_errors"]
         assert ra["test_errors"] == rb["test_errors"]
@@ -31,56 +32,61 @@ def test_same_seed_same_numbers_and_a_useful_record(data_root, tmp_path):
     assert not (tmp_path / "a" / "checkpoint.pt").exists()
 
 
-def test_one_member_alone_equals_that_member_in_a_batch(data_root, tmp_path):
-    together = _run(SMALL, [0, 1], tmp_path / "t", data_root)
-    alone = _run(SMALL, [1], tmp_path / "s", data_root)
+def test_one_member_alone_equals_that_member_in_a_batch(mnist_root, tmp_path):
+    together = _run(SMALL, [0, 1], tmp_path / "t", mnist_root)
+    alone = _run(SMALL, [1], tmp_path / "s", mnist_root)
     assert together[1]["val_errors"] == alone[0]["val_errors"]
     assert together[1]["train_loss"] == pytest.approx(alone[0]["train_loss"], rel=1e-4)
 
 
-def test_interrupted_run_resumes_to_the_same_result(data_root, tmp_path):
+def test_interrupted_run_resumes_to_the_same_result(mnist_root, tmp_path):
     cfg = {**SMALL, "dropout_hidden": 0.3, "jitter": 2, "epochs": 3}
-    straight = _run(cfg, [5], tmp_path / "straight", data_root)
+    straight = _run(cfg, [5], tmp_path / "straight", mnist_root)
 
     def interrupt(epoch, history):
+        if epoch == 0:
+            time.sleep(1.5)  # the interrupted process's time, which the record must still count
         if epoch == 1:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        _run(cfg, [5], tmp_path / "resumed", data_root, on_epoch_end=interrupt)
+        _run(cfg, [5], tmp_path / "resumed", mnist_root, on_epoch_end=interrupt)
     assert (tmp_path / "resumed" / "checkpoint.pt").exists()
     assert not (tmp_path / "resumed" / "seed5" / "metrics.json").exists()
-    resumed = _run(cfg, [5], tmp_path / "resumed", data_root)
+    resumed = _run(cfg, [5], tmp_path / "resumed", mnist_root)
     assert resumed[0]["train_loss"] == straight[0]["train_loss"]
     assert resumed[0]["test_errors"] == straight[0]["test_errors"]
+    # wall_seconds covers both processes, not only the part after the resume
+    assert resumed[0]["resumed_after_epoch"] == 2 and straight[0]["resumed_after_epoch"] == 0
+    assert resumed[0]["wall_seconds"] >= 1.5 + sum(resumed[0]["epoch_seconds"][2:])
 
 
-def test_a_checkpoint_made_on_other_data_is_not_resumed(data_root, tmp_path, capsys):
+def test_a_checkpoint_made_on_other_data_is_not_resumed(mnist_root, tmp_path, capsys):
     cfg = {**SMALL, "epochs": 2}
 
     def interrupt(epoch, history):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        _run(cfg, [5], tmp_path / "r", data_root, on_epoch_end=interrupt)
+        _run(cfg, [5], tmp_path / "r", mnist_root, on_epoch_end=interrupt)
     ck = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)
     ck["data"] = "speech-v1-older-features"
     ck["history"]["train_loss"] = [[123.0]]  # would show up if this checkpoint were resumed
     torch.save(ck, tmp_path / "r" / "checkpoint.pt")
-    rec = _run(cfg, [5], tmp_path / "r", data_root)[0]
+    rec = _run(cfg, [5], tmp_path / "r", mnist_root)[0]
     assert "starting over" in capsys.readouterr().out
     assert len(rec["train_loss"]) == 2 and rec["train_loss"][0] != 123.0
 
 
-def test_nan_loss_stops_the_run_and_names_it(data_root, tmp_path):
+def test_nan_loss_stops_the_run_and_names_it(mnist_root, tmp_path):
     cfg = {**SMALL, "lr": 1e6, "check_every": 5}
     with pytest.raises(train.NonFiniteLossError, match=r"run mnist/exploding: loss term 'hard' became (nan|inf)"):
-        train.train(cfg, [0], tmp_path / "x", device="cpu", root=data_root, progress=False, name="mnist/exploding")
+        train.train(cfg, [0], tmp_path / "x", device="cpu", root=mnist_root, progress=False, name="mnist/exploding")
     assert not (tmp_path / "x" / "seed0" / "metrics.json").exists()
 
 
-def test_no_validation_split_trains_on_everything(data_root, tmp_path):
-    rec = _run({**SMALL, "val_size": 0, "epochs": 1}, [0], tmp_path / "all", data_root)[0]
+def test_no_validation_split_trains_on_everything(mnist_root, tmp_path):
+    rec = _run({**SMALL, "val_size": 0, "epochs": 1}, [0], tmp_path / "all", mnist_root)[0]
     assert rec["val_examples"] == 0 and rec["val_errors"] == [None]
     assert rec["train_examples"] == round(0.08 * 60000)
 
@@ -90,9 +96,9 @@ def test_unknown_config_key_is_refused():
         train.resolve({"epoch": 3})
 
 
-def test_student_learns_from_cached_teacher_logits(data_root, tmp_path):
-    teacher = _run({**SMALL, "widths": [784, 128, 10], "epochs": 3}, [0, 1], tmp_path / "teacher", data_root)
-    logits = train.teacher_logits(tmp_path / "teacher" / "model.pt", tmp_path / "tl.pt", root=data_root,
+def test_student_learns_from_cached_teacher_logits(mnist_root, tmp_path):
+    teacher = _run({**SMALL, "widths": [784, 128, 10], "epochs": 3}, [0, 1], tmp_path / "teacher", mnist_root)
+    logits = train.teacher_logits(tmp_path / "teacher" / "model.pt", tmp_path / "tl.pt", root=mnist_root,
                                   device="cpu")
     assert logits.shape == (2, 60000, 10)
     # the cached logits are the teacher's own predictions: same test-free check on the validation split
@@ -100,31 +106,31 @@ def test_student_learns_from_cached_teacher_logits(data_root, tmp_path):
     assert torch.allclose(logits[:, saved["val_idx"]], saved["val"], atol=1e-4)
     student_cfg = {**SMALL, "variant": "hinton", "teacher_logits": str(tmp_path / "tl.pt"),
                    "variant_params": {"temperature": 4.0, "hard_weight": 0.0}, "teacher_pairing": "paired"}
-    stu = _run(student_cfg, [0, 1], tmp_path / "student", data_root)
+    stu = _run(student_cfg, [0, 1], tmp_path / "student", mnist_root)
     assert set(stu[0]["train_terms"][0]) == {"hard", "soft"}
     assert stu[0]["train_terms"][-1]["hard"] == 0.0
     # soft targets alone (no labels) teach the classes: far better than chance
     assert all(r["test_errors"] < 2000 for r in stu)
-    ens = _run({**student_cfg, "teacher_pairing": "ensemble"}, [3], tmp_path / "ens", data_root)
+    ens = _run({**student_cfg, "teacher_pairing": "ensemble"}, [3], tmp_path / "ens", mnist_root)
     assert ens[0]["test_errors"] < 2000
     with pytest.raises(ValueError, match="paired teacher needs one teacher member per seed"):
-        _run(student_cfg, [0, 1, 2], tmp_path / "bad", data_root)
+        _run(student_cfg, [0, 1, 2], tmp_path / "bad", mnist_root)
     with pytest.raises(ValueError, match="needs teacher logits"):
-        _run({**SMALL, "variant": "hinton"}, [0], tmp_path / "bad2", data_root)
+        _run({**SMALL, "variant": "hinton"}, [0], tmp_path / "bad2", mnist_root)
 
 
-def test_transfer_set_without_a_class(data_root, tmp_path):
+def test_transfer_set_without_a_class(mnist_root, tmp_path):
     cfg = {**SMALL, "transfer_classes": [0, 1, 2, 4, 5, 6, 7, 8, 9]}
-    rec = _run(cfg, [0], tmp_path / "no3", data_root)[0]
+    rec = _run(cfg, [0], tmp_path / "no3", mnist_root)[0]
     assert rec["test_per_class_errors"][3] == rec["test_per_class_counts"][3]  # never saw a 3, never predicts one
     labels = torch.tensor([0, 3, 3, 5, 1] * 20)
     tr, val = train.training_indices({**train.DEFAULTS, "val_size": 10, "transfer_classes": [0, 1, 5]}, labels)
     assert not set(tr.tolist()) & set(val.tolist()) and 3 not in labels[tr].tolist()
 
 
-def test_keep_best_ends_each_member_at_its_best_validation_epoch(data_root, tmp_path):
+def test_keep_best_ends_each_member_at_its_best_validation_epoch(mnist_root, tmp_path):
     cfg = {**SMALL, "epochs": 4, "lr": 0.4, "schedule": "constant", "keep_best": True}
-    recs = _run(cfg, [0, 1, 2], tmp_path / "b", data_root)
+    recs = _run(cfg, [0, 1, 2], tmp_path / "b", mnist_root)
     blob = torch.load(tmp_path / "b" / "logits.pt", weights_only=False)
     final_val_errors = (blob["val"].argmax(-1) != blob["val_labels"]).sum(-1).tolist()
     for r, final in zip(recs, final_val_errors):
@@ -148,3 +154,27 @@ def test_teacher_batch_gives_each_member_its_own_teachers():
             assert torch.equal(grouped[g, k], teacher[2 * k + g][idx[k]])
     paired = train.teacher_batch(teacher[:3], idx, "paired")
     assert paired.shape == (3, 7, c) and torch.equal(paired[2], teacher[2][idx[2]])
+
+
+def test_a_diverged_run_stops_instead_of_writing_a_result(mnist_root, tmp_path):
+    """lr 50 with gradient clipping does not produce NaN: the nets end up answering one class. That must not be
+    reported as a normal (10% accuracy) result."""
+    cfg = {**SMALL, "lr": 50.0, "grad_clip": 1.0}
+    with pytest.raises(train.DivergedError, match=r"run mnist/diverged: the net gives one answer for almost every example"):
+        train.train(cfg, [0], tmp_path / "d", device="cpu", root=mnist_root, progress=False, name="mnist/diverged")
+    assert not (tmp_path / "d" / "seed0" / "metrics.json").exists()
+
+
+def test_the_chance_check_judges_every_class_not_the_majority(capsys):
+    y = torch.tensor([0] * 90 + [1] * 5 + [2] * 5)
+    constant = torch.zeros(2, 100, 3)
+    constant[..., 0] = 1.0  # always the majority class: 90% accuracy, balanced accuracy 1/3
+    with pytest.raises(train.DivergedError, match="seed 7: 100.00%, seed 8: 100.00% of them; its most frequent class is 90.0%"):
+        train._check_learned(constant, y, [7, 8], "r")
+    # a specialist biased towards its small classes: accuracy below the majority's 90%, yet it learned
+    biased = torch.nn.functional.one_hot(torch.tensor([1] * 30 + [0] * 60 + [1] * 5 + [2] * 5), 3).float()
+    assert train._check_learned(biased[None], y, [0], "r") == [False]
+    # two classes answered: balanced accuracy 89/270, at chance but not collapsed -> flagged, not stopped
+    weak = torch.nn.functional.one_hot(torch.tensor([0] * 80 + [1] * 10 + [0] * 10), 3).float()
+    assert train._check_learned(weak[None], y, [3], "r") == [True]
+    assert "run r seed 3: balanced accuracy" in capsys.readouterr().out

@@ -3,7 +3,7 @@ import json
 import shlex
 from pathlib import Path
 
-from kdbench import data, ensembles, losses, mnist, specialists, train, variants
+from kdbench import ensembles, losses, mnist, specialists, train, variants
 
 RESULTS = Path("results") / config["profile"]
 RUNS = RESULTS / "runs"
@@ -11,6 +11,8 @@ DATA = Path(config["data_root"])
 SEEDS = config["seeds"]
 PAPER = Path(config["paper_numbers"])
 PAPER = PAPER if PAPER.is_absolute() else Path(workflow.basedir) / PAPER
+# every job that trains or runs a net asks the scheduler for one GPU when the config trains on CUDA (SLURM: --gpus)
+GPU = 1 if config["device"].startswith("cuda") else 0
 MNIST_FILES = [DATA / "MNIST" / "raw" / f for f in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                                                       "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")]
 
@@ -52,7 +54,8 @@ def all_train_configs():
 
 
 def check_train_configs():
-    """Resolve every job's training config now, so a bad value or variant stops the workflow before any job."""
+    """Resolve every job's training config now with the same validation `kdbench train` uses, so a bad value,
+    variant or variant parameter stops the workflow before any job, naming the system and the key."""
     try:
         losses.load_modules(config.get("variant_modules", []))
     except (OSError, SyntaxError, ImportError, ValueError) as e:
@@ -65,18 +68,12 @@ def check_train_configs():
             losses.get(name)
         except KeyError as e:
             raise ValueError(f"config: variants: {e.args[0]}") from None
+    for name in config.get("variant_params", {}):
+        if name not in config["variants"]:
+            raise ValueError(f"config: variant_params: {name!r} is not one of the variants run, "
+                             f"{config['variants']}. Fix: correct the name, or add it to variants")
     for system, raw in all_train_configs():
-        cfg = train.resolve(raw)
-        try:
-            losses.get(cfg["variant"]).check_params(cfg["variant_params"])
-        except (KeyError, ValueError) as e:
-            raise ValueError(f"config: system {system!r}: {e.args[0]}") from None
-        dims = data.input_output_dims(cfg["dataset"])
-        if cfg["class_subset"] is not None:
-            dims = (dims[0], len(cfg["class_subset"]) + 1)
-        if (cfg["widths"][0], cfg["widths"][-1]) != dims:
-            raise ValueError(f"config: system {system!r}: {cfg['dataset']} nets need widths [{dims[0]}, ..., "
-                             f"{dims[1]}], got {cfg['widths']}")
+        train.resolve(raw, where=f"config: system {system!r}")
 
 
 check_train_configs()
@@ -90,4 +87,4 @@ rule fetch_mnist:
         root=DATA,
     localrule: True
     shell:
-        "kdbench data fetch --dataset mnist --root {params.root}"
+        "exec kdbench data fetch --dataset mnist --root {params.root}"

@@ -1,0 +1,159 @@
+"""The training config of one job: its defaults, and the one validation that the workflow and `kdbench train` share.
+
+What this file achieves: `resolve(cfg)` fills in `DEFAULTS` and checks every key before anything is loaded or
+trained: its type and range, that the variant exists (after importing `variant_modules`) and takes exactly the
+hyperparameters given, with values in range (a temperature > 0, a hard weight in [0, 1]), that the net's widths fit
+the dataset, and that the validation split and the transfer set fit in the training split. A bad value raises
+`ConfigError` naming the key, the value and the fix. The workflow resolves the config of every job when the
+Snakefile is read, so a bad profile stops before the first job; `kdbench train` resolves its config before it
+touches data or writes anything.
+"""
+from __future__ import annotations
+
+import numbers
+
+DEFAULTS = dict(
+    dataset="mnist",
+    widths=[784, 800, 800, 10],
+    dropout_input=0.0,
+    dropout_hidden=0.0,
+    max_norm=None,
+    epochs=10,
+    batch_size=128,
+    lr=0.05,
+    momentum=0.9,
+    nesterov=True,
+    weight_decay=0.0,
+    schedule="cosine",          # "cosine" (to 0 at the last step) or "constant"
+    warmup_epochs=0.0,
+    grad_clip=None,             # max L2 norm of each member's gradient
+    jitter=0,                   # max translation in pixels (the paper's teacher: 2)
+    val_size=10000,             # held out of the training set, seeded by val_seed; 0 = train on everything
+    val_seed=0,
+    transfer_classes=None,      # classes kept in the training (transfer) set; None = all
+    train_fraction=1.0,         # seeded random fraction of the remaining training examples
+    fraction_seed=0,
+    variant="hard",
+    variant_params={},
+    variant_modules=[],         # Python files that register extra KD variants (kdbench.losses.load_modules)
+    teacher_logits=None,        # path of a cached (M, N_train, C) tensor from `teacher_logits`
+    teacher_pairing="ensemble",  # "ensemble": each member distills from all M teacher members; "paired": member k
+                                 # from k; "grouped": M = K*G, member k from teacher members k*G .. k*G+G-1
+    keep_best=False,            # end with each member's best-validation epoch (early stopping) instead of its last
+    class_subset=None,          # specialist: these classes keep their own outputs, all others share a dustbin output
+    subset_fraction=None,       # specialist: share of each epoch drawn from class_subset (the rest sampled afresh)
+    init_from=None,             # path of a model.pt whose members initialize this one (all but the output layer)
+    init_members=None,          # which member of init_from starts each seed (default: 0, 1, ...)
+    eval_batch_size=4096,
+    check_every=50,             # steps between non-finite loss checks
+)
+MAX_JITTER = 8  # pixels of a 28x28 image; the paper's teacher uses 2
+
+
+class ConfigError(ValueError):
+    """A training config key has a bad value; the message names the key, the value and the fix."""
+
+
+def _int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _num(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _ints(v) -> bool:
+    return isinstance(v, (list, tuple)) and all(_int(x) for x in v)
+
+
+# key -> (test, what a good value is)
+RULES = {
+    "dataset": (lambda v: isinstance(v, str), "a dataset name"),
+    "widths": (lambda v: _ints(v) and len(v) >= 2 and min(v) >= 1, "a list of at least two integers >= 1"),
+    "dropout_input": (lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "dropout_hidden": (lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "max_norm": (lambda v: v is None or (_num(v) and v > 0), "null or a number > 0"),
+    "epochs": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "batch_size": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "lr": (lambda v: _num(v) and v > 0, "a number > 0"),
+    "momentum": (lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "nesterov": (lambda v: isinstance(v, bool), "true or false"),
+    "weight_decay": (lambda v: _num(v) and v >= 0, "a number >= 0"),
+    "schedule": (lambda v: v in ("cosine", "constant"), "'cosine' or 'constant'"),
+    "warmup_epochs": (lambda v: _num(v) and v >= 0, "a number >= 0"),
+    "grad_clip": (lambda v: v is None or (_num(v) and v > 0), "null or a number > 0"),
+    "jitter": (lambda v: _int(v) and 0 <= v <= MAX_JITTER, f"an integer number of pixels in [0, {MAX_JITTER}]"),
+    "val_size": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
+    "val_seed": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
+    "transfer_classes": (lambda v: v is None or (_ints(v) and len(v) >= 1), "null or a non-empty list of classes"),
+    "train_fraction": (lambda v: _num(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "fraction_seed": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
+    "variant": (lambda v: isinstance(v, str), "the name of a registered KD variant"),
+    "variant_params": (lambda v: isinstance(v, dict), "a mapping of the variant's hyperparameters"),
+    "variant_modules": (lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v),
+                        "a list of Python file paths"),
+    "teacher_logits": (lambda v: v is None or isinstance(v, str), "null or the path of a teacher-logits cache"),
+    "teacher_pairing": (lambda v: v in ("ensemble", "paired", "grouped"), "'ensemble', 'paired' or 'grouped'"),
+    "keep_best": (lambda v: isinstance(v, bool), "true or false"),
+    "class_subset": (lambda v: v is None or (_ints(v) and len(v) >= 1), "null or a non-empty list of classes"),
+    "subset_fraction": (lambda v: v is None or (_num(v) and 0 < v < 1), "null or a number in (0, 1)"),
+    "init_from": (lambda v: v is None or isinstance(v, str), "null or the path of a model.pt"),
+    "init_members": (lambda v: v is None or _ints(v), "null or a list of member positions"),
+    "eval_batch_size": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "check_every": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+}
+assert set(RULES) == set(DEFAULTS)
+
+
+def resolve(cfg: dict, where: str = "training config") -> dict:
+    """Defaults filled in and every key checked (see the module docstring); raises ConfigError."""
+    from kdbench import data, losses, speech
+
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{where}: expected a mapping of training keys, got {type(cfg).__name__}")
+    unknown = set(cfg) - set(DEFAULTS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown training config key(s) {sorted(unknown)}. Fix: use only the known keys "
+                          f"{sorted(DEFAULTS)}")
+    out = {**DEFAULTS, **cfg}
+    for key, (ok, what) in RULES.items():
+        if not ok(out[key]):
+            raise ConfigError(f"{where}: {key} must be {what}, got {out[key]!r}. Fix: set {key} to {what}")
+
+    known = sorted(data.DATASETS) + sorted(speech.SPLITS)
+    if out["dataset"] not in known:
+        raise ConfigError(f"{where}: dataset: unknown dataset {out['dataset']!r}. Fix: choose one of {known}")
+    dims = data.input_output_dims(out["dataset"])
+    n_classes = dims[1]
+    for key in ("transfer_classes", "class_subset"):
+        if out[key] is not None and not all(0 <= c < n_classes for c in out[key]):
+            raise ConfigError(f"{where}: {key} {out[key]} names classes outside 0..{n_classes - 1} of "
+                              f"{out['dataset']}. Fix: use class numbers from 0 to {n_classes - 1}")
+    if out["class_subset"] is not None:
+        dims = (dims[0], len(out["class_subset"]) + 1)  # the subset's classes plus the dustbin
+    if (out["widths"][0], out["widths"][-1]) != dims:
+        raise ConfigError(f"{where}: widths {out['widths']} do not fit {out['dataset']}: its nets need widths "
+                          f"[{dims[0]}, ..., {dims[1]}]. Fix: start widths with {dims[0]} and end them with {dims[1]}")
+    units, unit_name = data.train_units(out["dataset"])
+    if out["val_size"] >= units:
+        raise ConfigError(f"{where}: val_size {out['val_size']} leaves no training data: the {out['dataset']} "
+                          f"training split has {units} {unit_name}. Fix: set val_size below {units}")
+    if out["subset_fraction"] is not None and out["class_subset"] is None:
+        raise ConfigError(f"{where}: subset_fraction needs class_subset. Fix: set class_subset or remove "
+                          f"subset_fraction")
+    if out["keep_best"] and not out["val_size"]:
+        raise ConfigError(f"{where}: keep_best needs a validation split. Fix: set val_size > 0")
+
+    try:
+        losses.load_modules(out["variant_modules"])
+    except (OSError, SyntaxError, ImportError, ValueError) as e:
+        raise ConfigError(f"{where}: variant_modules: {e}") from None
+    try:
+        variant = losses.get(out["variant"])
+        variant.check_params(out["variant_params"])
+    except KeyError as e:
+        raise ConfigError(f"{where}: variant: {e.args[0]}. Fix: use a registered variant, or list the file that "
+                          f"registers it under variant_modules") from None
+    except ValueError as e:
+        raise ConfigError(f"{where}: variant_params: {e}. Fix: correct the value under variant_params") from None
+    return out
