@@ -141,6 +141,9 @@ def resolve(cfg: dict, where: str = "training config") -> dict:
     if out["subset_fraction"] is not None and out["class_subset"] is None:
         raise ConfigError(f"{where}: subset_fraction needs class_subset. Fix: set class_subset or remove "
                           f"subset_fraction")
+    if out["nesterov"] and out["momentum"] == 0:
+        raise ConfigError(f"{where}: nesterov needs momentum > 0 (torch's SGD refuses it). Fix: set momentum above 0 "
+                          f"or nesterov: false")
     if out["keep_best"] and not out["val_size"]:
         raise ConfigError(f"{where}: keep_best needs a validation split. Fix: set val_size > 0")
 

@@ -104,6 +104,12 @@ def combine(logits: torch.Tensor, how: str) -> torch.Tensor:
     raise ValueError(f"unknown ensemble mean {how!r}")
 
 
+def share_recovered(value: float, low: float, high: float) -> float:
+    """How much of the way from `low` to `high` `value` gets, in percent: the distilled net's share of the ensemble's
+    gain over its members (Table 1), the 3% soft-target net's share of the 3% -> 100% gap (Table 5)."""
+    return 100.0 * (value - low) / (high - low) if high != low else math.nan
+
+
 def accuracy_pct(logits: torch.Tensor, labels: torch.Tensor) -> list[float]:
     """Per member (K, N, C) -> K accuracies in percent."""
     if logits.dim() == 2:
@@ -192,7 +198,7 @@ def cells(cfg: dict, runs: Path | str, root: Path | str | None = None) -> tuple[
         for metric in metric_names:
             add(TABLE1, "distilled", metric, [(s, v, dist_src) for s, v in zip(seeds, d[metric])])
         add(TABLE1, "distilled", "chosen_temperature", [(s, t_best, dist_src) for s in seeds], unit="T")
-        gain = [100.0 * (dv - b) / (ea - b) if ea != b else math.nan
+        gain = [share_recovered(dv, b, ea)
                 for dv, b, ea in zip(d["test_accuracy_pct"], per_seed_base["test_accuracy_pct"],
                                      combos["arithmetic"]["test_accuracy_pct"])]
         add(TABLE1, "distilled", "gain_recovered_pct", [(s, g, dist_src) for s, g in zip(seeds, gain)])
@@ -212,7 +218,7 @@ def cells(cfg: dict, runs: Path | str, root: Path | str | None = None) -> tuple[
             t5[system] = test
             if run == "base3":
                 facts.setdefault(ds, {})["base3_epochs"] = [r["final_epoch"] for r, _ in recs]
-        rec = [100.0 * (s3 - b3) / (b100 - b3) if b100 != b3 else math.nan
+        rec = [share_recovered(s3, b3, b100)
                for s3, b3, b100 in zip(t5["soft_3"], t5["baseline_3"], t5["baseline_100"])]
         add(TABLE5, "soft_3", "gap_recovered_pct", [(s, v, str(runs / ds / "soft3" / "logits.pt"))
                                                     for s, v in zip(seeds, rec)])

@@ -37,6 +37,7 @@ GOOD = dict(widths=[784, 16, 10], epochs=1, train_fraction=0.02, val_size=500)
     ({"subset_fraction": 0.5}, r"subset_fraction needs class_subset"),
     ({"keep_best": True, "val_size": 0}, r"keep_best needs a validation split"),
     ({"teacher_pairing": "pairs"}, r"teacher_pairing must be"),
+    ({"momentum": 0.0}, r"nesterov needs momentum > 0"),  # nesterov is on by default
 ])
 def test_a_bad_training_config_is_refused_with_its_key_and_the_fix(bad, message):
     with pytest.raises(config.ConfigError, match=message) as err:
