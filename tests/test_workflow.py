@@ -11,18 +11,11 @@ import yaml
 
 from kdbench import mnist
 
-REPO = Path(__file__).resolve().parents[1]
-SMOKE = REPO / ".test" / "config.yaml"
-
-
-def snakemake(workdir: Path, *extra: str, data_root: Path, configfile: Path = SMOKE) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-           "--configfile", str(configfile), "--config", f"data_root={data_root}", "--cores", "2", *extra]
-    return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+from workflow_helpers import REPO, SMOKE, snakemake
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory, data_root):
+def smoke_run(tmp_path_factory, all_data_root):
     """The smoke profile plus the example variant of docs/adding-a-variant.md, copied into a temporary file."""
     import re
     work = tmp_path_factory.mktemp("smoke")
@@ -34,7 +27,7 @@ def smoke_run(tmp_path_factory, data_root):
     cfg["variants"] = cfg["variants"] + ["js_kd"]
     configfile = work / "config.yaml"
     configfile.write_text(yaml.safe_dump(cfg))
-    r = snakemake(work, data_root=data_root, configfile=configfile)
+    r = snakemake(work, data_root=all_data_root, configfile=configfile)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return work / "results" / "smoke"
 
@@ -145,19 +138,19 @@ def test_specialists_section_one_job_per_cluster_and_both_tables(smoke_run):
     assert (smoke_run / "specialists.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_a_finished_workflow_has_nothing_left_to_do(smoke_run, data_root):
-    r = snakemake(smoke_run.parents[1], "-n", data_root=data_root, configfile=smoke_run.parents[1] / "config.yaml")
+def test_a_finished_workflow_has_nothing_left_to_do(smoke_run, all_data_root):
+    r = snakemake(smoke_run.parents[1], "-n", data_root=all_data_root, configfile=smoke_run.parents[1] / "config.yaml")
     assert r.returncode == 0 and "Nothing to be done" in (r.stdout + r.stderr)
 
 
-def test_a_changed_specialist_recipe_reruns_the_specialists(smoke_run, data_root, tmp_path):
+def test_a_changed_specialist_recipe_reruns_the_specialists(smoke_run, all_data_root, tmp_path):
     """Specialist jobs come after a checkpoint; a new recipe must still rerun them (and nothing upstream)."""
     work = smoke_run.parents[1]
     cfg = yaml.safe_load((work / "config.yaml").read_text())
     cfg["specialists"]["train"]["epochs"] += 1
     changed = tmp_path / "changed.yaml"
     changed.write_text(yaml.safe_dump(cfg))
-    r = snakemake(work, "-n", data_root=data_root, configfile=changed)
+    r = snakemake(work, "-n", data_root=all_data_root, configfile=changed)
     out = r.stdout + r.stderr
     assert r.returncode == 0 and "train_specialist" in out, out[-2000:]
     import re
@@ -179,20 +172,102 @@ def _set(path, value):
     (_set(["mnist", "teacher", "lr"], -1.0), r"lr|-1\.0"),
     (_set(["mnist", "distilled", "variant_params", "temprature"], 4.0), r"temprature"),
     (_set(["mnist", "distilled", "variant"], "hintn"), r"unknown KD variant 'hintn'"),
+    (_set(["variant_params"], {"soft_onyl": {"temperature": 4.0}}), r"variant_params: 'soft_onyl' is not one of"),
+    (_set(["variant_params"], {"soft_only": {"temperature": -4.0}}), r"soft_only.*temperature must be a number > 0"),
+    (_set(["mnist", "distilled", "variant_params", "temperature"], -20.0),
+     r"system 'distilled_T20'.*temperature must be a number > 0, got -20"),
+    (_set(["mnist", "distilled", "variant_params", "temperature"], 0), r"temperature must be a number > 0, got 0"),
+    (_set(["mnist", "distilled", "variant_params", "hard_weight"], 2), r"hard_weight must be a number in \[0, 1\]"),
+    (_set(["mnist", "teacher", "widths"], [784, 64, 64, 11]), r"system 'teacher'.*widths .* do not fit mnist"),
+    (_set(["ensembles", "datasets", "speech", "val_size"], 5000), r"val_size 5000 leaves no training data.*2700"),
+    (_set(["mnist", "sweep", "train", "jitter"], 30), r"jitter"),
 ])
-def test_bad_config_stops_before_any_job(tmp_path, data_root, mutate, message):
+def test_bad_config_stops_before_any_job(tmp_path, mutate, message):
     import re
     bad = yaml.safe_load(SMOKE.read_text())
     mutate(bad)
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(yaml.safe_dump(bad))
-    r = snakemake(tmp_path / "w", data_root=data_root, configfile=cfg)
+    r = snakemake(tmp_path / "w", data_root=tmp_path / "no-data", configfile=cfg)
     assert r.returncode != 0
     assert re.search(message, r.stdout + r.stderr), (r.stdout + r.stderr)[-2000:]
-    assert not (tmp_path / "w" / "results").exists()
+    assert not (tmp_path / "w" / "results").exists() and not (tmp_path / "no-data").exists()
 
 
 def test_schema_train_keys_are_engine_keys():
     from kdbench.train import DEFAULTS
     schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
     assert set(schema["$defs"]["train"]["properties"]) <= set(DEFAULTS)
+
+
+def _processes_in(workdir: Path) -> list[int]:
+    """Pids of the processes whose working directory is workdir (Linux /proc)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and Path(os.readlink(d / "cwd")) == workdir:
+                pids.append(int(d.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/cwd").exists(), reason="needs Linux /proc")
+def test_a_killed_workflow_leaves_no_orphan_and_resumes_to_the_uninterrupted_numbers(tmp_path, mnist_root):
+    """kill -9 of snakemake while the teacher trains: its training job dies with it; after `--unlock` the plain
+    command (the default profile's rerun-incomplete) finishes the job from its checkpoint with the same numbers."""
+    import signal
+    import time
+    cfg = yaml.safe_load(SMOKE.read_text())
+    cfg["mnist"]["teacher"]["epochs"] = 30
+    configfile = tmp_path / "config.yaml"
+    configfile.write_text(yaml.safe_dump(cfg))
+    target = "results/smoke/runs/teacher/model.pt"
+    straight = snakemake(tmp_path / "straight", target, data_root=mnist_root, configfile=configfile)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    assert "Using workflow specific profile profiles/default" in straight.stdout + straight.stderr
+
+    work = tmp_path / "killed"
+    work.mkdir()
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work), "--configfile",
+           str(configfile), "--config", f"data_root={mnist_root}", "--cores", "2", target]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = work / "results" / "smoke" / "runs" / "teacher" / "checkpoint.pt"
+    deadline = time.time() + 300
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert ckpt.exists(), "the teacher never wrote a checkpoint"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    for _ in range(100):  # the training job gets SIGTERM from the kernel when its parent dies
+        if not _processes_in(work):
+            break
+        time.sleep(0.1)
+    assert not _processes_in(work), "a training job outlived its killed snakemake"
+    assert not (work / target).exists()
+
+    again = snakemake(work, target, data_root=mnist_root, configfile=configfile)
+    assert again.returncode != 0 and "LockException" in again.stdout + again.stderr  # the documented state
+    assert snakemake(work, "--unlock", target, data_root=mnist_root, configfile=configfile).returncode == 0
+    resumed = snakemake(work, target, data_root=mnist_root, configfile=configfile)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    log = (work / "results" / "smoke" / "logs" / "train_mnist" / "teacher.log").read_text()
+    assert "resuming after epoch" in log
+    for seed in cfg["seeds"]:
+        a, b = (json.loads((w / "results" / "smoke" / "runs" / "teacher" / f"seed{seed}" / "metrics.json").read_text())
+                for w in (tmp_path / "straight", work))
+        assert b["resumed_after_epoch"] > 0 and a["resumed_after_epoch"] == 0
+        for key in ("train_loss", "val_errors", "test_errors", "test_per_class_errors"):
+            assert a[key] == b[key], key
+
+
+def test_the_mnist_section_target_needs_mnist_alone(tmp_path):
+    """What runs where only the package index is reachable: the target plans MNIST jobs and nothing that reads
+    Fashion-MNIST or the spoken digits."""
+    r = snakemake(tmp_path / "w", "mnist_section", "-n", data_root=tmp_path / "no-data")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-2000:]
+    import re
+    planned = set(re.findall(r"^rule (\w+):", out, re.M))
+    assert {"fetch_mnist", "train_mnist", "train_variant", "aggregate_mnist", "aggregate_variants"} <= planned
+    assert not planned & {"fetch_fashion_mnist", "speech_features", "train_ensemble", "train_specialist"}, planned

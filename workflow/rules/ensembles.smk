@@ -31,7 +31,7 @@ rule fetch_fashion_mnist:
         root=DATA,
     localrule: True
     shell:
-        "kdbench data fetch --dataset fashion_mnist --root {params.root}"
+        "exec kdbench data fetch --dataset fashion_mnist --root {params.root}"
 
 
 rule speech_features:
@@ -45,7 +45,7 @@ rule speech_features:
     log:
         RESULTS / "logs" / "speech_features" / "{split}.log",
     shell:
-        "kdbench data features --split {wildcards.split} --root {params.root} > {log} 2>&1"
+        "exec kdbench data features --split {wildcards.split} --root {params.root} > {log} 2>&1"
 
 
 rule train_ensemble:
@@ -64,13 +64,13 @@ rule train_ensemble:
         out=lambda w: ENS / w.dataset / "ensemble",
     threads: config["threads"]
     resources:
-        gpu=lambda w: 1 if config["device"].startswith("cuda") else 0,
+        gpu=GPU,
     log:
         RESULTS / "logs" / "train_ensembles" / "{dataset}" / "ensemble.log",
     benchmark:
         RESULTS / "benchmarks" / "train_ensembles" / "{dataset}" / "ensemble.tsv"
     shell:
-        "kdbench train --config-json {params.cfg} --seeds {params.seeds} --out {params.out} "
+        "exec kdbench train --config-json {params.cfg} --seeds {params.seeds} --out {params.out} "
         "--name ensembles/{wildcards.dataset}/ensemble --device {config[device]} --root {DATA} "
         "--threads {threads} > {log} 2>&1"
 
@@ -94,13 +94,13 @@ rule train_ensemble_student:
         out=lambda w: ENS / w.dataset / w.system,
     threads: config["threads"]
     resources:
-        gpu=lambda w: 1 if config["device"].startswith("cuda") else 0,
+        gpu=GPU,
     log:
         RESULTS / "logs" / "train_ensembles" / "{dataset}" / "{system}.log",
     benchmark:
         RESULTS / "benchmarks" / "train_ensembles" / "{dataset}" / "{system}.tsv"
     shell:
-        "kdbench train --config-json {params.cfg} --seeds {params.seeds} --out {params.out} "
+        "exec kdbench train --config-json {params.cfg} --seeds {params.seeds} --out {params.out} "
         "--name ensembles/{wildcards.dataset}/{wildcards.system} --device {config[device]} --root {DATA} "
         "--threads {threads} > {log} 2>&1"
 
@@ -119,10 +119,12 @@ rule ensemble_teacher_logits:
         members=lambda w: "" if w.which == "ensemble" else
         "--members " + " ".join(str(i) for i in ensembles.single_teacher_members(config)),
     threads: config["threads"]
+    resources:
+        gpu=GPU,
     log:
         RESULTS / "logs" / "ensemble_teacher_logits" / "{dataset}_{which}.log",
     shell:
-        "kdbench teacher-logits --model {input.model} --out {output} --root {DATA} --device {config[device]} "
+        "exec kdbench teacher-logits --model {input.model} --out {output} --root {DATA} --device {config[device]} "
         "{params.members} > {log} 2>&1"
 
 
@@ -147,5 +149,5 @@ rule aggregate_ensembles:
         cfg=quoted_json(config_for("profile", "seeds", "ensembles")),
     localrule: True
     shell:
-        "kdbench aggregate ensembles --config-json {params.cfg} --runs {ENS} --paper {input.paper} "
+        "exec kdbench aggregate ensembles --config-json {params.cfg} --runs {ENS} --paper {input.paper} "
         "--root {DATA} --out-dir {RESULTS}"

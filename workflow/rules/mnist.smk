@@ -23,13 +23,13 @@ rule train_mnist:
         out=lambda w: RUNS / w.system,
     threads: config["threads"]
     resources:
-        gpu=lambda w: 1 if config["device"].startswith("cuda") else 0,
+        gpu=GPU,
     log:
         RESULTS / "logs" / "train_mnist" / "{system}.log",
     benchmark:
         RESULTS / "benchmarks" / "train_mnist" / "{system}.tsv"
     shell:
-        "kdbench train --config-json {params.cfg} --seeds {params.seeds} --out {params.out} "
+        "exec kdbench train --config-json {params.cfg} --seeds {params.seeds} --out {params.out} "
         "--name mnist/{wildcards.system} --device {config[device]} --root {DATA} --threads {threads} > {log} 2>&1"
 
 
@@ -44,10 +44,12 @@ rule teacher_logits:
     wildcard_constraints:
         teacher=r"teacher|variants/[A-Za-z0-9_.]+/hard",
     threads: config["threads"]
+    resources:
+        gpu=GPU,
     log:
         RESULTS / "logs" / "teacher_logits" / "{teacher}.log",
     shell:
-        "kdbench teacher-logits --model {input.model} --out {output} --root {DATA} --device {config[device]} "
+        "exec kdbench teacher-logits --model {input.model} --out {output} --root {DATA} --device {config[device]} "
         "> {log} 2>&1"
 
 
@@ -65,7 +67,7 @@ rule bias_correction:
         paper=lambda w: mnist.bias_settings(config, w.system)["paper_shift"],
     localrule: True
     shell:
-        "kdbench bias --logits {input} --classes {params.classes} --grid-json {params.grid} "
+        "exec kdbench bias --logits {input} --classes {params.classes} --grid-json {params.grid} "
         "--paper-shift {params.paper} --out {output}"
 
 
@@ -86,4 +88,4 @@ rule aggregate_mnist:
         cfg=quoted_json(MNIST_CONFIG),
     localrule: True
     shell:
-        "kdbench aggregate mnist --config-json {params.cfg} --runs {RUNS} --paper {input.paper} --out-dir {RESULTS}"
+        "exec kdbench aggregate mnist --config-json {params.cfg} --runs {RUNS} --paper {input.paper} --out-dir {RESULTS}"

@@ -23,7 +23,7 @@ checkpoint specialist_clusters:
         cfg=quoted_json(specialists.cluster_config(config)),
     localrule: True
     shell:
-        "kdbench clusters --config-json {params.cfg} --dataset {wildcards.dataset} --ensemble-logits {input} "
+        "exec kdbench clusters --config-json {params.cfg} --dataset {wildcards.dataset} --ensemble-logits {input} "
         "--out {output}"
 
 
@@ -54,13 +54,13 @@ rule train_specialist:
         out=lambda w: SPEC / w.dataset / f"spec{w.i}",
     threads: config["threads"]
     resources:
-        gpu=lambda w: 1 if config["device"].startswith("cuda") else 0,
+        gpu=GPU,
     log:
         RESULTS / "logs" / "train_specialist" / "{dataset}" / "spec{i}.log",
     benchmark:
         RESULTS / "benchmarks" / "train_specialist" / "{dataset}" / "spec{i}.tsv"
     shell:
-        "kdbench train --config-json {params.cfg} --cluster-file {input.clusters} --cluster-index {wildcards.i} "
+        "exec kdbench train --config-json {params.cfg} --cluster-file {input.clusters} --cluster-index {wildcards.i} "
         "--seeds {params.seeds} --out {params.out} --name specialists/{wildcards.dataset}/spec{wildcards.i} --device {config[device]} --root {DATA} "
         "--threads {threads} > {log} 2>&1"
 
@@ -92,5 +92,5 @@ rule aggregate_specialists:
         clusters=" ".join(f"{ds}={SPEC / ds / 'clusters.json'}" for ds in SPEC_DATASETS),
     localrule: True
     shell:
-        "kdbench aggregate specialists --config-json {params.cfg} --runs {RUNS} --paper {input.paper} "
+        "exec kdbench aggregate specialists --config-json {params.cfg} --runs {RUNS} --paper {input.paper} "
         "--clusters {params.clusters} --out-dir {RESULTS}"

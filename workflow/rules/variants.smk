@@ -31,7 +31,7 @@ rule choose_temperature:
         cfg=quoted_json(MNIST_CONFIG),
     localrule: True
     shell:
-        "kdbench choose-temperature --config-json {params.cfg} --runs {RUNS} --width {wildcards.width} --out {output}"
+        "exec kdbench choose-temperature --config-json {params.cfg} --runs {RUNS} --width {wildcards.width} --out {output}"
 
 
 rule train_variant:
@@ -56,13 +56,13 @@ rule train_variant:
         out=lambda w: RUNS / "variants" / w.experiment / w.variant,
     threads: config["threads"]
     resources:
-        gpu=lambda w: 1 if config["device"].startswith("cuda") else 0,
+        gpu=GPU,
     log:
         RESULTS / "logs" / "train_variant" / "{experiment}" / "{variant}.log",
     benchmark:
         RESULTS / "benchmarks" / "train_variant" / "{experiment}" / "{variant}.tsv"
     shell:
-        "kdbench train --config-json {params.cfg} {params.temperature} --seeds {params.seeds} --out {params.out} "
+        "exec kdbench train --config-json {params.cfg} {params.temperature} --seeds {params.seeds} --out {params.out} "
         "--name variants/{wildcards.experiment}/{wildcards.variant} --device {config[device]} --root {DATA} "
         "--threads {threads} > {log} 2>&1"
 
@@ -80,4 +80,4 @@ rule aggregate_variants:
         cfg=quoted_json(MNIST_CONFIG),
     localrule: True
     shell:
-        "kdbench aggregate variants --config-json {params.cfg} --runs {RUNS} --out-dir {RESULTS}"
+        "exec kdbench aggregate variants --config-json {params.cfg} --runs {RUNS} --out-dir {RESULTS}"
