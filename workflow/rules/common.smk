@@ -1,5 +1,6 @@
 # Shared definitions: paths, the per-system training configs (checked before any job runs), the data rule.
 import json
+import os
 import shlex
 from pathlib import Path
 
@@ -9,8 +10,9 @@ RESULTS = Path("results") / config["profile"]
 RUNS = RESULTS / "runs"
 DATA = Path(config["data_root"])
 SEEDS = config["seeds"]
+# a relative path from the working directory, so that moving a checkout (with its results) reruns nothing
 PAPER = Path(config["paper_numbers"])
-PAPER = PAPER if PAPER.is_absolute() else Path(workflow.basedir) / PAPER
+PAPER = Path(os.path.relpath(PAPER if PAPER.is_absolute() else Path(workflow.basedir) / PAPER))
 # every job that trains or runs a net asks the scheduler for one GPU when the config trains on CUDA (SLURM: --gpus)
 GPU = 1 if config["device"].startswith("cuda") else 0
 MNIST_FILES = [DATA / "MNIST" / "raw" / f for f in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -30,10 +32,16 @@ def config_for(*keys):
     return {k: config[k] for k in keys if k in config}
 
 
-MNIST_CONFIG = config_for("profile", "seeds", "data_root", "device", "threads", "paper_numbers", "mnist",
-                          "variant_modules", "variants", "variant_params", "variant_experiments")
 
 
+def first_or_none(paths):
+    """A rule's optional single input (a teacher's logits) as the string its training config holds."""
+    return str(paths[0]) if paths else None
+
+
+# Training params are functions of the wildcards only, never of `input`: snakemake records (and reruns a job on a
+# change of) only such params; one that reads `input` is left out of its metadata, and a changed recipe would
+# silently keep the old run.
 def quoted_json(obj):
     return shlex.quote(json.dumps(obj, sort_keys=True))
 

@@ -88,8 +88,8 @@ rule train_ensemble_student:
         dataset="|".join(ENS_DATASETS),
         system="|".join(re.escape(s) for s in ensembles.systems(config) if s != "ensemble"),
     params:
-        cfg=lambda w, input: quoted_json(ensembles.train_config(
-            config, w.dataset, w.system, str(input.teacher[0]) if input.teacher else None)),
+        cfg=lambda w: quoted_json(ensembles.train_config(config, w.dataset, w.system,
+                                                        first_or_none(ensemble_teacher(w)))),
         seeds=" ".join(str(s) for s in SEEDS),
         out=lambda w: ENS / w.dataset / w.system,
     threads: config["threads"]

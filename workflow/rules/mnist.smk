@@ -5,11 +5,15 @@ import re
 STUDENTS = [s for s in mnist.systems(config) if s not in ("teacher", "baseline")]
 
 
+def mnist_teacher(w):
+    return [] if w.system in ("teacher", "baseline") else [RUNS / "teacher" / "train_logits.pt"]
+
+
 rule train_mnist:
     """Train every seed of one system together; students read the teacher's cached logits."""
     input:
         data=MNIST_FILES,
-        teacher=lambda w: [] if w.system in ("teacher", "baseline") else [RUNS / "teacher" / "train_logits.pt"],
+        teacher=lambda w: mnist_teacher(w),
     output:
         model=RUNS / "{system}" / "model.pt",
         logits=RUNS / "{system}" / "logits.pt",
@@ -17,8 +21,7 @@ rule train_mnist:
     wildcard_constraints:
         system="|".join(re.escape(s) for s in mnist.systems(config)),
     params:
-        cfg=lambda w, input: quoted_json(
-            mnist.train_config(config, w.system, str(input.teacher[0]) if input.teacher else None)),
+        cfg=lambda w: quoted_json(mnist.train_config(config, w.system, first_or_none(mnist_teacher(w)))),
         seeds=" ".join(str(s) for s in SEEDS),
         out=lambda w: RUNS / w.system,
     threads: config["threads"]
@@ -85,7 +88,7 @@ rule aggregate_mnist:
         transfer=report(RESULTS / "mnist_transfer.png", caption="../report/mnist_transfer.rst",
                         category="MNIST (section 3)"),
     params:
-        cfg=quoted_json(MNIST_CONFIG),
+        cfg=quoted_json(config_for("profile", "seeds", "mnist")),
     localrule: True
     shell:
         "exec kdbench aggregate mnist --config-json {params.cfg} --runs {RUNS} --paper {input.paper} --out-dir {RESULTS}"

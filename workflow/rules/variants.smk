@@ -3,6 +3,8 @@
 from kdbench import variants
 
 VARIANT_EXPERIMENTS = variants.experiments(config)
+# what the temperature choice reads: a new variant or a table setting must not rerun it (nor every best-T run after it)
+CHOICE_CONFIG = {"seeds": SEEDS, "mnist": {"sweep": {"temperatures": config["mnist"]["sweep"]["temperatures"]}}}
 
 
 def variant_teacher(w):
@@ -28,7 +30,7 @@ rule choose_temperature:
     output:
         RESULTS / "variants" / "mnist_w{width}_bestT_temperature.json",
     params:
-        cfg=quoted_json(MNIST_CONFIG),
+        cfg=quoted_json(CHOICE_CONFIG),
     localrule: True
     shell:
         "exec kdbench choose-temperature --config-json {params.cfg} --runs {RUNS} --width {wildcards.width} --out {output}"
@@ -49,9 +51,9 @@ rule train_variant:
         experiment="|".join(re.escape(e) for e in VARIANT_EXPERIMENTS),
         variant="[A-Za-z0-9_]+",
     params:
-        cfg=lambda w, input: quoted_json(variants.train_config(
-            config, w.experiment, w.variant, str(input.teacher[0]) if input.teacher else None)),
-        temperature=lambda w, input: f"--temperature-from {input.temperature[0]}" if input.temperature else "",
+        cfg=lambda w: quoted_json(variants.train_config(config, w.experiment, w.variant,
+                                                       first_or_none(variant_teacher(w)))),
+        temperature=lambda w: " ".join(f"--temperature-from {p}" for p in variant_temperature(w)),
         seeds=" ".join(str(s) for s in SEEDS),
         out=lambda w: RUNS / "variants" / w.experiment / w.variant,
     threads: config["threads"]
@@ -77,7 +79,7 @@ rule aggregate_variants:
         table=report(RESULTS / "variants.md", caption="../report/variants.rst", category="KD variants"),
         figure=report(RESULTS / "variants.png", caption="../report/variants.rst", category="KD variants"),
     params:
-        cfg=quoted_json(MNIST_CONFIG),
+        cfg=quoted_json(config_for("profile", "seeds", "variants", "variant_experiments")),
     localrule: True
     shell:
         "exec kdbench aggregate variants --config-json {params.cfg} --runs {RUNS} --out-dir {RESULTS}"
