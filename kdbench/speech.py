@@ -129,7 +129,10 @@ def _fetch(root: Path, mirror, allow_download: bool) -> Path:
                 urllib.request.urlretrieve(FSDD_ARCHIVE, archive)
             except OSError as e:
                 raise SpeechDataError(f"FSDD: no local copy in {base}, no mirror (set $KDBENCH_MIRROR), and the "
-                                      f"download of {FSDD_ARCHIVE} failed: {e}") from None
+                                      f"download of {FSDD_ARCHIVE} failed: {e}. Fix: point KDBENCH_MIRROR at a folder "
+                                      f"holding FSDD/recordings/*.wav, or copy the 3000 recordings into "
+                                      f"{base / 'recordings'}; without them only the MNIST section runs "
+                                      f"(`snakemake mnist_section`)") from None
             with tarfile.open(archive) as tar:
                 members = [m for m in tar.getmembers() if "/recordings/" in m.name and m.name.endswith(".wav")]
                 for m in members:  # only regular files, flattened into tmp/recordings: no path tricks
