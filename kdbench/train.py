@@ -34,7 +34,7 @@ class NonFiniteLossError(RuntimeError):
 
 
 class DivergedError(RuntimeError):
-    """Training ended no better than guessing the most frequent class of the training set."""
+    """Training ended with the nets giving one answer for almost every example (a diverged run)."""
 
 
 def _check_writable(out_dir: Path) -> None:
