@@ -32,16 +32,14 @@ def config_for(*keys):
     return {k: config[k] for k in keys if k in config}
 
 
-
-
+# Training params are functions of the wildcards only, never of `input`: snakemake records (and reruns a job on a
+# change of) only such params; one that reads `input` is left out of its metadata, and a changed recipe would
+# silently keep the old run. A rule finds its teacher from the wildcards and passes it through this.
 def first_or_none(paths):
     """A rule's optional single input (a teacher's logits) as the string its training config holds."""
     return str(paths[0]) if paths else None
 
 
-# Training params are functions of the wildcards only, never of `input`: snakemake records (and reruns a job on a
-# change of) only such params; one that reads `input` is left out of its metadata, and a changed recipe would
-# silently keep the old run.
 def quoted_json(obj):
     return shlex.quote(json.dumps(obj, sort_keys=True))
 

@@ -13,7 +13,7 @@ rule train_mnist:
     """Train every seed of one system together; students read the teacher's cached logits."""
     input:
         data=MNIST_FILES,
-        teacher=lambda w: mnist_teacher(w),
+        teacher=mnist_teacher,
     output:
         model=RUNS / "{system}" / "model.pt",
         logits=RUNS / "{system}" / "logits.pt",
