@@ -14,6 +14,7 @@ import numbers
 
 DEFAULTS = dict(
     dataset="mnist",
+    model="mlp",                # a name in kdbench.models.MODELS
     widths=[784, 800, 800, 10],
     dropout_input=0.0,
     dropout_hidden=0.0,
@@ -39,6 +40,8 @@ DEFAULTS = dict(
     teacher_logits=None,        # path of a cached (M, N_train, C) tensor from `teacher_logits`
     teacher_pairing="ensemble",  # "ensemble": each member distills from all M teacher members; "paired": member k
                                  # from k; "grouped": M = K*G, member k from teacher members k*G .. k*G+G-1
+    teacher_model=None,         # path of the teacher's model.pt, for variants that learn from its features
+    teacher_members=None,       # which teacher_model member teaches each seed (default: 0, 1, ...)
     keep_best=False,            # end with each member's best-validation epoch (early stopping) instead of its last
     class_subset=None,          # specialist: these classes keep their own outputs, all others share a dustbin output
     subset_fraction=None,       # specialist: share of each epoch drawn from class_subset (the rest sampled afresh)
@@ -69,6 +72,7 @@ def _ints(v) -> bool:
 # key -> (test, what a good value is)
 RULES = {
     "dataset": (lambda v: isinstance(v, str), "a dataset name"),
+    "model": (lambda v: isinstance(v, str), "a model name"),
     "widths": (lambda v: _ints(v) and len(v) >= 2 and min(v) >= 1, "a list of at least two integers >= 1"),
     "dropout_input": (lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
     "dropout_hidden": (lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
@@ -94,6 +98,8 @@ RULES = {
                         "a list of Python file paths"),
     "teacher_logits": (lambda v: v is None or isinstance(v, str), "null or the path of a teacher-logits cache"),
     "teacher_pairing": (lambda v: v in ("ensemble", "paired", "grouped"), "'ensemble', 'paired' or 'grouped'"),
+    "teacher_model": (lambda v: v is None or isinstance(v, str), "null or the path of the teacher's model.pt"),
+    "teacher_members": (lambda v: v is None or _ints(v), "null or a list of member positions"),
     "keep_best": (lambda v: isinstance(v, bool), "true or false"),
     "class_subset": (lambda v: v is None or (_ints(v) and len(v) >= 1), "null or a non-empty list of classes"),
     "subset_fraction": (lambda v: v is None or (_num(v) and 0 < v < 1), "null or a number in (0, 1)"),
@@ -107,7 +113,7 @@ assert set(RULES) == set(DEFAULTS)
 
 def resolve(cfg: dict, where: str = "training config") -> dict:
     """Defaults filled in and every key checked (see the module docstring); raises ConfigError."""
-    from kdbench import data, losses, speech
+    from kdbench import data, losses, models, speech
 
     if not isinstance(cfg, dict):
         raise ConfigError(f"{where}: expected a mapping of training keys, got {type(cfg).__name__}")
@@ -120,6 +126,8 @@ def resolve(cfg: dict, where: str = "training config") -> dict:
         if not ok(out[key]):
             raise ConfigError(f"{where}: {key} must be {what}, got {out[key]!r}. Fix: set {key} to {what}")
 
+    if out["model"] not in models.MODELS:
+        raise ConfigError(f"{where}: model: unknown model {out['model']!r}. Fix: choose one of {sorted(models.MODELS)}")
     known = sorted(data.DATASETS) + sorted(speech.SPLITS)
     if out["dataset"] not in known:
         raise ConfigError(f"{where}: dataset: unknown dataset {out['dataset']!r}. Fix: choose one of {known}")

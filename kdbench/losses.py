@@ -9,7 +9,9 @@ terms, and every term is logged under its name. The trainer maps a variant over 
 Built-ins: `hard` (cross-entropy), `hinton` (Hinton, Vinyals & Dean 2015, eq. 1-2 with the T**2 factor),
 `soft_only` (hinton with no hard term), `logit_matching` (squared error of zero-meaned logits, the high-temperature
 limit of `hinton`, section 2.1), `hinton_geometric` (hinton with ensemble members combined by the geometric mean) and
-`born_again` (hinton's loss, but its teacher is a trained copy of the student's own architecture: `teacher="self"`).
+`born_again` (hinton's loss, but its teacher is a trained copy of the student's own architecture: `teacher="self"`)
+and `fitnets` (hinton plus a FitNets-style hint: the student's last hidden layer, through a regressor that is the
+variant's own trainable parameter, regressed onto the teacher's; `features=True`).
 `distillation_loss` is the reference formula the whole suite compares against. `load_modules` imports variant files
 given by path (the workflow's `variant_modules`), so a variant can live anywhere on disk.
 """
@@ -35,6 +37,8 @@ class Variant:
     needs_teacher: bool
     defaults: dict = field(default_factory=dict)
     teacher: str = "teacher"  # "teacher": the experiment's teacher; "self": a trained copy of the student's architecture
+    features: bool = False  # also learns from hidden features: fn gets features={"student", "teacher", own params}
+    parameters: Callable[..., dict] | None = None  # (student_dim, teacher_dim, generator) -> one member's own tensors
 
     def check_params(self, params: dict) -> None:
         """Raise ValueError naming any key that is not one of the variant's hyperparameters, or a value out of its
@@ -48,11 +52,23 @@ class Variant:
             if not ok(value):
                 raise ValueError(f"variant {self.name!r}: {key} must be {what}, got {value!r}")
 
-    def __call__(self, student_logits, labels, teacher_logits=None, **params) -> dict[str, torch.Tensor]:
+    def __call__(self, student_logits, labels, teacher_logits=None, features=None, **params
+                 ) -> dict[str, torch.Tensor]:
         self.check_params(params)
         if self.needs_teacher and teacher_logits is None:
             raise ValueError(f"variant {self.name!r} needs teacher logits")
+        if self.features:
+            if features is None:
+                raise ValueError(f"variant {self.name!r} needs the student's and the teacher's features")
+            return self.fn(student_logits, labels, teacher_logits, features=features, **{**self.defaults, **params})
         return self.fn(student_logits, labels, teacher_logits, **{**self.defaults, **params})
+
+    def own_parameters(self, student_dim: int, teacher_dim: int, seeds: list[int]) -> dict[str, torch.Tensor]:
+        """The variant's trainable tensors for K members, stacked (K, ...); member k drawn from its own seed."""
+        if self.parameters is None:
+            return {}
+        per = [self.parameters(student_dim, teacher_dim, torch.Generator().manual_seed(7_919 * s + 3)) for s in seeds]
+        return {name: torch.stack([p[name] for p in per]) for name in per[0]}
 
 
 def _is_number(v) -> bool:
@@ -82,19 +98,25 @@ VARIANTS: dict[str, Variant] = {}
 _LOADED: dict[str, str] = {}  # sha256 of a variant file already imported -> its module name
 
 
-def register(name: str, needs_teacher: bool = True, teacher: str = "teacher", **defaults):
+def register(name: str, needs_teacher: bool = True, teacher: str = "teacher", features: bool = False,
+             parameters: Callable[..., dict] | None = None, **defaults):
     """Decorator: `@register("mine", temperature=4.0)` adds fn(student, labels, teacher, **params) -> dict.
 
     Keyword defaults are the variant's hyperparameters (the only keys it accepts). `teacher="self"` asks for a
-    trained copy of the student's own architecture as the teacher (born-again networks)."""
+    trained copy of the student's own architecture as the teacher (born-again networks). `features=True` also passes
+    `features={"student": (B, Hs), "teacher": (B, Ht), **own}`: the last hidden layers of student and teacher on the
+    batch, and the variant's own trainable tensors made by `parameters(student_dim, teacher_dim, generator)` (a
+    dict of tensors for one member), which train with the student."""
     if teacher not in ("teacher", "self"):
         raise ValueError(f"teacher must be 'teacher' or 'self', got {teacher!r}")
+    if features and (not needs_teacher or teacher != "teacher"):
+        raise ValueError("a variant that learns from features needs the experiment's teacher (teacher='teacher')")
 
     def deco(fn):
         old = VARIANTS.get(name)
         if old is not None and (old.fn.__module__, old.fn.__qualname__) != (fn.__module__, fn.__qualname__):
             raise ValueError(f"a KD variant named {name!r} is already registered")
-        VARIANTS[name] = Variant(name, fn, needs_teacher, dict(defaults), teacher)
+        VARIANTS[name] = Variant(name, fn, needs_teacher, dict(defaults), teacher, features, parameters)
         return fn
     return deco
 
@@ -211,3 +233,20 @@ def born_again(student_logits, labels, teacher_logits, temperature, hard_weight)
     """Born-again networks (Furlanello et al. 2018): hinton's loss with a teacher of the student's own architecture
     trained on hard targets; the workflow supplies that teacher's cached logits."""
     return hinton(student_logits, labels, teacher_logits, temperature, hard_weight, "arithmetic")
+
+
+def _hint_regressor(student_dim: int, teacher_dim: int, generator: torch.Generator) -> dict:
+    """FitNets' regressor from the student's guided layer to the teacher's hint layer (nn.Linear's init law)."""
+    bound = 1.0 / math.sqrt(student_dim)
+    return {"regressor": torch.empty(student_dim, teacher_dim).uniform_(-bound, bound, generator=generator)}
+
+
+@register("fitnets", features=True, parameters=_hint_regressor, temperature=20.0, hard_weight=0.1, hint_weight=1.0)
+def fitnets(student_logits, labels, teacher_logits, temperature, hard_weight, hint_weight, *, features):
+    """FitNets-style hints (Romero et al. 2015) in one stage: hinton's loss plus hint_weight * 1/2 * the mean
+    squared error between the teacher's last hidden layer and a learned linear map (the regressor, trained with the
+    student) of the student's last hidden layer."""
+    terms = hinton(student_logits, labels, teacher_logits, temperature, hard_weight, "arithmetic")
+    guess = features["student"] @ features["regressor"]
+    terms["hint"] = hint_weight * 0.5 * (guess - features["teacher"]).pow(2).mean()
+    return terms

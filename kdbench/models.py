@@ -49,17 +49,25 @@ class MLP(nn.Module):
         keep = torch.rand_like(x) >= p
         return x * keep / (1.0 - p)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (K, B, D) per-member inputs, or (B, D) shared by all members. Returns logits (K, B, C)."""
+    def forward(self, x: torch.Tensor, hidden: bool = False):
+        """x: (K, B, D) per-member inputs, or (B, D) shared by all members. Returns logits (K, B, C), or with
+        hidden=True (logits, the last hidden layer's ReLU activations (K, B, H) before dropout) for feature-based
+        KD variants."""
         if x.dim() == 2:
             x = x.unsqueeze(0).expand(self.members, -1, -1)
         x = self._dropout(x, self.dropout_input)
-        last = len(self.weights) - 1
+        last, h = len(self.weights) - 1, x
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             x = torch.baddbmm(b.unsqueeze(1), x, w)
             if i < last:
-                x = self._dropout(torch.relu(x), self.dropout_hidden)
-        return x
+                h = torch.relu(x)
+                x = self._dropout(h, self.dropout_hidden)
+        return (x, h) if hidden else x
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of the features `forward(hidden=True)` returns."""
+        return self.widths[-2]
 
     @torch.no_grad()
     def apply_max_norm(self) -> None:
@@ -84,6 +92,63 @@ class MLP(nn.Module):
     def config(self) -> dict:
         return dict(widths=self.widths, members=self.members, seeds=self.seeds, dropout_input=self.dropout_input,
                     dropout_hidden=self.dropout_hidden, max_norm=self.max_norm)
+
+
+# the model registry: a training config's `model` names the class that builds its K members from the config
+MODELS = {"mlp": MLP}
+
+
+def build(cfg: dict, seeds: list[int]) -> nn.Module:
+    """The batched model of a resolved training config, one member per seed."""
+    if cfg["model"] not in MODELS:
+        raise ValueError(f"unknown model {cfg['model']!r}; registered: {sorted(MODELS)}")
+    return MODELS[cfg["model"]](cfg["widths"], members=len(seeds), seeds=seeds, dropout_input=cfg["dropout_input"],
+                                dropout_hidden=cfg["dropout_hidden"], max_norm=cfg["max_norm"])
+
+
+def load(path, members: list[int] | None = None, device: torch.device | str = "cpu") -> nn.Module:
+    """A trained model.pt, all members or only the chosen ones (positions, in this order; state is member-major)."""
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    model_config, state = dict(blob["model_config"]), blob["state_dict"]
+    if members is not None:
+        idx = list(members)
+        if idx and max(idx) >= model_config["members"]:
+            raise ValueError(f"{path} has {model_config['members']} members, no member {max(idx)}")
+        model_config.update(members=len(idx), seeds=[model_config["seeds"][i] for i in idx])
+        state = {k: v[idx] for k, v in state.items()}
+    cls = MODELS[blob.get("model", "mlp")]
+    model = cls(**model_config)
+    model.load_state_dict(state)
+    return model.to(device)
+
+
+@torch.no_grad()
+def init_from_model(model: MLP, path, members: list[int], class_subset: list[int] | None) -> None:
+    """Start member k from member members[k] of a trained model: hidden layers copied; the output layer copied, or
+    for a specialist the subset's output units copied and the dustbin unit set to the mean of the others' weights
+    with bias mean + log(count), so that it starts near the generalist's total probability of those classes."""
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    src = blob["state_dict"]
+    idx = torch.tensor(members)
+    layers = len(model.weights)
+    if blob["model_config"]["widths"][:-1] != model.widths[:-1]:
+        raise ValueError(f"init_from {path}: widths {blob['model_config']['widths']} do not match {model.widths}")
+    for i in range(layers):
+        w, b = src[f"weights.{i}"][idx], src[f"biases.{i}"][idx]
+        if i == layers - 1 and class_subset is not None:
+            keep = torch.tensor(class_subset)
+            rest = torch.tensor([c for c in range(w.shape[-1]) if c not in set(class_subset)])
+            w = torch.cat([w[..., keep], w[..., rest].mean(-1, keepdim=True)], -1)
+            b = torch.cat([b[..., keep], b[..., rest].mean(-1, keepdim=True) + math.log(len(rest))], -1)
+        model.weights[i].copy_(w)
+        model.biases[i].copy_(b)
+
+
+def predict_split(model: MLP, split, idx: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    """Eval-mode logits (K, len(idx), C) of the examples idx of a split, inputs gathered chunk by chunk."""
+    chunks = [predict_logits(model, split.inputs(idx[i:i + batch_size]), batch_size)
+              for i in range(0, idx.shape[0], batch_size)]
+    return torch.cat(chunks, dim=1) if chunks else torch.zeros(model.members, 0, model.widths[-1])
 
 
 @torch.no_grad()

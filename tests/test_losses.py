@@ -115,3 +115,28 @@ def test_register_a_new_variant():
     assert torch.allclose(losses.get("test_half_ce")(z, y)["ce"], 0.5 * F.cross_entropy(z, y))
     with pytest.raises(ValueError, match="already registered"):
         losses.register("test_half_ce")(lambda s, y, t: {})
+
+
+def test_fitnets_adds_a_hint_that_trains_its_own_regressor_and_the_student_features():
+    torch.manual_seed(0)
+    s, t = torch.randn(6, 10, requires_grad=True), torch.randn(6, 10)
+    y = torch.randint(0, 10, (6,))
+    hs, ht = torch.randn(6, 5, requires_grad=True), torch.randn(6, 7)
+    v = losses.get("fitnets")
+    own = v.own_parameters(5, 7, seeds=[0])
+    assert own["regressor"].shape == (1, 5, 7)
+    reg = own["regressor"][0].clone().requires_grad_(True)
+    terms = v(s, y, t, features={"student": hs, "teacher": ht, "regressor": reg}, hint_weight=2.0, temperature=3.0)
+    assert set(terms) == {"hard", "soft", "hint"}
+    torch.testing.assert_close(terms["hint"], 2.0 * 0.5 * (hs @ reg - ht).pow(2).mean())
+    plain = losses.get("hinton")(s, y, t, temperature=3.0, hard_weight=0.1)
+    torch.testing.assert_close(terms["soft"], plain["soft"])
+    sum(terms.values()).backward()
+    assert reg.grad is not None and reg.grad.abs().sum() > 0 and hs.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="features"):
+        v(s, y, t)
+
+
+def test_a_feature_variant_needs_the_experiments_teacher():
+    with pytest.raises(ValueError, match="features"):
+        losses.register("bad_hint", features=True, teacher="self")(lambda *a, **k: {})

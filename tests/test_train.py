@@ -178,3 +178,42 @@ def test_the_chance_check_judges_every_class_not_the_majority(capsys):
     weak = torch.nn.functional.one_hot(torch.tensor([0] * 80 + [1] * 10 + [0] * 10), 3).float()
     assert train._check_learned(weak[None], y, [3], "r") == [True]
     assert "run r seed 3: balanced accuracy" in capsys.readouterr().out
+
+
+def test_a_feature_variant_trains_its_regressor_against_its_paired_teacher_net(mnist_root, tmp_path):
+    """fitnets: student k's hint comes from teacher net teacher_members[k]; the regressor trains with the student,
+    is checkpointed, and the member loss is the same mapped over members as looped."""
+    _run(SMALL, [0, 1], tmp_path / "t", mnist_root)
+    train.teacher_logits(tmp_path / "t" / "model.pt", tmp_path / "t" / "tl.pt", root=mnist_root, device="cpu",
+                         members=[1, 0])
+    cfg = {**SMALL, "epochs": 1, "widths": [784, 24, 10], "variant": "fitnets", "teacher_pairing": "paired",
+           "teacher_logits": str(tmp_path / "t" / "tl.pt"), "teacher_model": str(tmp_path / "t" / "model.pt"),
+           "teacher_members": [1, 0], "variant_params": {"temperature": 4.0, "hint_weight": 1.0}}
+    resolved = train.resolve(cfg)
+    data = train.load_run_data(resolved, [0, 1], mnist_root, torch.device("cpu"))
+    eng = train.build_engine(resolved, [0, 1], data, torch.device("cpu"))
+    x = data.train.inputs(data.tr_idx[:8])
+    t = train.models.load(tmp_path / "t" / "model.pt")
+    torch.testing.assert_close(eng.teacher.features(x.expand(2, -1, -1))[0], t(x, hidden=True)[1][1])
+    before = eng.student.own["regressor"].detach().clone()
+    assert before.shape == (2, 24, 48)
+
+    def stop(epoch, history):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(cfg, [0, 1], tmp_path / "f", mnist_root, on_epoch_end=stop)
+    state = torch.load(tmp_path / "f" / "checkpoint.pt", weights_only=False)
+    assert state["history"]["train_terms"][0].keys() == {"hard", "soft", "hint"}
+    assert not torch.equal(state["model"]["own.regressor"], before)
+    rec = _run(cfg, [0, 1], tmp_path / "f", mnist_root)  # resumes, then writes the records
+    assert rec[0]["resumed_after_epoch"] == 1 and rec[0]["test_errors"] < 9000
+    idx = data.tr_idx[:16].expand(2, -1)
+    logits, hidden = eng.student.model(data.train.inputs(idx), hidden=True)
+    feats = {"student": hidden, "teacher": eng.teacher.features(data.train.inputs(idx)), **eng.student.own}
+    mapped = eng.loss_fn(logits, data.y_train[idx], eng.teacher.batch(idx), feats)
+    for k in range(2):  # the variant called on member k alone gives the mapped values
+        one = eng.variant(logits[k], data.y_train[idx][k], eng.teacher.batch(idx)[k],
+                          features={n: v[k] for n, v in feats.items()}, **resolved["variant_params"])
+        for name in mapped:
+            torch.testing.assert_close(one[name], mapped[name][k])

@@ -1,0 +1,83 @@
+"""Which training examples a run sees, and in which order: the transfer set, the validation split, the epoch orders.
+
+What this file achieves: `training_indices` carves a run's transfer set and validation split out of the full
+training split (seeded; whole utterances for speech; only some classes; a seeded fraction). `EpochSampler` gives
+each of the K members its own seeded order every epoch: a permutation of the transfer set, or, for a specialist
+(`class_subset`), every example of its classes plus others drawn afresh so that the subset makes up
+`subset_fraction` of the epoch. `specialist_labels` maps labels to the specialist's outputs (its classes, then one
+dustbin) without touching the split. Everything stays on the device as index tensors; no per-example Python.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from kdbench import data as kdata
+
+
+def training_indices(cfg: dict, train_labels: torch.Tensor, groups: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(transfer-set indices, validation indices) into the full training split, both seeded; with groups (speech
+    utterances) validation holds out val_size whole groups."""
+    n = train_labels.shape[0]
+    tr, val = kdata.validation_split(n, cfg["val_size"], cfg["val_seed"], groups)
+    if cfg["transfer_classes"] is not None:
+        keep = torch.isin(train_labels.cpu()[tr], torch.tensor(cfg["transfer_classes"]))
+        tr = tr[keep]
+    if cfg["train_fraction"] < 1.0:
+        g = torch.Generator().manual_seed(cfg["fraction_seed"])
+        m = max(1, round(cfg["train_fraction"] * tr.shape[0]))
+        tr = tr[torch.randperm(tr.shape[0], generator=g)[:m]].sort().values
+    return tr, val
+
+
+def specialist_labels(classes: list[int], labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Labels as a specialist's outputs: class_subset[i] -> i, every other class -> the dustbin len(classes)."""
+    keep = torch.tensor(classes, device=labels.device)
+    remap = torch.full((num_classes,), len(classes), dtype=torch.long, device=labels.device)
+    remap[keep] = torch.arange(len(classes), device=labels.device)
+    return remap[labels]
+
+
+def dustbin_shift(natural: float, trained: float) -> float:
+    """The logit to add to a specialist's dustbin at test time: its prior odds against the subset were
+    (1-trained)/trained in training and are (1-natural)/natural in the data."""
+    return math.log(((1 - natural) / natural) / ((1 - trained) / trained))
+
+
+class EpochSampler:
+    """Per-member epoch orders (K, epoch_size) of indices into the full training split, from K seeded generators
+    whose state a checkpoint keeps."""
+
+    def __init__(self, tr_idx: torch.Tensor, seeds: list[int], in_subset: torch.Tensor | None = None,
+                 subset_fraction: float | None = None):
+        self.tr_idx = tr_idx
+        self.orders = [torch.Generator().manual_seed(1_000_003 * s + 17) for s in seeds]
+        self.subset = None
+        if in_subset is not None and subset_fraction is not None:
+            inside, outside = tr_idx[in_subset], tr_idx[~in_subset]
+            f = subset_fraction
+            n_out = min(outside.shape[0], round(inside.shape[0] * (1 - f) / f))
+            self.subset = {"inside": inside, "outside": outside, "n_out": n_out}
+        self.epoch_size = (tr_idx.shape[0] if self.subset is None
+                           else self.subset["inside"].shape[0] + self.subset["n_out"])
+
+    def epoch(self) -> torch.Tensor:
+        if self.subset is None:
+            perm = torch.stack([torch.randperm(self.tr_idx.shape[0], generator=g) for g in self.orders])
+            return self.tr_idx[perm.to(self.tr_idx.device)]
+        return torch.stack([self._subset_epoch(g) for g in self.orders])
+
+    def _subset_epoch(self, g: torch.Generator) -> torch.Tensor:
+        s = self.subset
+        pick = s["outside"][torch.randperm(s["outside"].shape[0], generator=g)[:s["n_out"]].to(s["outside"].device)]
+        epoch = torch.cat([s["inside"], pick])
+        return epoch[torch.randperm(epoch.shape[0], generator=g).to(epoch.device)]
+
+    def state(self) -> list:
+        return [g.get_state() for g in self.orders]
+
+    def load_state(self, states: list) -> None:
+        for g, st in zip(self.orders, states):
+            g.set_state(st)

@@ -1,0 +1,97 @@
+"""What a student learns from: cached teacher logits, and for feature-based variants the teacher's hidden features.
+
+What this file achieves: `cache_logits` runs a trained model once over the whole un-jittered training split and
+saves its logits (M, N, C), so students read them instead of running the teacher every step. `Teacher` serves a
+student batch: the logits of the examples each member sees, paired (member k <- teacher k), grouped (member k <-
+its own G teachers) or as a whole ensemble (every member <- all M), and, when the KD variant asks for features
+(`Variant.features`), the hidden features of one teacher net per member on the very inputs the student sees.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from kdbench import data as kdata
+from kdbench import losses, models
+from kdbench.records import atomic_torch_save, config_hash
+
+
+def teacher_batch(teacher: torch.Tensor, idx: torch.Tensor, pairing: str) -> torch.Tensor:
+    """Teacher logits of the examples idx (K, B) that each student member sees: "ensemble" (M, N, C) -> all M for
+    every member (M, K, B, C); "grouped" (K, G, N, C) -> member k's own G teachers (G, K, B, C); "paired" (K, N, C)
+    -> member k's own teacher (K, B, C)."""
+    rows = torch.arange(idx.shape[0], device=idx.device)[:, None]
+    if pairing == "ensemble":
+        return teacher[:, idx]
+    if pairing == "grouped":
+        return teacher[rows, :, idx].permute(2, 0, 1, 3)  # advanced indices first: (K, B, G, C)
+    return teacher[rows, idx]
+
+
+def load_logits(cfg: dict, device: torch.device, n_train: int, members: int) -> torch.Tensor:
+    """The cached logits of cfg["teacher_logits"], checked against the split and the pairing, shaped for
+    `teacher_batch`."""
+    blob = torch.load(cfg["teacher_logits"], map_location="cpu")
+    t = blob["logits"].to(device=device, dtype=torch.float32)  # (M, N, C)
+    if t.shape[1] != n_train:
+        raise ValueError(f"teacher logits {cfg['teacher_logits']} cover {t.shape[1]} examples, "
+                         f"the training split has {n_train}")
+    if cfg["teacher_pairing"] == "paired" and t.shape[0] != members:
+        raise ValueError(f"paired teacher needs one teacher member per seed: {t.shape[0]} members, {members} seeds")
+    if cfg["teacher_pairing"] == "grouped":
+        if t.shape[0] % members:
+            raise ValueError(f"grouped teacher: {t.shape[0]} teacher members do not split into {members} groups")
+        t = t.reshape(members, t.shape[0] // members, *t.shape[1:])  # (K, G, N, C)
+    return t
+
+
+class Teacher:
+    """A run's teacher: None-safe access to its cached logits and, for feature variants, its hidden features."""
+
+    def __init__(self, cfg: dict, device: torch.device, n_train: int, members: int):
+        variant = losses.get(cfg["variant"])
+        self.pairing = cfg["teacher_pairing"]
+        self.logits = None
+        self.net = None
+        if variant.needs_teacher:
+            if cfg["teacher_logits"] is None:
+                raise ValueError(f"variant {cfg['variant']!r} needs teacher logits: set teacher_logits to a cache "
+                                 f"file")
+            self.logits = load_logits(cfg, device, n_train, members)
+        if variant.features:
+            if cfg["teacher_model"] is None:
+                raise ValueError(f"variant {cfg['variant']!r} learns from the teacher's features: set teacher_model "
+                                 f"to the teacher's model.pt")
+            self.net = models.load(cfg["teacher_model"], cfg["teacher_members"] or list(range(members)), device)
+            self.net.eval()
+            if self.net.members != members:
+                raise ValueError(f"teacher_members picks {self.net.members} teacher nets for {members} seeds")
+
+    @property
+    def grouped(self) -> bool:
+        return self.logits is not None and self.pairing in ("ensemble", "grouped")
+
+    def batch(self, idx: torch.Tensor) -> torch.Tensor | None:
+        return None if self.logits is None else teacher_batch(self.logits, idx, self.pairing)
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(K, B, H) last hidden layer of teacher net k on member k's inputs x (K, B, D)."""
+        return self.net(x, hidden=True)[1]
+
+
+@torch.no_grad()
+def cache_logits(model_path: Path | str, out_path: Path | str, root: Path | str | None = None,
+                 device: torch.device | str = "cpu", batch_size: int = 4096, members: list[int] | None = None
+                 ) -> torch.Tensor:
+    """Logits (M, N, C) of every member (or the chosen ones) of a trained model on the whole un-jittered training
+    split, saved once so that students read them instead of running the teacher (transfer sets index into them)."""
+    blob = torch.load(model_path, map_location="cpu", weights_only=False)
+    model = models.load(model_path, members, device)
+    dataset = blob["train_config"]["dataset"]
+    split = kdata.load(dataset, train=True, root=root, device=device)
+    logits = models.predict_split(model, split, torch.arange(len(split), device=device), batch_size).cpu()
+    atomic_torch_save(out_path, {"logits": logits, "dataset": dataset, "source": str(model_path), "members": members,
+                                 "train_config_hash": config_hash(blob["train_config"])})
+    return logits
