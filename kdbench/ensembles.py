@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from kdbench import speech
+from kdbench import layout, speech
 from kdbench.aggregate import Cell, fmt, read_json
 
 TABLE1, TABLE5 = "table1", "table5"
@@ -136,12 +136,21 @@ class _Eval:
         return out
 
 
+def job(dataset: str, system: str) -> str:
+    """The plan's name of a system's training job on a dataset (its folder under runs/)."""
+    return f"ensembles/{dataset}/{system}"
+
+
+def _src(runs: Path, dataset: str, system: str) -> str:
+    return str(layout.logits(runs, job(dataset, system)))
+
+
 def _logits(runs: Path, dataset: str, system: str) -> dict:
-    return torch.load(Path(runs) / dataset / system / "logits.pt", map_location="cpu", weights_only=False)
+    return torch.load(_src(runs, dataset, system), map_location="cpu", weights_only=False)
 
 
 def _metrics(runs: Path, dataset: str, system: str, seed: int) -> tuple[dict, str]:
-    p = Path(runs) / dataset / system / f"seed{seed}" / "metrics.json"
+    p = layout.metrics(runs, job(dataset, system), seed)
     return read_json(p), str(p)
 
 
@@ -156,75 +165,73 @@ def choose_temperature(cfg: dict, runs: Path, dataset: str) -> tuple[float, dict
 
 def cells(cfg: dict, runs: Path | str, root: Path | str | None = None) -> tuple[list[Cell], dict]:
     """Summary cells of every dataset, plus facts for the Markdown (chosen T, validation errors, size curves)."""
-    runs = Path(runs)
     out, facts = [], {}
-    m_count, seeds = cfg["ensembles"]["members"], list(cfg["seeds"])
     for ds in datasets(cfg):
-        ens = _logits(runs, ds, "ensemble")
+        def add(table, system, metric, values, unit="pct", ds=ds):
+            out.append(Cell(ds, table, system, metric, unit, list(values)))
+
+        ens = _logits(Path(runs), ds, "ensemble")
         ev = _Eval(ds, ens, root)
-        ens_src = str(runs / ds / "ensemble" / "logits.pt")
-        single = ev(ens["test"])  # every member
-        metric_names = list(single)
-
-        def add(table, system, metric, values, unit="pct"):
-            c = Cell(ds, table, system, metric, unit)
-            c.values = list(values)
-            out.append(c)
-
-        for metric in metric_names:
-            add(TABLE1, "baseline", metric, [(sd, v, ens_src) for sd, v in zip(ensemble_seeds(cfg), single[metric])])
-        per_seed_base = {metric: [sum(single[metric][i * m_count:(i + 1) * m_count]) / m_count
-                                  for i in range(len(seeds))] for metric in metric_names}
-        combos, curves = {}, {}
-        for how in ("arithmetic", "geometric"):
-            vals = {metric: [] for metric in metric_names}
-            for i in range(len(seeds)):
-                member_logits = ens["test"][i * m_count:(i + 1) * m_count]
-                r = ev(combine(member_logits, how))
-                for metric in metric_names:
-                    vals[metric].append(r[metric][0])
-                if how == "arithmetic":
-                    curves.setdefault("sizes", list(range(1, m_count + 1)))
-                    curves[seeds[i]] = [accuracy_pct(combine(member_logits[:n], how), ev.labels)[0]
-                                        for n in range(1, m_count + 1)]
-            combos[how] = vals
-            for metric in metric_names:
-                add(TABLE1, f"ensemble_{how}", metric, [(s, v, ens_src) for s, v in zip(seeds, vals[metric])])
-
-        t_best, val_err = choose_temperature(cfg, runs, ds)
-        dist = _logits(runs, ds, distilled_name(t_best))
-        dist_src = str(runs / ds / distilled_name(t_best) / "logits.pt")
-        d = ev(dist["test"])
-        for metric in metric_names:
-            add(TABLE1, "distilled", metric, [(s, v, dist_src) for s, v in zip(seeds, d[metric])])
-        add(TABLE1, "distilled", "chosen_temperature", [(s, t_best, dist_src) for s in seeds], unit="T")
-        gain = [share_recovered(dv, b, ea)
-                for dv, b, ea in zip(d["test_accuracy_pct"], per_seed_base["test_accuracy_pct"],
-                                     combos["arithmetic"]["test_accuracy_pct"])]
-        add(TABLE1, "distilled", "gain_recovered_pct", [(s, g, dist_src) for s, g in zip(seeds, gain)])
-
-        # Table 5: train and test accuracy of the 100%-data net (member 0 of each ensemble), 3% hard, 3% soft
-        t5 = {}
-        for system, run, members in (("baseline_100", "ensemble", single_teacher_members(cfg)),
-                                     ("baseline_3", "base3", list(range(len(seeds)))),
-                                     ("soft_3", "soft3", list(range(len(seeds))))):
-            blob = ens if run == "ensemble" else _logits(runs, ds, run)
-            test = ev(blob["test"][members])["test_accuracy_pct"]
-            run_seeds = [ensemble_seeds(cfg)[j] for j in members] if run == "ensemble" else seeds
-            recs = [_metrics(runs, ds, run, sd) for sd in run_seeds]
-            add(TABLE5, system, "train_accuracy_pct", [(s, 100.0 * r["train_accuracy"], src)
-                                                       for s, (r, src) in zip(seeds, recs)])
-            add(TABLE5, system, "test_accuracy_pct", [(s, v, src) for s, v, (_, src) in zip(seeds, test, recs)])
-            t5[system] = test
-            if run == "base3":
-                facts.setdefault(ds, {})["base3_epochs"] = [r["final_epoch"] for r, _ in recs]
-        rec = [share_recovered(s3, b3, b100)
-               for s3, b3, b100 in zip(t5["soft_3"], t5["baseline_3"], t5["baseline_100"])]
-        add(TABLE5, "soft_3", "gap_recovered_pct", [(s, v, str(runs / ds / "soft3" / "logits.pt"))
-                                                    for s, v in zip(seeds, rec)])
-        facts.setdefault(ds, {}).update({"chosen_temperature": t_best, "val_error_pct_by_T": val_err,
-                                         "size_curve": curves})
+        facts[ds] = _table1(cfg, Path(runs), ds, ens, ev, add)
+        facts[ds].update(_table5(cfg, Path(runs), ds, ens, ev, add))
     return out, facts
+
+
+def _table1(cfg: dict, runs: Path, ds: str, ens: dict, ev: "_Eval", add) -> dict:
+    """Single nets, arithmetic and geometric ensembles, the distilled net at the T chosen on validation."""
+    m_count, seeds = cfg["ensembles"]["members"], list(cfg["seeds"])
+    ens_src = _src(runs, ds, "ensemble")
+    single = ev(ens["test"])  # every member
+    metric_names = list(single)
+    for metric in metric_names:
+        add(TABLE1, "baseline", metric, [(sd, v, ens_src) for sd, v in zip(ensemble_seeds(cfg), single[metric])])
+    per_seed_base = [sum(single["test_accuracy_pct"][i * m_count:(i + 1) * m_count]) / m_count
+                     for i in range(len(seeds))]
+    combos, curves = {}, {"sizes": list(range(1, m_count + 1))}
+    for how in ("arithmetic", "geometric"):
+        vals = {metric: [] for metric in metric_names}
+        for i in range(len(seeds)):
+            member_logits = ens["test"][i * m_count:(i + 1) * m_count]
+            r = ev(combine(member_logits, how))
+            for metric in metric_names:
+                vals[metric].append(r[metric][0])
+            if how == "arithmetic":
+                curves[seeds[i]] = [accuracy_pct(combine(member_logits[:n], how), ev.labels)[0]
+                                    for n in range(1, m_count + 1)]
+        combos[how] = vals
+        for metric in metric_names:
+            add(TABLE1, f"ensemble_{how}", metric, [(s, v, ens_src) for s, v in zip(seeds, vals[metric])])
+    t_best, val_err = choose_temperature(cfg, runs, ds)
+    dist_src = _src(runs, ds, distilled_name(t_best))
+    d = ev(_logits(runs, ds, distilled_name(t_best))["test"])
+    for metric in metric_names:
+        add(TABLE1, "distilled", metric, [(s, v, dist_src) for s, v in zip(seeds, d[metric])])
+    add(TABLE1, "distilled", "chosen_temperature", [(s, t_best, dist_src) for s in seeds], unit="T")
+    gain = [share_recovered(dv, b, ea)
+            for dv, b, ea in zip(d["test_accuracy_pct"], per_seed_base, combos["arithmetic"]["test_accuracy_pct"])]
+    add(TABLE1, "distilled", "gain_recovered_pct", [(s, g, dist_src) for s, g in zip(seeds, gain)])
+    return {"chosen_temperature": t_best, "val_error_pct_by_T": val_err, "size_curve": curves}
+
+
+def _table5(cfg: dict, runs: Path, ds: str, ens: dict, ev: "_Eval", add) -> dict:
+    """Train and test accuracy of the 100%-data net (member 0 of each ensemble), 3% hard, 3% soft; the gap share."""
+    seeds, t5, facts = list(cfg["seeds"]), {}, {}
+    for system, run, members in (("baseline_100", "ensemble", single_teacher_members(cfg)),
+                                 ("baseline_3", "base3", list(range(len(seeds)))),
+                                 ("soft_3", "soft3", list(range(len(seeds))))):
+        blob = ens if run == "ensemble" else _logits(runs, ds, run)
+        test = ev(blob["test"][members])["test_accuracy_pct"]
+        run_seeds = [ensemble_seeds(cfg)[j] for j in members] if run == "ensemble" else seeds
+        recs = [_metrics(runs, ds, run, sd) for sd in run_seeds]
+        add(TABLE5, system, "train_accuracy_pct", [(s, 100.0 * r["train_accuracy"], src)
+                                                   for s, (r, src) in zip(seeds, recs)])
+        add(TABLE5, system, "test_accuracy_pct", [(s, v, src) for s, v, (_, src) in zip(seeds, test, recs)])
+        t5[system] = test
+        if run == "base3":
+            facts["base3_epochs"] = [r["final_epoch"] for r, _ in recs]
+    rec = [share_recovered(s3, b3, b100) for s3, b3, b100 in zip(t5["soft_3"], t5["baseline_3"], t5["baseline_100"])]
+    add(TABLE5, "soft_3", "gap_recovered_pct", [(s, v, _src(runs, ds, "soft3")) for s, v in zip(seeds, rec)])
+    return facts
 
 
 # ---------------------------------------------------------------------------------------------------- report
@@ -288,3 +295,14 @@ def markdown(summary: pd.DataFrame, cfg: dict, facts: dict) -> str:
                       f"**{_cell(gap, 1)}%**{_paper(gap)}. The 3% hard-target runs stopped early at epochs "
                       f"{f.get('base3_epochs')} (best validation); the soft-target runs ran every epoch.", ""]
     return "\n".join(lines) + "\n"
+
+
+def write(cfg: dict, runs: Path, out: Path, paper: dict, root: Path | str | None = None, **_) -> str:
+    """The section's outputs: ensembles_summary.csv, its provenance, ensembles.md, ensembles.png."""
+    from kdbench import aggregate, figures
+    from kdbench.records import atomic_write_bytes
+    cells_, facts = cells(cfg, runs, root=root)
+    summary = aggregate.write_tables(cells_, paper, out, "ensembles")
+    atomic_write_bytes(out / "ensembles.md", markdown(summary, cfg, facts).encode())
+    figures.ensembles(summary, facts, datasets(cfg), out / "ensembles.png")
+    return f"ensembles: {len(summary)} summary rows -> {out}"

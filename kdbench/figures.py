@@ -64,20 +64,30 @@ def transfer(panels: list[tuple[str, list[dict]]], path: Path | str) -> None:
 
 
 def variants(df, path: Path | str) -> None:
-    """Test errors per KD variant (mean ± std over seeds), one group of bars per experiment."""
-    exps = list(dict.fromkeys(df.experiment))
+    """Each KD variant's metric (mean ± std over seeds), one panel per group of experiments (MNIST errors, Table 1
+    and Table 5 accuracies), one group of bars per experiment."""
+    groups = list(dict.fromkeys(df.table)) if "table" in df else [None]
     names = list(dict.fromkeys(df.variant))
-    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(names) * len(exps) / 2, 4.0))
+    n_exp = max(len(set(df[df.table == g].experiment)) if g else len(set(df.experiment)) for g in groups)
+    fig, axes = plt.subplots(1, len(groups), figsize=(len(groups) * (1.5 + 0.45 * len(names) * n_exp), 4.2),
+                             squeeze=False)
     width = 0.8 / len(names)
-    for i, v in enumerate(names):
-        sub = df[df.variant == v].set_index("experiment").loc[exps]
-        ax.bar(np.arange(len(exps)) + (i - (len(names) - 1) / 2) * width, sub["mean"], width,
-               yerr=np.nan_to_num(sub["std"].to_numpy(dtype=float)), capsize=3, label=v)
-    ax.set_xticks(np.arange(len(exps)))
-    ax.set_xticklabels(exps)
-    ax.set_ylabel("MNIST test errors (of 10,000)")
-    ax.set_title("KD variants, mean ± std over seeds")
-    ax.legend(fontsize=8, ncol=2)
+    for ax, g in zip(axes[0], groups):
+        sub_g = df if g is None else df[df.table == g]
+        exps = list(dict.fromkeys(sub_g.experiment))
+        for i, v in enumerate(names):
+            sub = sub_g[sub_g.variant == v].set_index("experiment").loc[exps]
+            ax.bar(np.arange(len(exps)) + (i - (len(names) - 1) / 2) * width, sub["mean"], width,
+                   yerr=np.nan_to_num(sub["std"].to_numpy(dtype=float)), capsize=2, label=v)
+        ax.set_xticks(np.arange(len(exps)))
+        ax.set_xticklabels(exps, fontsize=7, rotation=15)
+        metric = sub_g.metric.iloc[0] if "metric" in sub_g else "test_errors"
+        ax.set_ylabel("test errors (of 10,000)" if metric == "test_errors" else "test accuracy (%)")
+        if metric != "test_errors":
+            lo = float((sub_g["mean"] - sub_g["std"].fillna(0)).min())
+            ax.set_ylim(max(0.0, lo - 2.0), None)
+    axes[0][0].set_title("KD variants, mean ± std over seeds", loc="left")
+    axes[0][-1].legend(fontsize=7, ncol=2)
     _save(fig, path)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from kdbench import layout
 from kdbench.aggregate import Cell, fmt, read_json
 
 SECTION, TABLE = "mnist", "sec3"
@@ -64,7 +65,7 @@ def cells(cfg: dict, runs: Path) -> list[Cell]:
     seeds = cfg["seeds"]
 
     def metrics(system):
-        return [(s, read_json(p), str(p)) for s in seeds for p in [runs / system / f"seed{s}" / "metrics.json"]]
+        return [(s, read_json(p), str(p)) for s in seeds for p in [layout.metrics(runs, system, s)]]
 
     def cell(system, metric, unit, values):
         return Cell(SECTION, TABLE, system, metric, unit, values)
@@ -82,7 +83,7 @@ def cells(cfg: dict, runs: Path) -> list[Cell]:
     out.insert(3, cell("distilled_T20", "gap_closed_pct", "pct", gap))
 
     for system in ("omit3", "only78"):
-        path = runs / system / "bias.json"
+        path = layout.bias(runs, system)
         per_seed = read_json(path)["members"]
         for variant, key in (("raw", "raw"), ("bias_val", "val_chosen"), ("bias_paper", "paper")):
             name = f"{system}_{variant}"
@@ -118,7 +119,7 @@ def labels(cfg: dict) -> dict[str, str]:
 
 def run_facts(cfg: dict, runs: Path) -> dict:
     """Where and how long: devices, commits and summed wall time of the section's training jobs."""
-    recs = [read_json(runs / s / f"seed{cfg['seeds'][0]}" / "metrics.json") for s in systems(cfg)]
+    recs = [read_json(layout.metrics(runs, s, cfg["seeds"][0])) for s in systems(cfg)]
     return {"devices": sorted({r["device"] for r in recs}), "commits": sorted({r["git_commit"] for r in recs}),
             "wall_seconds": sum(r["wall_seconds"] for r in recs), "jobs": len(recs),
             "torch": sorted({r["versions"]["torch"] for r in recs})}
@@ -156,3 +157,17 @@ def markdown(summary, cfg: dict, profile: str, facts: dict | None = None) -> str
     lines += ["", "![test errors vs temperature](mnist_sweep.png)", "",
               "![errors per class, transfer sets](mnist_transfer.png)", ""]
     return "\n".join(lines)
+
+
+def write(cfg: dict, runs: Path, out: Path, paper: dict, **_) -> str:
+    """The section's outputs: mnist_summary.csv, its provenance, mnist.md, mnist_sweep.png, mnist_transfer.png."""
+    from kdbench import aggregate, figures
+    from kdbench.records import atomic_write_bytes
+    summary = aggregate.write_tables(cells(cfg, runs), paper, out, "mnist")
+    atomic_write_bytes(out / "mnist.md", markdown(summary, cfg, cfg["profile"], run_facts(cfg, runs)).encode())
+    sw = cfg["mnist"]["sweep"]
+    figures.sweep(summary, sw["widths"], sw["temperatures"], sweep_name, out / "mnist_sweep.png")
+    figures.transfer([("transfer set without 3s", read_json(layout.bias(runs, "omit3"))["members"]),
+                      ("transfer set of only 7s and 8s", read_json(layout.bias(runs, "only78"))["members"])],
+                     out / "mnist_transfer.png")
+    return f"mnist: {len(summary)} summary rows -> {out}"

@@ -82,11 +82,17 @@ def git_commit() -> str:
 
 
 def package_versions() -> dict:
+    """Versions of what a run used; torchvision's from its metadata (importing it costs about a second)."""
+    from importlib import metadata
+
     import numpy
-    import torchvision
 
     from kdbench import __version__
-    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+    try:
+        vision = metadata.version("torchvision")
+    except metadata.PackageNotFoundError:
+        vision = "not installed"
+    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": vision,
             "numpy": numpy.__version__, "kdbench": __version__}
 
 

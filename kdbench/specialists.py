@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from kdbench import ensembles
+from kdbench import ensembles, layout
 from kdbench.aggregate import Cell, fmt, read_json
 
 TABLE3, TABLE4 = "table3", "table4"
@@ -59,6 +59,11 @@ def cluster_config(cfg: dict) -> dict:
             "specialists": {"clusters": sp["clusters"],
                             "datasets": {d: {"clusters": (v or {}).get("clusters", {})}
                                          for d, v in sp["datasets"].items()}}}
+
+
+def job(dataset: str, i: int) -> str:
+    """The plan's name of specialist i of a dataset (its folder under runs/)."""
+    return f"specialists/{dataset}/spec{i}"
 
 
 def generalist_members(cfg: dict) -> list[int]:
@@ -203,9 +208,9 @@ def evaluate(cfg: dict, dataset: str, runs: Path | str, clusters: list[list[int]
     """Per seed: generalist and combined log-probabilities on the test set, and the metrics of both."""
     runs = Path(runs)
     s = settings(cfg, dataset)
-    ens = torch.load(runs / "ensembles" / dataset / "ensemble" / "logits.pt", map_location="cpu", weights_only=False)
+    ens = torch.load(layout.logits(runs, ensembles.job(dataset, "ensemble")), map_location="cpu", weights_only=False)
     labels = ens["test_labels"]
-    specs = [torch.load(runs / "specialists" / dataset / f"spec{m}" / "logits.pt", map_location="cpu",
+    specs = [torch.load(layout.logits(runs, job(dataset, m)), map_location="cpu",
                         weights_only=False) for m in range(len(clusters))]
     covered = sorted({c for cl in clusters for c in cl})
     cover = coverage(labels, clusters, ens["test"].shape[-1])
@@ -214,7 +219,7 @@ def evaluate(cfg: dict, dataset: str, runs: Path | str, clusters: list[list[int]
         log_pg = torch.log_softmax(ens["test"][generalist_members(cfg)[i]].float(), -1)
         spec_lp = []
         for m in range(len(clusters)):
-            rec = read_json(runs / "specialists" / dataset / f"spec{m}" / f"seed{seed}" / "metrics.json")
+            rec = read_json(layout.metrics(runs, job(dataset, m), seed))
             spec_lp.append(specialist_log_probs(specs[m]["test"][i], torch.tensor(rec["dustbin_logit_shift"])))
         active = active_specialists(log_pg, clusters, s["top_n"])
         log_q = combine(log_pg, spec_lp, clusters, active, s["combine"]["steps"])
@@ -241,7 +246,7 @@ def cells(cfg: dict, runs: Path | str, cluster_files: dict[str, Path]) -> tuple[
         clusters = read_json(cluster_files[ds])["clusters"]
         ev = evaluate(cfg, ds, runs, clusters)
         facts[ds] = ev
-        src = str(Path(runs) / "specialists" / ds)
+        src = str(layout.run(runs, f"specialists/{ds}"))
 
         def add(table, system, metric, values, unit="pct"):
             c = Cell("specialists", table, f"{ds}/{system}", metric, unit)
@@ -316,3 +321,15 @@ def markdown(summary: pd.DataFrame, cfg: dict, facts: dict) -> str:
             lines.append(f"| {n_cov} | {cell(cases, 0)} | {cell(delta, 1)} | {cell(rel)} |")
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def write(cfg: dict, runs: Path, out: Path, paper: dict, clusters: dict[str, Path] | None = None, **_) -> str:
+    """The section's outputs: specialists_summary.csv, its provenance, specialists.md, specialists.png."""
+    from kdbench import aggregate, figures
+    from kdbench.records import atomic_write_bytes
+    files = clusters or {ds: layout.clusters(runs, ds) for ds in datasets(cfg)}
+    cells_, facts = cells(cfg, runs, files)
+    summary = aggregate.write_tables(cells_, paper, out, "specialists")
+    atomic_write_bytes(out / "specialists.md", markdown(summary, cfg, facts).encode())
+    figures.specialists(summary, facts, out / "specialists.png")
+    return f"specialists: {len(summary)} summary rows -> {out}"

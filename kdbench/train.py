@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from kdbench import data as kdata
-from kdbench import losses, models, sampling, teachers
+from kdbench import losses, models, optim, sampling, teachers
 from kdbench.config import DEFAULTS, ConfigError, resolve  # noqa: F401  (kdbench.train.DEFAULTS, .resolve)
 from kdbench.evaluate import error_summary
 from kdbench.models import init_from_model, predict_split  # noqa: F401  (kdbench.train.init_from_model, ...)
@@ -156,8 +156,7 @@ class Engine:
     teacher: teachers.Teacher
     variant: losses.Variant
     loss_fn: Callable
-    opt: torch.optim.Optimizer
-    sched: torch.optim.lr_scheduler.LRScheduler
+    opt: optim.SGD
     steps_per_epoch: int
 
     def step(self, data: RunData, idx: torch.Tensor) -> tuple[list[str], torch.Tensor]:
@@ -170,12 +169,11 @@ class Engine:
             logits, feats = self.student.model(xb), None
         terms = self.loss_fn(logits, yb, self.teacher.batch(idx), feats)
         stacked = torch.stack(list(terms.values()))  # (terms, K)
-        self.opt.zero_grad(set_to_none=True)
+        self.opt.zero_grad()
         stacked.sum().backward()
         if self.cfg["grad_clip"]:
             _clip_per_member(list(self.student.parameters()), self.cfg["grad_clip"])
         self.opt.step()
-        self.sched.step()
         self.student.model.apply_max_norm()
         return list(terms), stacked.detach()
 
@@ -191,12 +189,11 @@ def build_engine(cfg: dict, seeds: list[int], data: RunData, device: torch.devic
     student = Student(model, own).to(device)
     loss_fn = _member_loss_fn(variant, dict(cfg["variant_params"]), teacher.logits is not None, teacher.grouped,
                               variant.features)
-    opt = torch.optim.SGD(student.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], nesterov=cfg["nesterov"],
-                          weight_decay=cfg["weight_decay"])
     steps = math.ceil(data.sampler.epoch_size / cfg["batch_size"])
     total = steps * cfg["epochs"]
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(cfg, s, total, steps))
-    return Engine(cfg, list(seeds), student, teacher, variant, loss_fn, opt, sched, steps)
+    opt = optim.SGD(student.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], nesterov=cfg["nesterov"],
+                    weight_decay=cfg["weight_decay"], schedule=lambda s: _lr_factor(cfg, s, total, steps))
+    return Engine(cfg, list(seeds), student, teacher, variant, loss_fn, opt, steps)
 
 
 def run_epoch(eng: Engine, data: RunData, name: str, epoch: int) -> tuple[list[str], torch.Tensor]:
@@ -226,7 +223,7 @@ def _checkpoint(eng: Engine, data: RunData, chash: str, epoch: int, history: dic
                 device: torch.device) -> dict:
     return {"config_hash": chash, "seeds": eng.seeds, "data": data.train.fingerprint, "epoch": epoch,
             "history": history, "seconds_in_process": seconds, "model": eng.student.state_dict(),
-            "opt": eng.opt.state_dict(), "sched": eng.sched.state_dict(), "best": best,
+            "opt": eng.opt.state_dict(), "best": best,
             "orders": data.sampler.state(), "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
@@ -242,7 +239,6 @@ def _resume(eng: Engine, data: RunData, path: Path, chash: str, device: torch.de
         return None
     eng.student.load_state_dict(ck["model"])
     eng.opt.load_state_dict(ck["opt"])
-    eng.sched.load_state_dict(ck["sched"])
     data.sampler.load_state(ck["orders"])
     torch.set_rng_state(ck["rng_cpu"])
     if device.type == "cuda" and ck.get("rng_cuda") is not None:
@@ -261,6 +257,7 @@ def train(cfg: dict, seeds: list[int], out_dir: Path | str, device: str | None =
     cfg, out_dir = resolve(cfg), Path(out_dir)
     name = name or str(out_dir)
     _check_writable(out_dir)
+    atomic_write_json(out_dir / "config.json", {"name": name, "seeds": list(seeds), "config": cfg})
     device, chash, t_start = pick_device(device), config_hash(cfg), time.perf_counter()
     data = load_run_data(cfg, seeds, root, device)
     module_hashes = losses.load_modules(cfg["variant_modules"])

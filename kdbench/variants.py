@@ -3,73 +3,138 @@
 What this file achieves: from the profile's `variants` (names in the losses registry, including those that
 `variant_modules` files register) and `variant_params` (per-variant hyperparameters) it builds the training config
 of each (experiment, variant) pair, reusing the experiment's cached teacher logits, so adding a variant trains only
-its students. Experiments so far (MNIST, section 3):
-  - `mnist_distilled_T20`: the distilled 800-800 student at T=20 (its `hinton` run is the section's own run);
-  - `mnist_w{W}_bestT`: the W-unit student at the temperature the sweep found best on validation.
+its students. The experiments are every distillation experiment of the suite:
+  - `mnist_distilled_T20`: the distilled 800-800 MNIST student at T=20 (its `hinton` run is the section's own run);
+  - `mnist_w{W}_bestT`: the W-unit MNIST student at the temperature the sweep found best on validation;
+  - `{dataset}_distilled_bestT` (Table 1): a net of the members' size distilled from its seed's ensemble, at the
+    temperature the ensembles section found best on validation;
+  - `{dataset}_soft3` (Table 5): the net on 3% of the data learning from the 100%-data net (its `hinton` run is
+    the ensembles section's `soft3`).
 A variant's parameters are the experiment's `temperature` and `hard_weight` where the variant takes them, then the
 profile's `variant_params[name]`. A `teacher="self"` variant (born-again) learns from the experiment's `hard` run,
-a trained copy of its own architecture. The tables give mean ± std over seeds and the paired difference to
-`hinton` on the same seeds with a paired t-test note.
+a trained copy of its own architecture; a feature variant (`fitnets`) also reads the hidden features of its seed's
+teacher net. The tables give mean ± std over seeds and the paired difference to `hinton` on the same seeds with a
+95% interval and a paired t-test note.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from kdbench import losses, mnist
+from kdbench import ensembles, layout, losses, mnist
 from kdbench.aggregate import fmt, mean_std, read_json
 
 # two-sided 95% critical values of Student's t, by degrees of freedom (1..10); larger df use 1.96
 T_CRIT_95 = [12.71, 4.30, 3.18, 2.78, 2.57, 2.45, 2.36, 2.31, 2.26, 2.23]
 
 
-def experiments(cfg: dict) -> list[str]:
-    return ["mnist_distilled_T20", f"mnist_w{cfg['variant_experiments']['mnist_bestT_width']}_bestT"]
+@dataclass(frozen=True)
+class Experiment:
+    """One distillation experiment that every variant is run in."""
+    name: str
+    table: str             # which group of the variants tables it is reported in
+    base: dict             # the experiment's `hinton` student config, teacher paths filled in
+    teacher_logits: str    # the cached logits a teacher="teacher" variant reads
+    teacher_model: str     # the teacher's model.pt, for feature variants
+    teacher_members: list | None  # which teacher_model member teaches each seed
+    hinton_run: str | None = None  # a run of the sections that is this experiment's hinton student
+    temperature_from: str | None = None  # the temperature chosen on validation, read when the job starts
+    metric: str = "test_errors"  # "test_errors" (count) or "test_accuracy_pct"
 
 
-def base_system(cfg: dict, experiment: str) -> str:
-    """The section-3 system whose recipe the experiment's students follow."""
-    if experiment == "mnist_distilled_T20":
-        return "distilled_T20"
-    width = int(experiment[len("mnist_w"):-len("_bestT")])
-    return mnist.sweep_name(width, cfg["mnist"]["sweep"]["temperatures"][0])  # T is set from the sweep's choice
+TABLES = {"mnist": "MNIST students (section 3), test errors of 10,000",
+          "table1": "Students of the ensembles (Table 1), test accuracy % (frame accuracy for speech)",
+          "table5": "Nets on 3% of the training set learning from the 100%-data net (Table 5), test accuracy %"}
 
 
-def run_dir(runs: Path | str, experiment: str, variant: str) -> Path:
-    """Where a variant's run of an experiment lives; `hinton` at T=20 is the section's own distilled run."""
-    if (experiment, variant) == ("mnist_distilled_T20", "hinton"):
-        return Path(runs) / "distilled_T20"
-    return Path(runs) / "variants" / experiment / variant
+def experiments(cfg: dict) -> list[Experiment]:
+    runs, results = layout.runs(cfg["profile"]), layout.results(cfg["profile"])
+    teacher_logits, teacher_model = str(layout.train_logits(runs, "teacher")), str(layout.model(runs, "teacher"))
+    width = cfg["variant_experiments"]["mnist_bestT_width"]
+    best = f"mnist_w{width}_bestT"
+    out = [Experiment("mnist_distilled_T20", "mnist", mnist.train_config(cfg, "distilled_T20", teacher_logits),
+                      teacher_logits, teacher_model, None, hinton_run="distilled_T20"),
+           Experiment(best, "mnist", mnist.train_config(cfg, mnist.sweep_name(width, cfg["mnist"]["sweep"][
+               "temperatures"][0]), teacher_logits), teacher_logits, teacher_model, None,
+               temperature_from=str(layout.chosen_temperature(results, best)))]
+    for ds in ensembles.datasets(cfg):
+        ens_model, firsts = str(layout.model(runs, f"ensembles/{ds}/ensemble")), ensembles.single_teacher_members(cfg)
+        whole, single = (str(layout.ensemble_teacher(runs, ds, w)) for w in ("ensemble", "single"))
+        t0 = ensembles.distilled_name(cfg["ensembles"]["distilled"]["temperatures"][0])
+        name = f"{ds}_distilled_bestT"
+        out.append(Experiment(name, "table1", ensembles.train_config(cfg, ds, t0, whole), whole, ens_model, firsts,
+                              temperature_from=str(layout.chosen_temperature(results, name)),
+                              metric="test_accuracy_pct"))
+        out.append(Experiment(f"{ds}_soft3", "table5", ensembles.train_config(cfg, ds, "soft3", single), single,
+                              ens_model, firsts, hinton_run=f"ensembles/{ds}/soft3", metric="test_accuracy_pct"))
+    return out
 
 
-def needs_chosen_temperature(experiment: str) -> bool:
-    return experiment.endswith("_bestT")
+def by_name(cfg: dict) -> dict[str, Experiment]:
+    return {e.name: e for e in experiments(cfg)}
 
 
-def train_config(cfg: dict, experiment: str, variant: str, teacher_logits: str | None) -> dict:
+def job_name(experiment: Experiment, variant: str) -> str:
+    """The run of a variant in an experiment; `hinton` is the section's own run where the experiment has one."""
+    if variant == "hinton" and experiment.hinton_run is not None:
+        return experiment.hinton_run
+    return f"variants/{experiment.name}/{variant}"
+
+
+def run_dir(runs: Path | str, experiment: Experiment, variant: str) -> Path:
+    return layout.run(runs, job_name(experiment, variant))
+
+
+def needs_chosen_temperature(experiment: Experiment, variant: str) -> bool:
+    return experiment.temperature_from is not None and "temperature" in losses.get(variant).defaults
+
+
+def teacher_job(experiment: Experiment, variant: str) -> str | None:
+    """The job whose cached train_logits a teacher="self" variant reads (the experiment's `hard` run)."""
+    return job_name(experiment, "hard") if losses.get(variant).teacher == "self" else None
+
+
+def train_config(cfg: dict, experiment: Experiment, variant: str) -> dict:
     """The `kdbench.train` config of one variant in one experiment."""
     v = losses.get(variant)
-    base = mnist.train_config(cfg, base_system(cfg, experiment), teacher_logits="<none>")
+    base = experiment.base
     exp_params = base.get("variant_params", {})
     params = {k: exp_params[k] for k in ("temperature", "hard_weight") if k in v.defaults and k in exp_params}
     params.update(cfg.get("variant_params", {}).get(variant, {}))
     out = {**base, "variant": variant, "variant_params": params,
            "variant_modules": [str(p) for p in cfg.get("variant_modules", [])],
-           "teacher_logits": teacher_logits if v.needs_teacher else None}
-    return out
+           "teacher_logits": None, "teacher_model": None, "teacher_members": None}
+    if v.teacher == "self":
+        runs = layout.runs(cfg["profile"])
+        out.update(teacher_logits=str(layout.train_logits(runs, teacher_job(experiment, variant))),
+                   teacher_pairing="paired")
+    elif v.needs_teacher:
+        out["teacher_logits"] = experiment.teacher_logits
+    if v.features:
+        out.update(teacher_model=experiment.teacher_model, teacher_members=experiment.teacher_members)
+    return {k: val for k, val in out.items() if val is not None or k in base}
 
 
-def choose_temperature(cfg: dict, runs: Path, width: int) -> dict:
-    """The sweep's temperature for `width` with the fewest validation errors (final epoch, mean over seeds)."""
-    scores = {}
-    for t in cfg["mnist"]["sweep"]["temperatures"]:
-        errs = [read_json(runs / mnist.sweep_name(width, t) / f"seed{s}" / "metrics.json")["val_errors"][-1]
-                for s in cfg["seeds"]]
-        scores[t] = sum(errs) / len(errs)
-    best = min(scores, key=lambda t: (scores[t], t))
-    return {"width": width, "temperature": best, "val_errors_by_temperature": {f"{t:g}": e for t, e in scores.items()}}
+def choose_temperature(cfg: dict, runs: Path, experiment: str) -> dict:
+    """The temperature an experiment's students use: the one with the fewest validation errors (final epoch, mean
+    over seeds) among the MNIST sweep's runs of its width, or the ensembles section's choice for its dataset."""
+    if experiment.startswith("mnist_w"):
+        width = int(experiment[len("mnist_w"):-len("_bestT")])
+        scores = {}
+        for t in cfg["mnist"]["sweep"]["temperatures"]:
+            errs = [read_json(layout.metrics(runs, mnist.sweep_name(width, t), s))["val_errors"][-1]
+                    for s in cfg["seeds"]]
+            scores[t] = sum(errs) / len(errs)
+        best = min(scores, key=lambda t: (scores[t], t))
+        return {"experiment": experiment, "width": width, "temperature": best,
+                "val_errors_by_temperature": {f"{t:g}": e for t, e in scores.items()}}
+    dataset = experiment[:-len("_distilled_bestT")]
+    best, val = ensembles.choose_temperature(cfg, runs, dataset)
+    return {"experiment": experiment, "temperature": best, "val_error_pct_by_temperature": {f"{t:g}": e for t, e in
+                                                                                            val.items()}}
 
 
 def paired_note(diffs: list[float]) -> tuple[float, float, str]:
@@ -78,55 +143,107 @@ def paired_note(diffs: list[float]) -> tuple[float, float, str]:
     mean, std = mean_std(diffs)
     if n < 2:
         return mean, std, "one seed: no test"
-    crit = T_CRIT_95[n - 2] if n - 1 <= len(T_CRIT_95) else 1.96
     if std == 0:
         return mean, std, "identical on every seed" if mean == 0 else "same difference on every seed"
     t = mean / (std / math.sqrt(n))
-    verdict = "p < 0.05" if abs(t) > crit else "n.s."
+    verdict = "p < 0.05" if abs(t) > _t_crit(n) else "n.s."
     return mean, std, f"paired t = {t:.2f}, {verdict} (n = {n})"
 
 
-def table(cfg: dict, runs: Path | str) -> pd.DataFrame:
-    """Tidy rows (experiment, variant, seeds' test errors, paired difference to hinton, source files)."""
+def _t_crit(n: int) -> float:
+    return T_CRIT_95[n - 2] if n - 1 <= len(T_CRIT_95) else 1.96
+
+
+def ci95(mean: float, std: float, n: int) -> tuple[float, float]:
+    """The 95% t interval of a mean of n paired differences (NaN for fewer than two)."""
+    if n < 2 or math.isnan(std):
+        return math.nan, math.nan
+    half = _t_crit(n) * std / math.sqrt(n)
+    return mean - half, mean + half
+
+
+def _value(rec: dict, metric: str) -> float:
+    return rec["test_errors"] if metric == "test_errors" else 100.0 * rec["test_accuracy"]
+
+
+def table_config(cfg: dict, tables: tuple[str, ...] = tuple(TABLES), name: str = "variants") -> dict:
+    """What the variants' tables read of a profile: seeds, variants and each experiment's name, group, metric and
+    runs, so that a recipe or a table setting elsewhere does not redo them. `tables` picks groups of experiments
+    (`mnist_section` builds `variants_mnist.*` from the MNIST students alone); `name` names the output files."""
+    return {"profile": cfg["profile"], "seeds": cfg["seeds"], "variants": cfg["variants"], "name": name,
+            "experiments": [{"name": e.name, "table": e.table, "metric": e.metric,
+                             "jobs": {v: job_name(e, v) for v in dict.fromkeys(["hinton", *cfg["variants"]])}}
+                            for e in experiments(cfg) if e.table in tables]}
+
+
+def table(spec: dict, runs: Path | str) -> pd.DataFrame:
+    """Tidy rows (experiment, variant, the seeds' metric, paired difference to hinton with its 95% interval) from
+    `table_config`'s spec."""
     rows = []
-    for exp in experiments(cfg):
-        ref = {s: read_json(run_dir(runs, exp, "hinton") / f"seed{s}" / "metrics.json")["test_errors"]
-               for s in cfg["seeds"]}
-        for variant in cfg["variants"]:
-            paths = [run_dir(runs, exp, variant) / f"seed{s}" / "metrics.json" for s in cfg["seeds"]]
+    for exp in spec["experiments"]:
+        ref = {s: _value(read_json(layout.metrics(runs, exp["jobs"]["hinton"], s)), exp["metric"])
+               for s in spec["seeds"]}
+        for variant in spec["variants"]:
+            paths = [layout.metrics(runs, exp["jobs"][variant], s) for s in spec["seeds"]]
             recs = [read_json(p) for p in paths]
-            errs = [r["test_errors"] for r in recs]
-            n = len(errs)
-            mean, std = mean_std(errs)
-            d_mean, d_std, note = paired_note([e - ref[s] for s, e in zip(cfg["seeds"], errs)])
-            rows.append({"experiment": exp, "variant": variant, "metric": "test_errors", "mean": mean, "std": std,
-                         "n_seeds": n, "diff_vs_hinton_mean": d_mean, "diff_vs_hinton_std": d_std,
-                         "significance": "reference" if variant == "hinton" else note,
+            vals = [_value(r, exp["metric"]) for r in recs]
+            mean, std = mean_std(vals)
+            d_mean, d_std, note = paired_note([v - ref[s] for s, v in zip(spec["seeds"], vals)])
+            low, high = ci95(d_mean, d_std, len(vals))
+            rows.append({"experiment": exp["name"], "table": exp["table"], "variant": variant,
+                         "metric": exp["metric"], "mean": mean, "std": std, "n_seeds": len(vals),
+                         "diff_vs_hinton_mean": d_mean, "diff_vs_hinton_std": d_std, "diff_ci95_low": low,
+                         "diff_ci95_high": high, "significance": "reference" if variant == "hinton" else note,
                          "temperature": recs[0]["config"]["variant_params"].get("temperature", math.nan),
                          "sources": ";".join(str(p) for p in paths)})
     return pd.DataFrame(rows)
 
 
-def markdown(df: pd.DataFrame, cfg: dict) -> str:
-    exps = list(dict.fromkeys(df.experiment))
+def _header(df: pd.DataFrame, exps: list[str]) -> list[str]:
     head = []
     for e in exps:
         temps = df[(df.experiment == e) & (df.variant == "hinton")].temperature
         head.append(f"{e} (T={temps.iloc[0]:g})" if len(temps) and not math.isnan(temps.iloc[0]) else e)
+    return head
+
+
+def markdown(df: pd.DataFrame, cfg: dict) -> str:
     lines = ["# KD variants beside Hinton et al.'s distillation", "",
-             f"MNIST test errors (of 10,000), mean ± std over seeds {cfg['seeds']}; in brackets the paired difference "
-             "to `hinton` on the same seeds (negative = fewer errors) and a paired t-test at the 5% level. "
-             "Every variant reuses the experiment's cached teacher logits; `born_again` learns from the `hard` run "
-             "of the same experiment (a trained copy of its own architecture).", "",
-             "| variant | " + " | ".join(head) + " |", "|---|" + "---|" * len(exps)]
-    for variant in cfg["variants"]:
-        cells = []
-        for e in exps:
-            r = df[(df.experiment == e) & (df.variant == variant)].iloc[0]
-            cell = fmt(r["mean"], r["std"])
-            if variant != "hinton":
-                cell += f" ({r.diff_vs_hinton_mean:+.1f}; {r.significance})"
-            cells.append(cell)
-        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
-    lines += ["", "![variants](variants.png)", ""]
+             f"Mean ± std over seeds {cfg['seeds']}; in brackets the paired difference to `hinton` on the same seeds, "
+             "its 95% t interval and a paired t-test at the 5% level. Every variant reuses its experiment's cached "
+             "teacher logits; `born_again` learns from the `hard` run of the same experiment (a trained copy of its "
+             "own architecture); `fitnets` also reads the hidden features of its seed's teacher net.", ""]
+    for table, title in TABLES.items():
+        sub = df[df.table == table]
+        if sub.empty:
+            continue
+        exps = list(dict.fromkeys(sub.experiment))
+        digits = 1 if table == "mnist" else 2
+        lines += [f"## {title}", "", "| variant | " + " | ".join(_header(sub, exps)) + " |",
+                  "|---|" + "---|" * len(exps)]
+        for variant in cfg["variants"]:
+            cells = []
+            for e in exps:
+                r = sub[(sub.experiment == e) & (sub.variant == variant)].iloc[0]
+                cell = fmt(r["mean"], r["std"], digits)
+                if variant != "hinton":
+                    interval = ("" if math.isnan(r.diff_ci95_low)
+                                else f" [{r.diff_ci95_low:+.{digits}f}, {r.diff_ci95_high:+.{digits}f}]")
+                    cell += f" ({r.diff_vs_hinton_mean:+.{digits}f}{interval}; {r.significance})"
+                cells.append(cell)
+            lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["![variants](variants.png)", ""]
     return "\n".join(lines)
+
+
+def write(spec: dict, runs: Path, out: Path, **_) -> str:
+    """The section's outputs from `table_config`'s spec: <name>.csv, <name>.md, <name>.png (name: variants)."""
+    from kdbench import aggregate, figures
+    from kdbench.records import atomic_write_bytes
+    df, name = table(spec, runs), spec.get("name", "variants")
+    aggregate.write_csv(df, out / f"{name}.csv")
+    atomic_write_bytes(out / f"{name}.md", markdown(df, spec).encode().replace(b"(variants.png)",
+                                                                               f"({name}.png)".encode()))
+    figures.variants(df, out / f"{name}.png")
+    return f"{name}: {len(df)} rows -> {out}"

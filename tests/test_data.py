@@ -172,3 +172,20 @@ def test_validation_split_is_seeded_and_disjoint():
     assert torch.equal(val, val2) and len(val) == 100 and len(tr) == 900
     assert len(set(tr.tolist()) | set(val.tolist())) == 1000
     assert not torch.equal(val, data.validation_split(1000, 100, seed=4)[1])
+
+
+@pytest.mark.parametrize("dataset, cls", [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
+def test_idx_files_read_directly_equal_torchvisions_reading(data_root, dataset, cls):
+    import torchvision.datasets as tvd
+    for train in (True, False):
+        ours = data.load(dataset, train, root=data_root)
+        ref = getattr(tvd, cls)(str(data_root), train=train, download=False)
+        assert torch.equal(ours.x, ref.data) and torch.equal(ours.y, ref.targets.long())
+
+
+def test_a_truncated_idx_file_is_named_with_the_fix(mnist_root, tmp_path):
+    src = data.raw_dir(mnist_root, "mnist") / "t10k-labels-idx1-ubyte"
+    (tmp_path / "cut").write_bytes(src.read_bytes()[:-3])
+    with pytest.raises(data.DataError, match="not a complete uint8 IDX file.*Fix"):
+        data.read_idx(tmp_path / "cut")
+    assert data.read_idx(src).shape == (10000,)

@@ -65,15 +65,41 @@ def test_the_documented_example_variant_loads_from_a_file_and_trains(tmp_path):
 
 def test_variant_configs_take_the_experiments_temperature_only_where_declared():
     cfg = {**SMOKE, "variant_params": {"soft_only": {"temperature": 8.0}}}
-    h = variants.train_config(cfg, "mnist_distilled_T20", "hinton", "tl.pt")
-    assert h["variant_params"] == {"temperature": 20.0, "hard_weight": 0.1} and h["teacher_logits"] == "tl.pt"
-    assert variants.train_config(cfg, "mnist_distilled_T20", "soft_only", "tl.pt")["variant_params"] == {"temperature": 8.0}
-    hard = variants.train_config(cfg, "mnist_distilled_T20", "hard", "tl.pt")
-    assert hard["variant_params"] == {} and hard["teacher_logits"] is None
-    small = variants.train_config(cfg, "mnist_w30_bestT", "logit_matching", "tl.pt")
+    exps = variants.by_name(cfg)
+    t20, best = exps["mnist_distilled_T20"], exps["mnist_w30_bestT"]
+    tl = "results/smoke/runs/teacher/train_logits.pt"
+    h = variants.train_config(cfg, t20, "hinton")
+    assert h["variant_params"] == {"temperature": 20.0, "hard_weight": 0.1} and h["teacher_logits"] == tl
+    assert variants.train_config(cfg, t20, "soft_only")["variant_params"] == {"temperature": 8.0}
+    hard = variants.train_config(cfg, t20, "hard")
+    assert hard["variant_params"] == {} and hard["teacher_logits"] is None and "teacher_model" not in hard
+    small = variants.train_config(cfg, best, "logit_matching")
     assert small["widths"] == [784, 30, 30, 10] and small["variant_params"] == {}
-    assert variants.run_dir("r", "mnist_distilled_T20", "hinton").as_posix() == "r/distilled_T20"
-    assert variants.run_dir("r", "mnist_w30_bestT", "hinton").as_posix() == "r/variants/mnist_w30_bestT/hinton"
+    assert variants.job_name(t20, "hinton") == "distilled_T20"
+    assert variants.job_name(best, "hinton") == "variants/mnist_w30_bestT/hinton"
+    assert variants.needs_chosen_temperature(best, "hinton") and not variants.needs_chosen_temperature(best, "hard")
+    born = variants.train_config(cfg, best, "born_again")
+    assert born["teacher_logits"] == "results/smoke/runs/variants/mnist_w30_bestT/hard/train_logits.pt"
+
+
+def test_every_distillation_experiment_has_its_teacher_and_recipe():
+    """Table 1 students learn from their own seed's group of ensemble members, Table 5 nets from their seed's
+    100%-data net, and a feature variant reads that same net's features."""
+    exps = variants.by_name(SMOKE)
+    assert set(exps) == {"mnist_distilled_T20", "mnist_w30_bestT"} | {
+        f"{ds}_{kind}" for ds in ("speech", "speech_unseen", "fashion_mnist") for kind in ("distilled_bestT", "soft3")}
+    t1, t5 = exps["speech_distilled_bestT"], exps["fashion_mnist_soft3"]
+    hint = variants.train_config(SMOKE, t1, "fitnets")
+    assert hint["teacher_pairing"] == "grouped" and hint["teacher_logits"].endswith("speech/teacher_ensemble.pt")
+    assert hint["teacher_model"].endswith("ensembles/speech/ensemble/model.pt")
+    assert hint["teacher_members"] == [0, 3]  # the first of each seed's 3 members
+    assert hint["variant_params"] == {"temperature": 1.0, "hard_weight": 0.5}  # T set later from the choice
+    soft = variants.train_config(SMOKE, t5, "soft_only")
+    assert soft["train_fraction"] == 0.03 and soft["teacher_pairing"] == "paired" and soft["epochs"] == 3
+    assert soft["teacher_logits"].endswith("fashion_mnist/teacher_single.pt") and not soft["keep_best"]
+    assert variants.job_name(t5, "hinton") == "ensembles/fashion_mnist/soft3"
+    assert variants.train_config(SMOKE, t5, "hinton")["variant_params"] == {"temperature": 2.0, "hard_weight": 0.0}
+    assert t1.metric == "test_accuracy_pct" and exps["mnist_w30_bestT"].metric == "test_errors"
 
 
 def test_choose_temperature_on_validation(tmp_path):
@@ -84,7 +110,7 @@ def test_choose_temperature_on_validation(tmp_path):
             p = tmp_path / f"sweep_w30_T{t:g}" / f"seed{s}" / "metrics.json"
             p.parent.mkdir(parents=True)
             p.write_text(json.dumps({"val_errors": [999, e + s]}))
-    choice = variants.choose_temperature(cfg, tmp_path, 30)
+    choice = variants.choose_temperature(cfg, tmp_path, "mnist_w30_bestT")
     assert choice["temperature"] == 2.5  # tie with T=4 broken towards the lower T
 
 
@@ -93,3 +119,6 @@ def test_paired_note():
     assert mean == -11.0 and std == pytest.approx(1.0) and "p < 0.05" in note
     assert "n.s." in variants.paired_note([5.0, -6.0])[2]
     assert variants.paired_note([0.0, 0.0])[2] == "identical on every seed"
+    low, high = variants.ci95(-11.0, 1.0, 3)
+    assert (low, high) == pytest.approx((-11.0 - 4.30 / 3 ** 0.5, -11.0 + 4.30 / 3 ** 0.5))
+    assert all(x != x for x in variants.ci95(1.0, float("nan"), 1))

@@ -23,7 +23,7 @@ def smoke_run(tmp_path_factory, all_data_root):
                         (REPO / "docs" / "adding-a-variant.md").read_text(), re.S).group(1)
     (work / "my_variants.py").write_text(example)
     cfg = yaml.safe_load(SMOKE.read_text())
-    cfg["variant_modules"] = [str(work / "my_variants.py")]
+    cfg["variant_modules"] = ["my_variants.py"]  # relative to the working directory, as a checkout would have it
     cfg["variants"] = cfg["variants"] + ["js_kd"]
     configfile = work / "config.yaml"
     configfile.write_text(yaml.safe_dump(cfg))
@@ -67,22 +67,41 @@ def test_reports_figures_and_job_benchmarks_exist(smoke_run):
     assert "| Teacher 784-64-64-10" in text and "T=2.5" in text
     for png in ("mnist_sweep.png", "mnist_transfer.png"):
         assert (smoke_run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (smoke_run / "benchmarks" / "train_mnist" / "teacher.tsv").exists()
+    assert (smoke_run / "benchmarks" / "train" / "teacher.tsv").exists()
+    assert (smoke_run / "benchmarks" / "train" / "variants" / "speech_soft3" / "fitnets.tsv").exists()
+    written = json.loads((smoke_run / "runs" / "variants" / "mnist_w30_bestT" / "fitnets" / "config.json").read_text())
+    assert written["config"]["variant"] == "fitnets" and written["config"]["model"] == "mlp"  # resolved, beside it
 
 
-def test_the_documented_example_variant_gets_its_row(smoke_run):
+EXPERIMENTS = {"mnist_distilled_T20", "mnist_w30_bestT"} | {
+    f"{ds}_{kind}" for ds in ("speech", "speech_unseen", "fashion_mnist") for kind in ("distilled_bestT", "soft3")}
+
+
+def test_the_documented_example_variant_gets_its_row_in_every_distillation_experiment(smoke_run):
     df = pd.read_csv(smoke_run / "variants.csv")
     cfg = yaml.safe_load(SMOKE.read_text())
     assert set(df.variant) == set(cfg["variants"]) | {"js_kd"}
-    assert set(df.experiment) == {"mnist_distilled_T20", "mnist_w30_bestT"}
-    js = df[df.variant == "js_kd"]
-    assert len(js) == 2 and js["mean"].notna().all() and (js["n_seeds"] == 2).all()
-    assert js["diff_vs_hinton_mean"].notna().all()
-    assert "| js_kd |" in (smoke_run / "variants.md").read_text()
-    # the single-teacher geometric mean is hinton itself: same seeds, same numbers
+    assert set(df.experiment) == EXPERIMENTS
+    for variant in ("js_kd", "fitnets"):
+        rows = df[df.variant == variant]
+        assert len(rows) == len(EXPERIMENTS) and rows["mean"].notna().all() and (rows["n_seeds"] == 2).all()
+        assert rows["diff_vs_hinton_mean"].notna().all() and rows["diff_ci95_low"].notna().all()
+    md = (smoke_run / "variants.md").read_text()
+    assert md.count("| js_kd |") == 3 and md.count("| fitnets |") == 3  # MNIST, Table 1 and Table 5 groups
+    # a single-teacher geometric mean is hinton itself: same seeds, same numbers (MNIST and the Table 5 nets);
+    # the Table 1 students learn from 3 members, where the means differ
     geo = df[df.variant == "hinton_geometric"].set_index("experiment")["mean"]
     ref = df[df.variant == "hinton"].set_index("experiment")["mean"]
-    assert (geo == ref).all()
+    single = [e for e in EXPERIMENTS if not e.endswith("distilled_bestT")]
+    assert (geo[single] == ref[single]).all()
+    # fitnets learned its hint: the hint term fell from the first epoch to the last on every run that has two
+    for e in ("mnist_distilled_T20", "speech_soft3"):
+        rec = json.loads((smoke_run / "runs" / "variants" / e / "fitnets" / "seed0" / "metrics.json").read_text())
+        assert {"hard", "soft", "hint"} <= set(rec["train_terms"][0])
+    rec = json.loads((smoke_run / "runs" / "variants" / "speech_soft3" / "fitnets" / "seed1" / "metrics.json")
+                     .read_text())
+    assert rec["train_terms"][-1]["hint"] < rec["train_terms"][0]["hint"]
+    assert rec["config"]["teacher_members"] == [0, 3]  # seed 1's 100%-data net is member 0 of its ensemble
     # the bestT experiment ran at the temperature chosen on validation
     choice = json.loads((smoke_run / "variants" / "mnist_w30_bestT_temperature.json").read_text())
     assert df[(df.variant == "hinton") & (df.experiment == "mnist_w30_bestT")].temperature.item() == choice["temperature"]
@@ -154,7 +173,7 @@ def test_a_changed_specialist_recipe_reruns_the_specialists(smoke_run, all_data_
     out = r.stdout + r.stderr
     assert r.returncode == 0 and "train_specialist" in out, out[-2000:]
     import re
-    assert not re.search(r"rule (train_ensemble|train_ensemble_student|train_mnist|train_variant):", out)
+    assert not re.search(r"rule (train|train_members|teacher_logits|ensemble_teacher_logits):", out)
 
 
 def _set(path, value):
@@ -173,12 +192,14 @@ def _set(path, value):
     (_set(["mnist", "distilled", "variant_params", "temprature"], 4.0), r"temprature"),
     (_set(["mnist", "distilled", "variant"], "hintn"), r"unknown KD variant 'hintn'"),
     (_set(["variant_params"], {"soft_onyl": {"temperature": 4.0}}), r"variant_params: 'soft_onyl' is not one of"),
-    (_set(["variant_params"], {"soft_only": {"temperature": -4.0}}), r"soft_only.*temperature must be a number > 0"),
+    (_set(["variant_params"], {"hard": {"temperature": 4.0}}), r"variant 'hard' has no parameter.*temperature"),
+    (_set(["variant_params"], {"fitnets": {"hint_weight": "big"}}), r"fitnets.*hint_weight must be a finite number"),
+    (_set(["variant_params"], {"born_again": {"temperature": -4.0}}), r"born_again.*temperature must be a number > 0"),
     (_set(["mnist", "distilled", "variant_params", "temperature"], -20.0),
-     r"system 'distilled_T20'.*temperature must be a number > 0, got -20"),
+     r"job 'distilled_T20'.*temperature must be a number > 0, got -20"),
     (_set(["mnist", "distilled", "variant_params", "temperature"], 0), r"temperature must be a number > 0, got 0"),
     (_set(["mnist", "distilled", "variant_params", "hard_weight"], 2), r"hard_weight must be a number in \[0, 1\]"),
-    (_set(["mnist", "teacher", "widths"], [784, 64, 64, 11]), r"system 'teacher'.*widths .* do not fit mnist"),
+    (_set(["mnist", "teacher", "widths"], [784, 64, 64, 11]), r"job 'teacher'.*widths .* do not fit mnist"),
     (_set(["ensembles", "datasets", "speech", "val_size"], 5000), r"val_size 5000 leaves no training data.*2700"),
     (_set(["mnist", "sweep", "train", "jitter"], 30), r"jitter"),
 ])
@@ -251,7 +272,7 @@ def test_a_killed_workflow_leaves_no_orphan_and_resumes_to_the_uninterrupted_num
     assert snakemake(work, "--unlock", target, data_root=mnist_root, configfile=configfile).returncode == 0
     resumed = snakemake(work, target, data_root=mnist_root, configfile=configfile)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    log = (work / "results" / "smoke" / "logs" / "train_mnist" / "teacher.log").read_text()
+    log = (work / "results" / "smoke" / "logs" / "train" / "teacher.log").read_text()
     assert "resuming after epoch" in log
     for seed in cfg["seeds"]:
         a, b = (json.loads((w / "results" / "smoke" / "runs" / "teacher" / f"seed{seed}" / "metrics.json").read_text())
@@ -269,8 +290,8 @@ def test_the_mnist_section_target_needs_mnist_alone(tmp_path):
     assert r.returncode == 0, out[-2000:]
     import re
     planned = set(re.findall(r"^rule (\w+):", out, re.M))
-    assert {"fetch_mnist", "train_mnist", "train_variant", "aggregate_mnist", "aggregate_variants"} <= planned
-    assert not planned & {"fetch_fashion_mnist", "speech_features", "train_ensemble", "train_specialist"}, planned
+    assert {"fetch_mnist", "train", "teacher_logits", "aggregate_mnist", "aggregate_variants_mnist"} <= planned
+    assert not planned & {"fetch_fashion_mnist", "speech_features", "train_members", "train_specialist"}, planned
 
 
 def _planned_after(smoke_run, all_data_root, tmp_path, mutate) -> set[str]:
@@ -296,19 +317,54 @@ def test_a_table_setting_reruns_only_the_table(smoke_run, all_data_root, tmp_pat
 
 def test_a_variant_parameter_retrains_only_that_variants_students(smoke_run, all_data_root, tmp_path):
     planned = _planned_after(smoke_run, all_data_root, tmp_path,
-                             _set(["variant_params"], {"soft_only": {"temperature": 8.0}}))
+                             _set(["variant_params"], {"fitnets": {"hint_weight": 0.5}}))
     trained = {out for rule, out in planned if rule.startswith("train")}
-    assert trained and all("/soft_only/" in out for out in trained), planned
-    assert {rule for rule, _ in planned} == {"train_variant", "aggregate_variants"}, planned
+    assert len(trained) == len(EXPERIMENTS) and all("/fitnets/" in out for out in trained), planned
+    assert {rule for rule, _ in planned} == {"train", "aggregate_variants"}, planned
+
+
+def test_adding_a_variant_trains_only_its_students_in_every_distillation_experiment(smoke_run, all_data_root,
+                                                                                      tmp_path):
+    def add(cfg):
+        cfg["variants"] = cfg["variants"] + ["soft_only"]
+    planned = _planned_after(smoke_run, all_data_root, tmp_path, add)
+    trained = {out for rule, out in planned if rule.startswith("train")}
+    assert trained == {f"results/smoke/runs/variants/{e}/soft_only/model.pt" for e in EXPERIMENTS}, planned
+    assert {rule for rule, _ in planned} == {"train", "aggregate_variants"}, planned
+
+
+def test_a_moved_checkout_reruns_nothing(tmp_path, mnist_root):
+    """A checkout with its results, moved elsewhere (`mv`), plans nothing: no param holds an absolute path."""
+    import shutil
+    checkout = tmp_path / "a" / "kdbench"
+    checkout.mkdir(parents=True)
+    for item in ("Snakefile", "workflow", "config", "profiles", ".test"):
+        copy = shutil.copytree if (REPO / item).is_dir() else shutil.copy2
+        copy(REPO / item, checkout / item)
+    cmd = [sys.executable, "-m", "snakemake", "--configfile", ".test/config.yaml", "--config", f"data_root={mnist_root}"]
+    done = subprocess.run(cmd + ["--cores", "2", "mnist_section"], cwd=checkout, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    moved = tmp_path / "b" / "elsewhere"
+    moved.parent.mkdir()
+    shutil.move(checkout, moved)
+    r = subprocess.run(cmd + ["-n", "mnist_section"], cwd=moved, capture_output=True, text=True)
+    assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr, (r.stdout + r.stderr)[-3000:]
 
 
 def test_a_changed_recipe_retrains_its_jobs(smoke_run, all_data_root, tmp_path):
     """Every training job's config is a recorded param: a new teacher lr retrains the teacher (and what learns from
     it), a new ensemble-student recipe retrains those students; before, such a change kept the old runs silently."""
     planned = _planned_after(smoke_run, all_data_root, tmp_path, _set(["mnist", "teacher", "lr"], 0.04))
-    assert ("train_mnist", "results/smoke/runs/teacher/model.pt") in planned, planned
+    assert ("train", "results/smoke/runs/teacher/model.pt") in planned, planned
     planned = _planned_after(smoke_run, all_data_root, tmp_path,
                              _set(["ensembles", "distilled", "train", "grad_clip"], 4.0))
-    trained = {out for rule, out in planned if rule == "train_ensemble_student"}
-    assert trained and all("/distilled_T" in out for out in trained), planned
-    assert not {rule for rule, _ in planned} & {"train_mnist", "train_variant", "train_ensemble"}, planned
+    trained = {out for rule, out in planned if rule == "train"}
+    # the ensembles' distilled nets, and every variant's student of the Table 1 experiments (same recipe)
+    assert trained and all("/distilled_T" in out or "_distilled_bestT/" in out for out in trained), planned
+    assert any("/distilled_T" in out for out in trained) and any("_distilled_bestT/" in out for out in trained)
+    assert "train_members" not in {rule for rule, _ in planned}, planned
+    # the born-again teachers of those experiments are their `hard` runs, which follow the recipe too
+    assert {out for rule, out in planned if rule == "teacher_logits"} == {
+        f"results/smoke/runs/variants/{ds}_distilled_bestT/hard/train_logits.pt"
+        for ds in ("speech", "speech_unseen", "fashion_mnist")}, planned
+    assert not any("/soft3" in out or "mnist" in out for out in trained), planned

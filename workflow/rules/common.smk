@@ -1,13 +1,15 @@
-# Shared definitions: paths, the per-system training configs (checked before any job runs), the data rule.
+# Shared definitions: paths (kdbench.layout), the job plan (kdbench.plan, checked before any job runs), the one
+# training rule every planned job goes through, the teacher-logits cache and the data rule.
 import json
 import os
+import re
 import shlex
 from pathlib import Path
 
-from kdbench import ensembles, losses, mnist, specialists, train, variants
+from kdbench import ensembles, layout, losses, plan, specialists, train
 
-RESULTS = Path("results") / config["profile"]
-RUNS = RESULTS / "runs"
+RESULTS = layout.results(config["profile"])
+RUNS = layout.runs(config["profile"])
 DATA = Path(config["data_root"])
 SEEDS = config["seeds"]
 # a relative path from the working directory, so that moving a checkout (with its results) reruns nothing
@@ -15,15 +17,11 @@ PAPER = Path(config["paper_numbers"])
 PAPER = Path(os.path.relpath(PAPER if PAPER.is_absolute() else Path(workflow.basedir) / PAPER))
 # every job that trains or runs a net asks the scheduler for one GPU when the config trains on CUDA (SLURM: --gpus)
 GPU = 1 if config["device"].startswith("cuda") else 0
-MNIST_FILES = [DATA / "MNIST" / "raw" / f for f in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                                                      "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")]
+MNIST_FILES = plan.dataset_files(DATA, "mnist")
 
 
-def run_outputs(system):
-    """What a training job leaves: the batched model, its validation/test logits, one metrics.json per seed."""
-    d = RUNS / system
-    return {"model": d / "model.pt", "logits": d / "logits.pt",
-            "metrics": [d / f"seed{s}" / "metrics.json" for s in SEEDS]}
+def run_outputs(job, seeds=SEEDS):
+    return layout.outputs(RUNS, job, seeds)
 
 
 def config_for(*keys):
@@ -34,34 +32,19 @@ def config_for(*keys):
 
 # Training params are functions of the wildcards only, never of `input`: snakemake records (and reruns a job on a
 # change of) only such params; one that reads `input` is left out of its metadata, and a changed recipe would
-# silently keep the old run. A rule finds its teacher from the wildcards and passes it through this.
-def first_or_none(paths):
-    """A rule's optional single input (a teacher's logits) as the string its training config holds."""
-    return str(paths[0]) if paths else None
-
-
+# silently keep the old run. The job plan gives each job's whole config from its name.
 def quoted_json(obj):
     return shlex.quote(json.dumps(obj, sort_keys=True))
 
 
-def all_train_configs():
-    for system in mnist.systems(config):
-        yield system, mnist.train_config(config, system, teacher_logits="<cached>")
-    for exp in variants.experiments(config):
-        for v in config["variants"]:
-            yield f"{exp}/{v}", variants.train_config(config, exp, v, teacher_logits="<cached>")
-    for ds in ensembles.datasets(config):
-        for system in ensembles.systems(config):
-            yield f"ensembles/{ds}/{system}", ensembles.train_config(config, ds, system, teacher_logits="<cached>")
-    for ds in specialists.datasets(config):
-        if ds not in ensembles.datasets(config):
-            raise ValueError(f"config: specialists.datasets: {ds!r} has no generalist; add it to ensembles.datasets")
-        yield f"specialists/{ds}/spec0", specialists.train_config(config, ds, [0, 1], "<generalist>")
+def one_of(names):
+    """A wildcard constraint that matches exactly these names."""
+    return "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)) or "(?!)"
 
 
 def check_train_configs():
-    """Resolve every job's training config now with the same validation `kdbench train` uses, so a bad value,
-    variant or variant parameter stops the workflow before any job, naming the system and the key."""
+    """Build the job plan and resolve every job's training config now, with the same validation `kdbench train`
+    uses, so a bad value, variant or variant parameter stops the workflow before any job, naming the job and key."""
     try:
         losses.load_modules(config.get("variant_modules", []))
     except (OSError, SyntaxError, ImportError, ValueError) as e:
@@ -78,11 +61,85 @@ def check_train_configs():
         if name not in config["variants"]:
             raise ValueError(f"config: variant_params: {name!r} is not one of the variants run, "
                              f"{config['variants']}. Fix: correct the name, or add it to variants")
-    for system, raw in all_train_configs():
-        train.resolve(raw, where=f"config: system {system!r}")
+    for ds in specialists.datasets(config):
+        if ds not in ensembles.datasets(config):
+            raise ValueError(f"config: specialists.datasets: {ds!r} has no generalist; add it to ensembles.datasets")
+        train.resolve(plan.specialist_example(config, ds), where=f"config: job 'specialists/{ds}/spec0'")
+    jobs = plan.jobs(config)
+    for job in jobs.values():
+        train.resolve(job.config, where=f"config: job {job.name!r}")
+    return jobs
 
 
-check_train_configs()
+PLAN = check_train_configs()
+TEACHERS = plan.teachers(config)
+
+
+def job_inputs(w):
+    job = PLAN[w.job]
+    return {"data": plan.dataset_files(DATA, job.dataset), "needs": job.inputs()}
+
+
+rule train:
+    """Train every seed of one planned job together (a section's system, an ensemble, a variant's student); its
+    config, teacher files and chosen temperature come from the job plan (kdbench.plan)."""
+    input:
+        unpack(job_inputs),
+    output:
+        model=RUNS / "{job}" / "model.pt",
+        logits=RUNS / "{job}" / "logits.pt",
+        metrics=[RUNS / "{job}" / f"seed{s}" / "metrics.json" for s in SEEDS],
+    wildcard_constraints:
+        job=one_of(n for n, j in PLAN.items() if list(j.seeds) == SEEDS),
+    params:
+        cfg=lambda w: quoted_json(PLAN[w.job].config),
+        temperature=lambda w: f"--temperature-from {PLAN[w.job].temperature_from}" if PLAN[w.job].temperature_from else "",
+        seeds=lambda w: " ".join(str(s) for s in PLAN[w.job].seeds),
+        out=lambda w: RUNS / w.job,
+    threads: config["threads"]
+    resources:
+        gpu=GPU,
+    log:
+        RESULTS / "logs" / "train" / "{job}.log",
+    benchmark:
+        RESULTS / "benchmarks" / "train" / "{job}.tsv"
+    shell:
+        "exec kdbench train --config-json {params.cfg} {params.temperature} --seeds {params.seeds} --out {params.out} "
+        "--name {wildcards.job} --device {config[device]} --root {DATA} --threads {threads} > {log} 2>&1"
+
+
+# the ensembles train S seeds x M members (kdbench.ensembles.ensemble_seeds) through the same rule
+MEMBER_SEEDS = ensembles.ensemble_seeds(config)
+assert all(list(j.seeds) in (SEEDS, MEMBER_SEEDS) for j in PLAN.values()), "a planned job with seeds no rule makes"
+
+
+use rule train as train_members with:
+    output:
+        model=RUNS / "{job}" / "model.pt",
+        logits=RUNS / "{job}" / "logits.pt",
+        metrics=[RUNS / "{job}" / f"seed{s}" / "metrics.json" for s in MEMBER_SEEDS],
+    wildcard_constraints:
+        job=one_of(n for n, j in PLAN.items() if list(j.seeds) == MEMBER_SEEDS),
+
+
+rule teacher_logits:
+    """A teacher's logits on the whole un-jittered training split, computed once; every student reads them. The
+    teacher is the MNIST section's teacher, or for born-again variants an experiment's `hard` run."""
+    input:
+        model=RUNS / "{teacher}" / "model.pt",
+        data=lambda w: plan.dataset_files(DATA, PLAN[w.teacher].dataset),
+    output:
+        RUNS / "{teacher}" / "train_logits.pt",
+    wildcard_constraints:
+        teacher=one_of(TEACHERS),
+    threads: config["threads"]
+    resources:
+        gpu=GPU,
+    log:
+        RESULTS / "logs" / "teacher_logits" / "{teacher}.log",
+    shell:
+        "exec kdbench teacher-logits --model {input.model} --out {output} --root {DATA} --device {config[device]} "
+        "> {log} 2>&1"
 
 
 rule fetch_mnist:

@@ -6,6 +6,7 @@ import json
 from kdbench import specialists
 
 SPEC = RUNS / "specialists"
+ENS = RUNS / "ensembles"
 SPEC_DATASETS = specialists.datasets(config)
 # what these rules see of the config: the generalists' recipe (ensembles) and their own block
 SPEC_CONFIG = config_for("profile", "seeds", "ensembles", "specialists")
@@ -18,7 +19,7 @@ checkpoint specialist_clusters:
     output:
         SPEC / "{dataset}" / "clusters.json",
     wildcard_constraints:
-        dataset="|".join(SPEC_DATASETS),
+        dataset=one_of(SPEC_DATASETS),
     params:
         cfg=quoted_json(specialists.cluster_config(config)),
     localrule: True
@@ -37,13 +38,13 @@ rule train_specialist:
     input:
         clusters=SPEC / "{dataset}" / "clusters.json",
         generalist=ENS / "{dataset}" / "ensemble" / "model.pt",
-        data=lambda w: dataset_inputs(w.dataset),
+        data=lambda w: plan.dataset_files(DATA, w.dataset),
     output:
         model=SPEC / "{dataset}" / "spec{i}" / "model.pt",
         logits=SPEC / "{dataset}" / "spec{i}" / "logits.pt",
         metrics=[SPEC / "{dataset}" / "spec{i}" / f"seed{s}" / "metrics.json" for s in SEEDS],
     wildcard_constraints:
-        dataset="|".join(SPEC_DATASETS),
+        dataset=one_of(SPEC_DATASETS),
         i=r"\d+",
     params:
         # the cluster's classes are read from clusters.json by the job itself: params that are plain functions of
@@ -56,9 +57,9 @@ rule train_specialist:
     resources:
         gpu=GPU,
     log:
-        RESULTS / "logs" / "train_specialist" / "{dataset}" / "spec{i}.log",
+        RESULTS / "logs" / "train" / "specialists" / "{dataset}" / "spec{i}.log",
     benchmark:
-        RESULTS / "benchmarks" / "train_specialist" / "{dataset}" / "spec{i}.tsv"
+        RESULTS / "benchmarks" / "train" / "specialists" / "{dataset}" / "spec{i}.tsv"
     shell:
         "exec kdbench train --config-json {params.cfg} --cluster-file {input.clusters} --cluster-index {wildcards.i} "
         "--seeds {params.seeds} --out {params.out} --name specialists/{wildcards.dataset}/spec{wildcards.i} --device {config[device]} --root {DATA} "

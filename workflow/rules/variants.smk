@@ -1,85 +1,82 @@
-# KD variants side by side: every distillation experiment once per variant in config["variants"], reusing the
-# experiment's cached teacher logits (born-again variants learn from the experiment's own `hard` run).
+# KD variants side by side: every distillation experiment (kdbench.variants.experiments: the MNIST students, the
+# ensembles' students of Table 1, the 3% soft-target nets of Table 5) once per variant in config["variants"]. The
+# variants' students are jobs of the plan and train through `rule train`; here are the temperature choices they
+# wait for and the variants' tables.
 from kdbench import variants
 
-VARIANT_EXPERIMENTS = variants.experiments(config)
-# what the temperature choice reads: a new variant or a table setting must not rerun it (nor every best-T run after it)
-CHOICE_CONFIG = {"seeds": SEEDS, "mnist": {"sweep": {"temperatures": config["mnist"]["sweep"]["temperatures"]}}}
+EXPERIMENTS = variants.experiments(config)
+CHOSEN = {e.name: e for e in EXPERIMENTS if e.temperature_from is not None}
 
 
-def variant_teacher(w):
-    v = losses.get(w.variant)
-    if not v.needs_teacher:
-        return []
-    if v.teacher == "self":
-        return [variants.run_dir(RUNS, w.experiment, "hard") / "train_logits.pt"]
-    return [RUNS / "teacher" / "train_logits.pt"]
+def choice_config(w):
+    """What a temperature choice reads: a new variant or a table setting must not rerun it (nor the runs after it)."""
+    if w.experiment.startswith("mnist_w"):
+        return {"seeds": SEEDS, "mnist": {"sweep": {"temperatures": config["mnist"]["sweep"]["temperatures"]}}}
+    return {"seeds": SEEDS, "ensembles": {"distilled": {"temperatures": config["ensembles"]["distilled"][
+        "temperatures"]}}}
 
 
-def variant_temperature(w):
-    if not variants.needs_chosen_temperature(w.experiment):
-        return []
-    return [RESULTS / "variants" / f"{w.experiment}_temperature.json"]
+def choice_inputs(w):
+    """The runs a temperature choice compares: the MNIST sweep's runs of the width, or the ensembles section's
+    distilled nets of the dataset."""
+    if w.experiment.startswith("mnist_w"):
+        width = int(w.experiment[len("mnist_w"):-len("_bestT")])
+        return [m for t in config["mnist"]["sweep"]["temperatures"]
+                for m in run_outputs(mnist.sweep_name(width, t))["metrics"]]
+    ds = w.experiment[:-len("_distilled_bestT")]
+    return [layout.logits(RUNS, ensembles.job(ds, ensembles.distilled_name(t)))
+            for t in config["ensembles"]["distilled"]["temperatures"]]
 
 
 rule choose_temperature:
-    """The sweep's temperature with the fewest validation errors for the experiment's width."""
+    """The temperature with the fewest validation errors for an experiment's students."""
     input:
-        lambda w: [m for t in config["mnist"]["sweep"]["temperatures"]
-                   for m in run_outputs(mnist.sweep_name(int(w.width), t))["metrics"]],
+        choice_inputs,
     output:
-        RESULTS / "variants" / "mnist_w{width}_bestT_temperature.json",
+        RESULTS / "variants" / "{experiment}_temperature.json",
+    wildcard_constraints:
+        experiment=one_of(CHOSEN),
     params:
-        cfg=quoted_json(CHOICE_CONFIG),
+        cfg=lambda w: quoted_json(choice_config(w)),
     localrule: True
     shell:
-        "exec kdbench choose-temperature --config-json {params.cfg} --runs {RUNS} --width {wildcards.width} --out {output}"
+        "exec kdbench choose-temperature --config-json {params.cfg} --runs {RUNS} --experiment {wildcards.experiment} "
+        "--out {output}"
 
 
-rule train_variant:
-    """Train every seed of one KD variant in one experiment together."""
-    input:
-        data=MNIST_FILES,
-        teacher=variant_teacher,
-        temperature=variant_temperature,
-        modules=config.get("variant_modules", []),
-    output:
-        model=RUNS / "variants" / "{experiment}" / "{variant}" / "model.pt",
-        logits=RUNS / "variants" / "{experiment}" / "{variant}" / "logits.pt",
-        metrics=[RUNS / "variants" / "{experiment}" / "{variant}" / f"seed{s}" / "metrics.json" for s in SEEDS],
-    wildcard_constraints:
-        experiment="|".join(re.escape(e) for e in VARIANT_EXPERIMENTS),
-        variant="[A-Za-z0-9_]+",
-    params:
-        cfg=lambda w: quoted_json(variants.train_config(config, w.experiment, w.variant,
-                                                       first_or_none(variant_teacher(w)))),
-        temperature=lambda w: " ".join(f"--temperature-from {p}" for p in variant_temperature(w)),
-        seeds=" ".join(str(s) for s in SEEDS),
-        out=lambda w: RUNS / "variants" / w.experiment / w.variant,
-    threads: config["threads"]
-    resources:
-        gpu=GPU,
-    log:
-        RESULTS / "logs" / "train_variant" / "{experiment}" / "{variant}.log",
-    benchmark:
-        RESULTS / "benchmarks" / "train_variant" / "{experiment}" / "{variant}.tsv"
-    shell:
-        "exec kdbench train --config-json {params.cfg} {params.temperature} --seeds {params.seeds} --out {params.out} "
-        "--name variants/{wildcards.experiment}/{wildcards.variant} --device {config[device]} --root {DATA} "
-        "--threads {threads} > {log} 2>&1"
+def variant_table_inputs(spec):
+    return [layout.metrics(RUNS, job, s) for e in spec["experiments"] for job in e["jobs"].values() for s in SEEDS]
+
+
+VARIANT_TABLES = variants.table_config(config)
+VARIANT_TABLES_MNIST = variants.table_config(config, tables=("mnist",), name="variants_mnist")
 
 
 rule aggregate_variants:
     """variants.csv / variants.md: rows are variants, columns experiments, paired differences to hinton."""
     input:
-        [m for e in VARIANT_EXPERIMENTS for v in set(config["variants"]) | {"hinton"}
-         for m in [variants.run_dir(RUNS, e, v) / f"seed{s}" / "metrics.json" for s in SEEDS]],
+        variant_table_inputs(VARIANT_TABLES),
     output:
         csv=RESULTS / "variants.csv",
         table=report(RESULTS / "variants.md", caption="../report/variants.rst", category="KD variants"),
         figure=report(RESULTS / "variants.png", caption="../report/variants.rst", category="KD variants"),
     params:
-        cfg=quoted_json(config_for("profile", "seeds", "variants", "variant_experiments")),
+        cfg=quoted_json(VARIANT_TABLES),
+    localrule: True
+    shell:
+        "exec kdbench aggregate variants --config-json {params.cfg} --runs {RUNS} --out-dir {RESULTS}"
+
+
+rule aggregate_variants_mnist:
+    """variants_mnist.*: the variants' table of the MNIST students alone (what `mnist_section` builds)."""
+    input:
+        variant_table_inputs(VARIANT_TABLES_MNIST),
+    output:
+        csv=RESULTS / "variants_mnist.csv",
+        table=RESULTS / "variants_mnist.md",
+        figure=RESULTS / "variants_mnist.png",
+    params:
+        cfg=quoted_json(VARIANT_TABLES_MNIST),
     localrule: True
     shell:
         "exec kdbench aggregate variants --config-json {params.cfg} --runs {RUNS} --out-dir {RESULTS}"

@@ -1,0 +1,104 @@
+"""The job plan: one function turns a profile into every training job it runs, each with its exact config.
+
+What this file achieves: `jobs(cfg)` lists every training job of a profile known before anything runs (all but the
+specialists, whose number the clusters decide): its name (its folder under `results/<profile>/runs/`, see
+`kdbench.layout`), the seeds it trains together, its dataset, and its complete `kdbench train` config with the
+teacher files it reads filled in, plus the files it waits for (cached teacher logits, a teacher model for feature
+variants, a temperature chosen on validation). The rules take each job's params from here and nothing else, so a
+job reruns exactly when its own config changes: adding a variant adds its jobs and leaves every other job alone, a
+number that only a table uses reruns no training. The job writes its resolved config beside its outputs
+(`config.json`) before it trains. `kdbench plan` prints the plan.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kdbench import ensembles, layout, losses, mnist, specialists, speech, variants
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str                      # folder under runs/ (kdbench.layout)
+    seeds: tuple[int, ...]
+    dataset: str
+    config: dict                   # what `kdbench train --config-json` gets
+    teacher: str | None = None     # the file of cached teacher logits it reads
+    teacher_model: str | None = None
+    temperature_from: str | None = None  # a chosen temperature set before training (variants that take one)
+    modules: tuple[str, ...] = field(default_factory=tuple)
+
+    def inputs(self) -> list[str]:
+        """The files (besides the dataset) that must exist before the job starts."""
+        return [p for p in (self.teacher, self.teacher_model, self.temperature_from) if p] + list(self.modules)
+
+
+def _job(name: str, seeds, config: dict, temperature_from: str | None = None) -> Job:
+    return Job(name, tuple(seeds), config["dataset"], config, config.get("teacher_logits"),
+               config.get("teacher_model"), temperature_from, tuple(config.get("variant_modules", [])))
+
+
+def _mnist_jobs(cfg: dict) -> list[Job]:
+    teacher = str(layout.train_logits(layout.runs(cfg["profile"]), "teacher"))
+    return [_job(s, cfg["seeds"], mnist.train_config(cfg, s, None if s in ("teacher", "baseline") else teacher))
+            for s in mnist.systems(cfg)]
+
+
+def _ensemble_jobs(cfg: dict) -> list[Job]:
+    runs, out = layout.runs(cfg["profile"]), []
+    for ds in ensembles.datasets(cfg):
+        for system in ensembles.systems(cfg):
+            which = ensembles.teacher_file(system)
+            teacher = None if which is None else str(layout.run(runs, f"ensembles/{ds}") / which)
+            out.append(_job(ensembles.job(ds, system), ensembles.system_seeds(cfg, system),
+                            ensembles.train_config(cfg, ds, system, teacher)))
+    return out
+
+
+def _variant_jobs(cfg: dict) -> list[Job]:
+    out = []
+    for exp in variants.experiments(cfg):
+        names = list(cfg["variants"])
+        if any(losses.get(v).teacher == "self" for v in names) and "hard" not in names:
+            names.append("hard")  # born-again teachers: the experiment's own hard run
+        for v in names:
+            name = variants.job_name(exp, v)
+            if name == exp.hinton_run:
+                continue  # the section's own run
+            temp = exp.temperature_from if variants.needs_chosen_temperature(exp, v) else None
+            out.append(_job(name, cfg["seeds"], variants.train_config(cfg, exp, v), temp))
+    return out
+
+
+def jobs(cfg: dict) -> dict[str, Job]:
+    """Every training job of the profile known before any runs, by name."""
+    out: dict[str, Job] = {}
+    for job in _mnist_jobs(cfg) + _ensemble_jobs(cfg) + _variant_jobs(cfg):
+        if job.name in out and out[job.name] != job:
+            raise ValueError(f"two different jobs are both named {job.name!r}")
+        out[job.name] = job
+    return out
+
+
+def teachers(cfg: dict) -> list[str]:
+    """Jobs whose logits on the training split are cached for students (`runs/<job>/train_logits.pt`)."""
+    runs = layout.runs(cfg["profile"])
+    return sorted({name for job in jobs(cfg).values() if job.teacher
+                   for name in [str(Path(job.teacher).parent.relative_to(runs))]
+                   if Path(job.teacher).name == "train_logits.pt"})
+
+
+def specialist_example(cfg: dict, dataset: str) -> dict:
+    """A specialist's config for a two-class cluster, to check a profile before its clusters exist."""
+    runs = layout.runs(cfg["profile"])
+    return specialists.train_config(cfg, dataset, [0, 1], str(layout.model(runs, ensembles.job(dataset, "ensemble"))))
+
+
+def dataset_files(data_root: Path | str, dataset: str) -> list[Path]:
+    """The files a job on `dataset` reads: the verified image files, or the speech split's feature cache."""
+    root = Path(data_root)
+    if dataset in speech.SPLITS:
+        return [root / "FSDD" / "features" / f"{dataset}.pt"]
+    folder = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}[dataset]
+    return [root / folder / "raw" / f for f in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                                               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")]

@@ -1,0 +1,73 @@
+"""The job plan: every job's config in one place, and only a job's own config decides when it reruns."""
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kdbench import layout, plan, train
+from workflow_helpers import REPO
+
+SMOKE = yaml.safe_load((REPO / ".test" / "config.yaml").read_text())
+QUICK = yaml.safe_load((REPO / "config" / "quick.yaml").read_text())
+PAPER = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+
+@pytest.mark.parametrize("cfg", [SMOKE, QUICK, PAPER], ids=["smoke", "quick", "paper"])
+def test_every_planned_job_resolves_and_reads_only_files_something_makes(cfg):
+    jobs = plan.jobs(cfg)
+    runs = layout.runs(cfg["profile"])
+    made = {str(layout.train_logits(runs, t)) for t in plan.teachers(cfg)} | {
+        str(layout.model(runs, n)) for n in jobs} | {
+        str(layout.ensemble_teacher(runs, ds, w)) for ds in cfg["ensembles"]["datasets"] for w in ("ensemble", "single")}
+    for job in jobs.values():
+        train.resolve(job.config, where=job.name)
+        assert job.dataset == job.config["dataset"]
+        for path in [job.teacher, job.teacher_model]:
+            assert path is None or path in made, (job.name, path)
+            assert path is None or not Path(path).is_absolute()
+        if job.temperature_from:
+            assert job.temperature_from.startswith(str(layout.results(cfg["profile"]) / "variants"))
+    assert all(t in jobs for t in plan.teachers(cfg))
+
+
+def _with(cfg, **changes):
+    out = copy.deepcopy(cfg)
+    for dotted, value in changes.items():
+        *path, key = dotted.split(".")
+        node = out
+        for p in path:
+            node = node[p]
+        node[key] = value
+    return out
+
+
+def test_adding_a_variant_adds_its_jobs_in_every_distillation_experiment_and_changes_no_other_job():
+    before = plan.jobs(_with(SMOKE, variants=["hinton", "soft_only"]))
+    after = plan.jobs(_with(SMOKE, variants=["hinton", "soft_only", "fitnets"]))
+    assert {n: j for n, j in after.items() if n in before} == before
+    added = sorted(set(after) - set(before))
+    assert added == sorted(f"variants/{e}/fitnets" for e in
+                           ["mnist_distilled_T20", "mnist_w30_bestT"] +
+                           [f"{ds}_{k}" for ds in ("speech", "speech_unseen", "fashion_mnist")
+                            for k in ("distilled_bestT", "soft3")])
+    born = plan.jobs(_with(SMOKE, variants=["hinton", "soft_only", "born_again"]))
+    assert {n.rsplit("/", 1)[-1] for n in set(born) - set(before)} == {"born_again", "hard"}  # its teacher too
+
+
+@pytest.mark.parametrize("change", [{"mnist.omit3.paper_shift": 2.0}, {"mnist.only78.shift_grid": [0, -1]},
+                                    {"specialists.combine.steps": 7}, {"specialists.top_n": 2},
+                                    {"variant_experiments.mnist_bestT_width": 30}])
+def test_a_table_only_setting_changes_no_job(change):
+    assert plan.jobs(_with(SMOKE, **change)) == plan.jobs(SMOKE)
+
+
+def test_a_recipe_change_changes_exactly_the_jobs_that_use_it():
+    base = plan.jobs(SMOKE)
+    changed = plan.jobs(_with(SMOKE, **{"ensembles.fraction.soft.temperature": 4.0}))
+    differ = sorted(n for n in base if base[n] != changed[n])
+    # the Table 5 soft-target nets and every variant's run in the Table 5 experiments that takes a temperature
+    assert differ and all("soft3" in n for n in differ)
+    assert {n for n in differ if n.startswith("ensembles/")} == {f"ensembles/{ds}/soft3" for ds in
+                                                                 ("speech", "speech_unseen", "fashion_mnist")}
+    assert not any(n.endswith("/hard") for n in differ)
