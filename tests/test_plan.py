@@ -71,3 +71,17 @@ def test_a_recipe_change_changes_exactly_the_jobs_that_use_it():
     assert {n for n in differ if n.startswith("ensembles/")} == {f"ensembles/{ds}/soft3" for ds in
                                                                  ("speech", "speech_unseen", "fashion_mnist")}
     assert not any(n.endswith("/hard") for n in differ)
+
+
+def test_the_smoke_plan_has_every_system_once_with_distinct_seeds():
+    """Counts that follow from the config alone, checked without running anything."""
+    from kdbench import ensembles, mnist
+    jobs = plan.jobs(SMOKE)
+    assert len(mnist.sweep_systems(SMOKE)) == 18 and set(mnist.systems(SMOKE)) <= set(jobs)
+    seeds = ensembles.ensemble_seeds(SMOKE)
+    assert len(seeds) == len(set(seeds)) == len(SMOKE["seeds"]) * SMOKE["ensembles"]["members"]
+    assert not set(seeds) & set(SMOKE["seeds"])  # an ensemble member never shares a student's init
+    for ds in SMOKE["ensembles"]["datasets"]:
+        assert list(jobs[f"ensembles/{ds}/ensemble"].seeds) == seeds
+        assert {n for n in jobs if n.startswith(f"ensembles/{ds}/")} == {
+            f"ensembles/{ds}/{s}" for s in ensembles.systems(SMOKE)}

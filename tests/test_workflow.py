@@ -46,7 +46,6 @@ def test_summary_has_every_row_of_the_section(smoke_run):
     assert set(zip(summary.system, summary.metric)) == expected
     assert (summary.n_seeds == len(cfg["seeds"])).all()
     assert summary.loc[summary.system == "teacher", "paper"].item() == 67
-    assert len(mnist.sweep_systems(cfg)) == 18
 
 
 def test_every_cell_traces_to_run_records(smoke_run):
@@ -108,7 +107,6 @@ def test_the_documented_example_variant_gets_its_row_in_every_distillation_exper
 
 
 def test_ensembles_section_rows_tables_and_figure(smoke_run):
-    from kdbench import ensembles
     cfg = yaml.safe_load(SMOKE.read_text())
     s = pd.read_csv(smoke_run / "summary.csv")
     s = s[~s.section.isin(["mnist", "specialists"])]
@@ -131,7 +129,6 @@ def test_ensembles_section_rows_tables_and_figure(smoke_run):
     # the distilled nets learned from their own seed's ensemble: grouped teachers, one group per seed
     rec = json.loads((smoke_run / "runs" / "ensembles" / "speech" / "distilled_T2" / "seed1" / "metrics.json").read_text())
     assert rec["config"]["teacher_pairing"] == "grouped"
-    assert len(ensembles.ensemble_seeds(cfg)) == len(set(ensembles.ensemble_seeds(cfg)))
 
 
 def test_specialists_section_one_job_per_cluster_and_both_tables(smoke_run):
