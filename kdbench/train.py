@@ -1,14 +1,16 @@
-"""The training engine: K seeds of one configuration trained together, hard or soft targets, resumable.
+"""The training loop: K seeds of one configuration trained together, hard or soft targets, resumable.
 
-What this file achieves: `train(cfg, seeds, out_dir)` trains one batched `MLP` whose K members are the K seeds of a
-configuration. The whole dataset sits on the device as uint8 tensors; each member draws its own data order from its
-own seeded generator; a step gathers (K, B) examples, jitters them on the device if asked, and evaluates the chosen
-KD variant per member (torch.func.vmap over members) against teacher logits read from a cache computed once per
-transfer set (`teacher_logits`), never from a teacher forward pass. SGD with (Nesterov) momentum, optional warmup
-and cosine decay per step, optional per-member gradient clipping and max-norm. Every epoch writes an atomic
-checkpoint, so an interrupted run resumes where it stopped and ends with the same numbers; a non-finite loss stops
-the run with a message naming it. At the end each seed gets `seed<S>/metrics.json`, and the job keeps `model.pt`
-and `logits.pt` (validation and test logits of every member, for bias corrections and ensembles).
+What this file achieves: `train(cfg, seeds, out_dir)` trains one batched model (`kdbench.models`, the MLP today)
+whose K members are the K seeds of a configuration. The data sit on the device as tensors (`load_run_data`); each
+member draws its own epoch order (`kdbench.sampling`); a step gathers (K, B) examples, jitters them on the device if
+asked, and evaluates the chosen KD variant per member (torch.func.vmap over members) against teacher logits read
+from a cache computed once (`kdbench.teachers`), never from a teacher forward pass, except the hidden features a
+feature variant asks for. SGD with (Nesterov) momentum (`kdbench.optim`), optional warmup and cosine decay per
+step, optional per-member gradient clipping and max-norm. Every epoch writes an atomic checkpoint, so an
+interrupted run resumes where it stopped and ends with the same numbers; a non-finite loss stops the run with a
+message naming it. The job writes its resolved config (`config.json`) before it trains; at the end each seed gets
+`seed<S>/metrics.json`, and the job keeps `model.pt` and `logits.pt` (validation and test logits of every member,
+for bias corrections and ensembles).
 """
 from __future__ import annotations
 
