@@ -85,3 +85,12 @@ def test_the_smoke_plan_has_every_system_once_with_distinct_seeds():
         assert list(jobs[f"ensembles/{ds}/ensemble"].seeds) == seeds
         assert {n for n in jobs if n.startswith(f"ensembles/{ds}/")} == {
             f"ensembles/{ds}/{s}" for s in ensembles.systems(SMOKE)}
+
+
+def test_kdbench_plan_lists_the_jobs(capsys):
+    from kdbench.cli import main
+    assert main(["plan", str(REPO / ".test" / "config.yaml"), "--configs"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1].startswith(f"{len(plan.jobs(SMOKE))} training jobs")
+    fit = next(line for line in out if line.startswith("variants/speech_soft3/fitnets "))
+    assert '"teacher_members": [0, 3]' in fit and "seeds=[0, 1]" in fit
