@@ -132,9 +132,9 @@ def _cmd_choose_temperature(args) -> int:
 
     from kdbench import variants
     from kdbench.records import atomic_write_json
-    choice = variants.choose_temperature(json.loads(args.config_json), Path(args.runs), args.experiment)
+    choice = variants.choose_temperature(json.loads(args.config_json), Path(args.runs))
     atomic_write_json(args.out, choice)
-    print(f"{args.experiment}: T={choice['temperature']:g} has the fewest validation errors")
+    print(f"{choice['experiment']}: T={choice['temperature']:g} has the fewest validation errors")
     return 0
 
 
@@ -259,9 +259,8 @@ def _table_commands(sub) -> None:
     a.set_defaults(func=_cmd_aggregate)
 
     ct = sub.add_parser("choose-temperature", help="the temperature a variants experiment uses, chosen on validation")
-    ct.add_argument("--config-json", required=True)
+    ct.add_argument("--config-json", required=True, help="the experiment's kdbench.variants.choice_config")
     ct.add_argument("--runs", required=True)
-    ct.add_argument("--experiment", required=True, help="a variants experiment that uses a chosen temperature")
     ct.add_argument("--out", required=True)
     ct.set_defaults(func=_cmd_choose_temperature)
 

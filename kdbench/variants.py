@@ -42,6 +42,7 @@ class Experiment:
     teacher_members: list | None  # which teacher_model member teaches each seed
     hinton_run: str | None = None  # a run of the sections that is this experiment's hinton student
     temperature_from: str | None = None  # the temperature chosen on validation, read when the job starts
+    choice: dict | None = None  # what that choice compares: the sweep's runs of {"width"}, or {"dataset"}'s nets
     metric: str = "test_errors"  # "test_errors" (count) or "test_accuracy_pct"
 
 
@@ -59,17 +60,18 @@ def experiments(cfg: dict) -> list[Experiment]:
                       teacher_logits, teacher_model, None, hinton_run="distilled_T20"),
            Experiment(best, "mnist", mnist.train_config(cfg, mnist.sweep_name(width, cfg["mnist"]["sweep"][
                "temperatures"][0]), teacher_logits), teacher_logits, teacher_model, None,
-               temperature_from=str(layout.chosen_temperature(results, best)))]
+               temperature_from=str(layout.chosen_temperature(results, best)), choice={"width": width})]
     for ds in ensembles.datasets(cfg):
-        ens_model, firsts = str(layout.model(runs, f"ensembles/{ds}/ensemble")), ensembles.single_teacher_members(cfg)
+        ens_model = str(layout.model(runs, ensembles.job(ds, "ensemble")))
+        firsts = ensembles.single_teacher_members(cfg)
         whole, single = (str(layout.ensemble_teacher(runs, ds, w)) for w in ("ensemble", "single"))
         t0 = ensembles.distilled_name(cfg["ensembles"]["distilled"]["temperatures"][0])
         name = f"{ds}_distilled_bestT"
         out.append(Experiment(name, "table1", ensembles.train_config(cfg, ds, t0, whole), whole, ens_model, firsts,
                               temperature_from=str(layout.chosen_temperature(results, name)),
-                              metric="test_accuracy_pct"))
+                              choice={"dataset": ds}, metric="test_accuracy_pct"))
         out.append(Experiment(f"{ds}_soft3", "table5", ensembles.train_config(cfg, ds, "soft3", single), single,
-                              ens_model, firsts, hinton_run=f"ensembles/{ds}/soft3", metric="test_accuracy_pct"))
+                              ens_model, firsts, hinton_run=ensembles.job(ds, "soft3"), metric="test_accuracy_pct"))
     return out
 
 
@@ -82,10 +84,6 @@ def job_name(experiment: Experiment, variant: str) -> str:
     if variant == "hinton" and experiment.hinton_run is not None:
         return experiment.hinton_run
     return f"variants/{experiment.name}/{variant}"
-
-
-def run_dir(runs: Path | str, experiment: Experiment, variant: str) -> Path:
-    return layout.run(runs, job_name(experiment, variant))
 
 
 def needs_chosen_temperature(experiment: Experiment, variant: str) -> bool:
@@ -118,23 +116,42 @@ def train_config(cfg: dict, experiment: Experiment, variant: str) -> dict:
     return {k: val for k, val in out.items() if val is not None or k in base}
 
 
-def choose_temperature(cfg: dict, runs: Path, experiment: str) -> dict:
-    """The temperature an experiment's students use: the one with the fewest validation errors (final epoch, mean
-    over seeds) among the MNIST sweep's runs of its width, or the ensembles section's choice for its dataset."""
-    if experiment.startswith("mnist_w"):
-        width = int(experiment[len("mnist_w"):-len("_bestT")])
-        scores = {}
-        for t in cfg["mnist"]["sweep"]["temperatures"]:
+def choice_config(cfg: dict, experiment: Experiment) -> dict:
+    """What an experiment's temperature choice reads, and nothing else (a new variant or a table setting must not
+    redo it, nor the runs that wait for it): seeds, the candidate temperatures and which runs to compare."""
+    c = experiment.choice
+    if "width" in c:
+        temps = {"mnist": {"sweep": {"temperatures": cfg["mnist"]["sweep"]["temperatures"]}}}
+    else:
+        temps = {"ensembles": {"distilled": {"temperatures": cfg["ensembles"]["distilled"]["temperatures"]}}}
+    return {"experiment": experiment.name, "seeds": cfg["seeds"], "choice": c, **temps}
+
+
+def choice_inputs(spec: dict, runs: Path | str) -> list[Path]:
+    """The files `choose_temperature` reads for a `choice_config` spec."""
+    if "width" in spec["choice"]:
+        return [layout.metrics(runs, mnist.sweep_name(spec["choice"]["width"], t), s)
+                for t in spec["mnist"]["sweep"]["temperatures"] for s in spec["seeds"]]
+    return [layout.logits(runs, ensembles.job(spec["choice"]["dataset"], ensembles.distilled_name(t)))
+            for t in spec["ensembles"]["distilled"]["temperatures"]]
+
+
+def choose_temperature(spec: dict, runs: Path | str) -> dict:
+    """The temperature an experiment's students use (`choice_config` spec): the one with the fewest validation
+    errors (final epoch, mean over seeds) among the MNIST sweep's runs of its width, or the ensembles section's
+    choice for its dataset."""
+    if "width" in spec["choice"]:
+        width, scores = spec["choice"]["width"], {}
+        for t in spec["mnist"]["sweep"]["temperatures"]:
             errs = [read_json(layout.metrics(runs, mnist.sweep_name(width, t), s))["val_errors"][-1]
-                    for s in cfg["seeds"]]
+                    for s in spec["seeds"]]
             scores[t] = sum(errs) / len(errs)
         best = min(scores, key=lambda t: (scores[t], t))
-        return {"experiment": experiment, "width": width, "temperature": best,
+        return {"experiment": spec["experiment"], "width": width, "temperature": best,
                 "val_errors_by_temperature": {f"{t:g}": e for t, e in scores.items()}}
-    dataset = experiment[:-len("_distilled_bestT")]
-    best, val = ensembles.choose_temperature(cfg, runs, dataset)
-    return {"experiment": experiment, "temperature": best, "val_error_pct_by_temperature": {f"{t:g}": e for t, e in
-                                                                                            val.items()}}
+    best, val = ensembles.choose_temperature(spec, Path(runs), spec["choice"]["dataset"])
+    return {"experiment": spec["experiment"], "temperature": best,
+            "val_error_pct_by_temperature": {f"{t:g}": e for t, e in val.items()}}
 
 
 def paired_note(diffs: list[float]) -> tuple[float, float, str]:

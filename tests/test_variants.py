@@ -110,8 +110,15 @@ def test_choose_temperature_on_validation(tmp_path):
             p = tmp_path / f"sweep_w30_T{t:g}" / f"seed{s}" / "metrics.json"
             p.parent.mkdir(parents=True)
             p.write_text(json.dumps({"val_errors": [999, e + s]}))
-    choice = variants.choose_temperature(cfg, tmp_path, "mnist_w30_bestT")
+    spec = variants.choice_config(cfg, variants.by_name(cfg)["mnist_w30_bestT"])
+    assert sorted(map(str, variants.choice_inputs(spec, tmp_path))) == sorted(
+        str(p) for p in tmp_path.glob("sweep_w30_T*/seed*/metrics.json"))
+    choice = variants.choose_temperature(spec, tmp_path)
     assert choice["temperature"] == 2.5  # tie with T=4 broken towards the lower T
+    speech = variants.choice_config(cfg, variants.by_name(cfg)["speech_distilled_bestT"])
+    assert [p.parent.name for p in variants.choice_inputs(speech, tmp_path)] == [
+        "distilled_T1", "distilled_T2", "distilled_T5", "distilled_T10"]
+    assert "mnist" not in speech and speech["choice"] == {"dataset": "speech"}
 
 
 def test_paired_note():

@@ -5,43 +5,22 @@
 from kdbench import variants
 
 EXPERIMENTS = variants.experiments(config)
-CHOSEN = {e.name: e for e in EXPERIMENTS if e.temperature_from is not None}
-
-
-def choice_config(w):
-    """What a temperature choice reads: a new variant or a table setting must not rerun it (nor the runs after it)."""
-    if w.experiment.startswith("mnist_w"):
-        return {"seeds": SEEDS, "mnist": {"sweep": {"temperatures": config["mnist"]["sweep"]["temperatures"]}}}
-    return {"seeds": SEEDS, "ensembles": {"distilled": {"temperatures": config["ensembles"]["distilled"][
-        "temperatures"]}}}
-
-
-def choice_inputs(w):
-    """The runs a temperature choice compares: the MNIST sweep's runs of the width, or the ensembles section's
-    distilled nets of the dataset."""
-    if w.experiment.startswith("mnist_w"):
-        width = int(w.experiment[len("mnist_w"):-len("_bestT")])
-        return [m for t in config["mnist"]["sweep"]["temperatures"]
-                for m in run_outputs(mnist.sweep_name(width, t))["metrics"]]
-    ds = w.experiment[:-len("_distilled_bestT")]
-    return [layout.logits(RUNS, ensembles.job(ds, ensembles.distilled_name(t)))
-            for t in config["ensembles"]["distilled"]["temperatures"]]
+CHOICES = {e.name: variants.choice_config(config, e) for e in EXPERIMENTS if e.choice is not None}
 
 
 rule choose_temperature:
     """The temperature with the fewest validation errors for an experiment's students."""
     input:
-        choice_inputs,
+        lambda w: variants.choice_inputs(CHOICES[w.experiment], RUNS),
     output:
         RESULTS / "variants" / "{experiment}_temperature.json",
     wildcard_constraints:
-        experiment=one_of(CHOSEN),
+        experiment=one_of(CHOICES),
     params:
-        cfg=lambda w: quoted_json(choice_config(w)),
+        cfg=lambda w: quoted_json(CHOICES[w.experiment]),
     localrule: True
     shell:
-        "exec kdbench choose-temperature --config-json {params.cfg} --runs {RUNS} --experiment {wildcards.experiment} "
-        "--out {output}"
+        "exec kdbench choose-temperature --config-json {params.cfg} --runs {RUNS} --out {output}"
 
 
 def variant_table_inputs(spec):
