@@ -55,12 +55,13 @@ def distilled_name(t: float) -> str:
     return f"distilled_T{t:g}"
 
 
-def teacher_file(system: str) -> str | None:
-    """Which cached teacher logits a system reads: the whole ensemble, one net per seed, or none."""
+def teacher_logits_of(system: str) -> str | None:
+    """Which of the ensemble's cached logits (`kdbench.layout.ensemble_teacher`) a system reads: the whole ensemble
+    ("ensemble"), one net per seed ("single"), or none."""
     if system.startswith("distilled_T"):
-        return "teacher_ensemble.pt"
+        return "ensemble"
     if system == "soft3":
-        return "teacher_single.pt"
+        return "single"
     return None
 
 

@@ -48,8 +48,8 @@ def _ensemble_jobs(cfg: dict) -> list[Job]:
     runs, out = layout.runs(cfg["profile"]), []
     for ds in ensembles.datasets(cfg):
         for system in ensembles.systems(cfg):
-            which = ensembles.teacher_file(system)
-            teacher = None if which is None else str(layout.run(runs, f"ensembles/{ds}") / which)
+            which = ensembles.teacher_logits_of(system)
+            teacher = None if which is None else str(layout.ensemble_teacher(runs, ds, which))
             out.append(_job(ensembles.job(ds, system), ensembles.system_seeds(cfg, system),
                             ensembles.train_config(cfg, ds, system, teacher)))
     return out
@@ -90,8 +90,7 @@ def teachers(cfg: dict) -> list[str]:
 
 def specialist_example(cfg: dict, dataset: str) -> dict:
     """A specialist's config for a two-class cluster, to check a profile before its clusters exist."""
-    runs = layout.runs(cfg["profile"])
-    return specialists.train_config(cfg, dataset, [0, 1], str(layout.model(runs, ensembles.job(dataset, "ensemble"))))
+    return specialists.train_config(cfg, dataset, [0, 1])
 
 
 def dataset_files(data_root: Path | str, dataset: str) -> list[Path]:

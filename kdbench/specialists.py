@@ -115,13 +115,15 @@ def clusters_for(cfg: dict, dataset: str, ensemble_logits: Path | str) -> dict:
 
 # ---------------------------------------------------------------------------------------------------- training
 
-def base_config(cfg: dict, dataset: str, generalist_model: str) -> dict:
-    """What every specialist of a dataset shares: the generalist's recipe, started from the generalist, the
-    profile's specialist training keys and subset fraction. `with_cluster` adds a cluster."""
+def base_config(cfg: dict, dataset: str) -> dict:
+    """What every specialist of a dataset shares: the generalist's recipe, started from the generalist (its seed's
+    member of the ensembles section's model), the profile's specialist training keys and subset fraction.
+    `with_cluster` adds a cluster."""
     base = ensembles.train_config(cfg, dataset, "ensemble", None)
     s = settings(cfg, dataset)
+    generalist = layout.model(layout.runs(cfg["profile"]), ensembles.job(dataset, "ensemble"))
     return {**base, **s["train"], "subset_fraction": s["subset_fraction"],
-            "init_from": generalist_model, "init_members": generalist_members(cfg)}
+            "init_from": str(generalist), "init_members": generalist_members(cfg)}
 
 
 def with_cluster(base: dict, classes: list[int]) -> dict:
@@ -129,8 +131,8 @@ def with_cluster(base: dict, classes: list[int]) -> dict:
     return {**base, "widths": base["widths"][:-1] + [len(classes) + 1], "class_subset": list(classes)}
 
 
-def train_config(cfg: dict, dataset: str, classes: list[int], generalist_model: str) -> dict:
-    return with_cluster(base_config(cfg, dataset, generalist_model), classes)
+def train_config(cfg: dict, dataset: str, classes: list[int]) -> dict:
+    return with_cluster(base_config(cfg, dataset), classes)
 
 
 # ---------------------------------------------------------------------------------------------------- inference

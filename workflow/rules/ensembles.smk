@@ -37,7 +37,7 @@ rule ensemble_teacher_logits:
     """The ensemble's logits on the whole training split, cached once: every member (for the distilled nets, member
     group s teaches student s) or member 0 of each seed's ensemble (the 100%-data net teaching the 3% student)."""
     input:
-        model=layout.model(RUNS, "ensembles/{dataset}/ensemble"),
+        model=layout.model(RUNS, ensembles.job("{dataset}", "ensemble")),
         data=lambda w: plan.dataset_files(DATA, w.dataset),
     output:
         layout.ensemble_teacher(RUNS, "{dataset}", "{which}"),

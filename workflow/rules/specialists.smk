@@ -5,8 +5,7 @@ import json
 
 from kdbench import specialists
 
-SPEC = RUNS / "specialists"
-ENS = RUNS / "ensembles"
+SPEC_JOB = specialists.job("{dataset}", "{i}")  # specialists/{dataset}/spec{i}
 SPEC_DATASETS = specialists.datasets(config)
 # what these rules see of the config: the generalists' recipe (ensembles) and their own block
 SPEC_CONFIG = config_for("profile", "seeds", "ensembles", "specialists")
@@ -15,9 +14,9 @@ SPEC_CONFIG = config_for("profile", "seeds", "ensembles", "specialists")
 checkpoint specialist_clusters:
     """k-means on the columns of the covariance of the generalists' validation predictions (no labels used)."""
     input:
-        ENS / "{dataset}" / "ensemble" / "logits.pt",
+        layout.logits(RUNS, ensembles.job("{dataset}", "ensemble")),
     output:
-        SPEC / "{dataset}" / "clusters.json",
+        layout.clusters(RUNS, "{dataset}"),
     wildcard_constraints:
         dataset=one_of(SPEC_DATASETS),
     params:
@@ -36,23 +35,22 @@ rule train_specialist:
     """One specialist (every seed together, seed s starting from generalist s): its cluster plus a dustbin class,
     half of each epoch from its cluster."""
     input:
-        clusters=SPEC / "{dataset}" / "clusters.json",
-        generalist=ENS / "{dataset}" / "ensemble" / "model.pt",
+        clusters=layout.clusters(RUNS, "{dataset}"),
+        generalist=layout.model(RUNS, ensembles.job("{dataset}", "ensemble")),
         data=lambda w: plan.dataset_files(DATA, w.dataset),
     output:
-        model=SPEC / "{dataset}" / "spec{i}" / "model.pt",
-        logits=SPEC / "{dataset}" / "spec{i}" / "logits.pt",
-        metrics=[SPEC / "{dataset}" / "spec{i}" / f"seed{s}" / "metrics.json" for s in SEEDS],
+        model=layout.model(RUNS, SPEC_JOB),
+        logits=layout.logits(RUNS, SPEC_JOB),
+        metrics=[layout.metrics(RUNS, SPEC_JOB, s) for s in SEEDS],
     wildcard_constraints:
         dataset=one_of(SPEC_DATASETS),
         i=r"\d+",
     params:
         # the cluster's classes are read from clusters.json by the job itself: params that are plain functions of
         # the config keep snakemake's rerun-on-params-change working for jobs that follow a checkpoint
-        cfg=lambda w: quoted_json(specialists.base_config(
-            config, w.dataset, str(ENS / w.dataset / "ensemble" / "model.pt"))),
+        cfg=lambda w: quoted_json(specialists.base_config(config, w.dataset)),
         seeds=" ".join(str(s) for s in SEEDS),
-        out=lambda w: SPEC / w.dataset / f"spec{w.i}",
+        out=lambda w: layout.run(RUNS, specialists.job(w.dataset, w.i)),
     threads: config["threads"]
     resources:
         gpu=GPU,
@@ -71,8 +69,8 @@ def all_specialists(w):
     out = []
     for ds in SPEC_DATASETS:
         n = len(specialist_classes(checkpoints.specialist_clusters.get(dataset=ds).output[0]))
-        out += [SPEC / ds / f"spec{i}" / f"seed{s}" / "metrics.json" for i in range(n) for s in SEEDS]
-        out += [SPEC / ds / f"spec{i}" / "logits.pt" for i in range(n)]
+        out += [layout.metrics(RUNS, specialists.job(ds, i), s) for i in range(n) for s in SEEDS]
+        out += [layout.logits(RUNS, specialists.job(ds, i)) for i in range(n)]
     return out
 
 
@@ -80,8 +78,8 @@ rule aggregate_specialists:
     """Tables 3 and 4 per dataset: the generalist alone and combined with its specialists (eq. 5)."""
     input:
         runs=all_specialists,
-        clusters=[SPEC / ds / "clusters.json" for ds in SPEC_DATASETS],
-        generalists=[ENS / ds / "ensemble" / "logits.pt" for ds in SPEC_DATASETS],
+        clusters=[layout.clusters(RUNS, ds) for ds in SPEC_DATASETS],
+        generalists=[layout.logits(RUNS, ensembles.job(ds, "ensemble")) for ds in SPEC_DATASETS],
         paper=PAPER,
     output:
         summary=RESULTS / "specialists_summary.csv",
@@ -90,7 +88,7 @@ rule aggregate_specialists:
         fig=report(RESULTS / "specialists.png", caption="../report/specialists.rst", category="Specialists"),
     params:
         cfg=quoted_json(SPEC_CONFIG),
-        clusters=" ".join(f"{ds}={SPEC / ds / 'clusters.json'}" for ds in SPEC_DATASETS),
+        clusters=" ".join(f"{ds}={layout.clusters(RUNS, ds)}" for ds in SPEC_DATASETS),
     localrule: True
     shell:
         "exec kdbench aggregate specialists --config-json {params.cfg} --runs {RUNS} --paper {input.paper} "
