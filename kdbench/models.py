@@ -108,12 +108,17 @@ def build(cfg: dict, seeds: list[int]) -> nn.Module:
 
 def load(path, members: list[int] | None = None, device: torch.device | str = "cpu") -> nn.Module:
     """A trained model.pt, all members or only the chosen ones (positions, in this order; state is member-major)."""
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    return from_saved(torch.load(path, map_location="cpu", weights_only=False), members, device, where=path)
+
+
+def from_saved(blob: dict, members: list[int] | None = None, device: torch.device | str = "cpu",
+               where="the saved model") -> nn.Module:
+    """The model of a loaded model.pt blob (see `load`)."""
     model_config, state = dict(blob["model_config"]), blob["state_dict"]
     if members is not None:
         idx = list(members)
         if idx and max(idx) >= model_config["members"]:
-            raise ValueError(f"{path} has {model_config['members']} members, no member {max(idx)}")
+            raise ValueError(f"{where} has {model_config['members']} members, no member {max(idx)}")
         model_config.update(members=len(idx), seeds=[model_config["seeds"][i] for i in idx])
         state = {k: v[idx] for k, v in state.items()}
     cls = MODELS[blob.get("model", "mlp")]

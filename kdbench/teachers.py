@@ -88,7 +88,7 @@ def cache_logits(model_path: Path | str, out_path: Path | str, root: Path | str 
     """Logits (M, N, C) of every member (or the chosen ones) of a trained model on the whole un-jittered training
     split, saved once so that students read them instead of running the teacher (transfer sets index into them)."""
     blob = torch.load(model_path, map_location="cpu", weights_only=False)
-    model = models.load(model_path, members, device)
+    model = models.from_saved(blob, members, device, where=model_path)
     dataset = blob["train_config"]["dataset"]
     split = kdata.load(dataset, train=True, root=root, device=device)
     logits = models.predict_split(model, split, torch.arange(len(split), device=device), batch_size).cpu()

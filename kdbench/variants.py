@@ -113,6 +113,8 @@ def train_config(cfg: dict, experiment: Experiment, variant: str) -> dict:
         out["teacher_logits"] = experiment.teacher_logits
     if v.features:
         out.update(teacher_model=experiment.teacher_model, teacher_members=experiment.teacher_members)
+    # teacher keys a variant does not use stay out of its config rather than appear as null, so that a job's params
+    # (and whether it reruns) do not change when the plan learns keys the job never reads
     return {k: val for k, val in out.items() if val is not None or k in base}
 
 
