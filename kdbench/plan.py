@@ -80,10 +80,11 @@ def jobs(cfg: dict) -> dict[str, Job]:
     return out
 
 
-def teachers(cfg: dict) -> list[str]:
-    """Jobs whose logits on the training split are cached for students (`runs/<job>/train_logits.pt`)."""
+def teachers(cfg: dict, planned: dict[str, Job]) -> list[str]:
+    """Jobs of the plan `planned` whose logits on the training split are cached for students
+    (`runs/<job>/train_logits.pt`)."""
     runs = layout.runs(cfg["profile"])
-    return sorted({name for job in jobs(cfg).values() if job.teacher
+    return sorted({name for job in planned.values() if job.teacher
                    for name in [str(Path(job.teacher).parent.relative_to(runs))]
                    if Path(job.teacher).name == "train_logits.pt"})
 

@@ -17,7 +17,7 @@ PAPER = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
 def test_every_planned_job_resolves_and_reads_only_files_something_makes(cfg):
     jobs = plan.jobs(cfg)
     runs = layout.runs(cfg["profile"])
-    made = {str(layout.train_logits(runs, t)) for t in plan.teachers(cfg)} | {
+    made = {str(layout.train_logits(runs, t)) for t in plan.teachers(cfg, jobs)} | {
         str(layout.model(runs, n)) for n in jobs} | {
         str(layout.ensemble_teacher(runs, ds, w)) for ds in cfg["ensembles"]["datasets"] for w in ("ensemble", "single")}
     for job in jobs.values():
@@ -28,7 +28,7 @@ def test_every_planned_job_resolves_and_reads_only_files_something_makes(cfg):
             assert path is None or not Path(path).is_absolute()
         if job.temperature_from:
             assert job.temperature_from.startswith(str(layout.results(cfg["profile"]) / "variants"))
-    assert all(t in jobs for t in plan.teachers(cfg))
+    assert all(t in jobs for t in plan.teachers(cfg, jobs))
 
 
 def _with(cfg, **changes):

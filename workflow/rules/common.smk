@@ -72,7 +72,7 @@ def check_train_configs():
 
 
 PLAN = check_train_configs()
-TEACHERS = plan.teachers(config)
+TEACHERS = plan.teachers(config, PLAN)
 
 
 def job_inputs(w):
