@@ -72,8 +72,3 @@ def log(results_dir: Path | str, rule: str, job: str) -> Path:
 def benchmark(results_dir: Path | str, rule: str, job: str) -> Path:
     return Path(results_dir) / "benchmarks" / rule / f"{job}.tsv"
 
-
-def outputs(runs_dir: Path | str, job: str, seeds: list[int]) -> dict:
-    """What a training job leaves: the batched model, its validation/test logits, one metrics.json per seed."""
-    return {"model": model(runs_dir, job), "logits": logits(runs_dir, job),
-            "metrics": [metrics(runs_dir, job, s) for s in seeds]}

@@ -20,10 +20,6 @@ GPU = 1 if config["device"].startswith("cuda") else 0
 MNIST_FILES = plan.dataset_files(DATA, "mnist")
 
 
-def run_outputs(job, seeds=SEEDS):
-    return layout.outputs(RUNS, job, seeds)
-
-
 def config_for(*keys):
     """The part of the config a rule's params carry: only the keys its code reads, so that adding or changing another
     section does not change its params (which would rerun finished jobs)."""
@@ -100,9 +96,9 @@ rule train:
     resources:
         gpu=GPU,
     log:
-        RESULTS / "logs" / "train" / "{job}.log",
+        layout.log(RESULTS, "train", "{job}"),
     benchmark:
-        RESULTS / "benchmarks" / "train" / "{job}.tsv"
+        layout.benchmark(RESULTS, "train", "{job}")
     shell:
         "exec kdbench train --config-json {params.cfg} {params.temperature} --seeds {params.seeds} --out {params.out} "
         "--name {wildcards.job} --device {config[device]} --root {DATA} --threads {threads} > {log} 2>&1"
@@ -136,7 +132,7 @@ rule teacher_logits:
     resources:
         gpu=GPU,
     log:
-        RESULTS / "logs" / "teacher_logits" / "{teacher}.log",
+        layout.log(RESULTS, "teacher_logits", "{teacher}"),
     shell:
         "exec kdbench teacher-logits --model {input.model} --out {output} --root {DATA} --device {config[device]} "
         "> {log} 2>&1"

@@ -28,7 +28,7 @@ rule speech_features:
     params:
         root=DATA,
     log:
-        RESULTS / "logs" / "speech_features" / "{split}.log",
+        layout.log(RESULTS, "speech_features", "{split}"),
     shell:
         "exec kdbench data features --split {wildcards.split} --root {params.root} > {log} 2>&1"
 
@@ -51,7 +51,7 @@ rule ensemble_teacher_logits:
     resources:
         gpu=GPU,
     log:
-        RESULTS / "logs" / "ensemble_teacher_logits" / "{dataset}_{which}.log",
+        layout.log(RESULTS, "ensemble_teacher_logits", "{dataset}_{which}"),
     shell:
         "exec kdbench teacher-logits --model {input.model} --out {output} --root {DATA} --device {config[device]} "
         "{params.members} > {log} 2>&1"

@@ -25,7 +25,7 @@ rule bias_correction:
 rule aggregate_mnist:
     """The section's rows of summary.csv, their provenance, the paper-vs-ours Markdown table and the figures."""
     input:
-        metrics=[m for s in mnist.systems(config) for m in run_outputs(s)["metrics"]],
+        metrics=[layout.metrics(RUNS, s, seed) for s in mnist.systems(config) for seed in SEEDS],
         bias=[layout.bias(RUNS, "omit3"), layout.bias(RUNS, "only78")],
         paper=PAPER,
     output:

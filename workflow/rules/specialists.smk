@@ -55,9 +55,9 @@ rule train_specialist:
     resources:
         gpu=GPU,
     log:
-        RESULTS / "logs" / "train" / "specialists" / "{dataset}" / "spec{i}.log",
+        layout.log(RESULTS, "train", SPEC_JOB),
     benchmark:
-        RESULTS / "benchmarks" / "train" / "specialists" / "{dataset}" / "spec{i}.tsv"
+        layout.benchmark(RESULTS, "train", SPEC_JOB)
     shell:
         "exec kdbench train --config-json {params.cfg} --cluster-file {input.clusters} --cluster-index {wildcards.i} "
         "--seeds {params.seeds} --out {params.out} --name specialists/{wildcards.dataset}/spec{wildcards.i} --device {config[device]} --root {DATA} "

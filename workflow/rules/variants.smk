@@ -13,7 +13,7 @@ rule choose_temperature:
     input:
         lambda w: variants.choice_inputs(CHOICES[w.experiment], RUNS),
     output:
-        RESULTS / "variants" / "{experiment}_temperature.json",
+        layout.chosen_temperature(RESULTS, "{experiment}"),
     wildcard_constraints:
         experiment=one_of(CHOICES),
     params:
