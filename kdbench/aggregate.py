@@ -1,5 +1,9 @@
-"""From per-seed values to the suite's tables: summary rows (mean +- std over seeds beside the paper's number),
-provenance rows (every seed's value and the file it came from), and the paper's numbers file."""
+"""From per-seed values to the suite's tables: summary rows (mean +- std over seeds and the 95% t interval of the
+mean, beside the paper's number), provenance rows (every seed's value and the file it came from), and the paper's
+numbers file.
+
+A derived claim (the share of a gain kept, of a gap recovered, a relative gain, a variant's difference to hinton) is
+computed per seed from that seed's own runs before it is averaged, so its interval is the paired one."""
 from __future__ import annotations
 
 import json
@@ -10,7 +14,11 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-SUMMARY_COLUMNS = ["section", "table", "system", "metric", "paper", "mean", "std", "n_seeds", "unit"]
+SUMMARY_COLUMNS = ["section", "table", "system", "metric", "paper", "mean", "std", "ci95_low", "ci95_high", "n_seeds",
+                   "unit"]
+# two-sided 95% quantiles of Student's t for 1..30 degrees of freedom; beyond, the Cornish-Fisher expansion
+T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
 PROVENANCE_COLUMNS = ["section", "table", "system", "metric", "seed", "value", "source"]
 
 
@@ -26,6 +34,37 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     mean = sum(values) / n if n else math.nan
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else math.nan
     return mean, std
+
+
+def t_crit(df: int) -> float:
+    """The two-sided 95% critical value of Student's t with df degrees of freedom."""
+    if df < 1:
+        raise ValueError(f"t needs at least one degree of freedom, got {df}")
+    if df <= len(T_975):
+        return T_975[df - 1]
+    z = 1.959964
+    return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+
+
+def ci95(mean: float, std: float, n: int) -> tuple[float, float]:
+    """The 95% t interval of a mean of n values (per-seed values, or paired differences); NaN for fewer than two."""
+    if n < 2 or math.isnan(std):
+        return math.nan, math.nan
+    half = t_crit(n - 1) * std / math.sqrt(n)
+    return mean - half, mean + half
+
+
+def paired_note(diffs: list[float]) -> tuple[float, float, str]:
+    """Mean and std of paired differences (e.g. variant - hinton per seed) and a paired t-test note at the 5% level."""
+    n = len(diffs)
+    mean, std = mean_std(diffs)
+    if n < 2:
+        return mean, std, "one seed: no test"
+    if std == 0:
+        return mean, std, "identical on every seed" if mean == 0 else "same difference on every seed"
+    t = mean / (std / math.sqrt(n))
+    verdict = "p < 0.05" if abs(t) > t_crit(n - 1) else "n.s."
+    return mean, std, f"paired t = {t:.2f}, {verdict} (n = {n})"
 
 
 def read_json(path: Path | str) -> dict:
@@ -44,9 +83,10 @@ class Cell:
 
     def summary(self, paper: dict) -> dict:
         mean, std = mean_std([v for _, v, _ in self.values])
+        low, high = ci95(mean, std, len(self.values))
         return {"section": self.section, "table": self.table, "system": self.system, "metric": self.metric,
-                "paper": paper.get((self.section, self.system, self.metric), math.nan),
-                "mean": mean, "std": std, "n_seeds": len(self.values), "unit": self.unit}
+                "paper": paper.get((self.section, self.system, self.metric), math.nan), "mean": mean, "std": std,
+                "ci95_low": low, "ci95_high": high, "n_seeds": len(self.values), "unit": self.unit}
 
     def provenance(self) -> list[dict]:
         return [{"section": self.section, "table": self.table, "system": self.system, "metric": self.metric,
@@ -65,6 +105,19 @@ def fmt(mean: float, std: float, digits: int = 1) -> str:
     if isinstance(std, float) and math.isnan(std):
         return f"{mean:.{digits}f}"
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def fmt_ci(row, digits: int = 1) -> str:
+    """ " [low, high]" of a summary row's 95% interval, or "" where it has none (one seed)."""
+    low, high = row["ci95_low"], row["ci95_high"]
+    if low is None or (isinstance(low, float) and math.isnan(low)):
+        return ""
+    return f" [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def fmt_claim(row, digits: int = 1) -> str:
+    """A summary row as "mean ± std [low, high]": a derived claim with its 95% interval over seeds."""
+    return "–" if row is None else f"{fmt(row['mean'], row['std'], digits)}{fmt_ci(row, digits)}"
 
 
 def write_csv(df: pd.DataFrame, path: Path | str) -> None:

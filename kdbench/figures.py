@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
 from kdbench.records import atomic_write_bytes  # noqa: E402
 
@@ -91,10 +92,36 @@ def variants(df, path: Path | str) -> None:
     _save(fig, path)
 
 
+def ci_errors(rows) -> np.ndarray:
+    """(2, n) error-bar lengths below and above each summary row's mean to its 95% interval (0 where it has none)."""
+    mean = np.array([r["mean"] for r in rows], dtype=float)
+    low = np.array([r["ci95_low"] for r in rows], dtype=float)
+    high = np.array([r["ci95_high"] for r in rows], dtype=float)
+    return np.nan_to_num(np.stack([mean - low, high - mean]))
+
+
+def _claims(ax, summary, ds: str) -> None:
+    """The derived claims of one dataset with their 95% intervals, the paper's value as a black mark."""
+    sub = summary[summary.section == ds].set_index(["table", "system", "metric"])
+    keys = [("table1", "ensemble_arithmetic", "gain_over_members_pct", "ensemble gain\n(points)"),
+            ("table1", "distilled", "gain_recovered_pct", "gain kept by\ndistilled net %"),
+            ("table5", "soft_3", "gap_recovered_pct", "3% gap recovered\nby soft targets %")]
+    keys = [k for k in keys if k[:3] in sub.index]
+    rows = [sub.loc[k[:3]] for k in keys]
+    ax.bar(range(len(rows)), [r["mean"] for r in rows], yerr=ci_errors(rows), capsize=4, color="C4")
+    for x, r in enumerate(rows):
+        if not pd.isna(r["paper"]):
+            ax.plot([x - 0.4, x + 0.4], [r["paper"]] * 2, color="black", linewidth=2)
+    ax.axhline(0, color="gray", linewidth=0.8)
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([k[3] for k in keys], fontsize=8)
+    ax.set_title(f"{ds}: claims, 95% interval over seeds (paper: black)", fontsize=9)
+
+
 def ensembles(summary, facts: dict, dataset_names: list[str], path: Path | str) -> None:
     """Per dataset: Table 1 bars (baseline, ensembles, distilled), Table 5 bars (100%, 3% hard, 3% soft) with
-    mean ± std error bars, and test accuracy against ensemble size."""
-    fig, axes = plt.subplots(len(dataset_names), 3, figsize=(15, 3.6 * len(dataset_names)), squeeze=False)
+    mean ± std error bars, test accuracy against ensemble size, and the derived claims with 95% intervals."""
+    fig, axes = plt.subplots(len(dataset_names), 4, figsize=(20, 3.6 * len(dataset_names)), squeeze=False)
     for row, ds in zip(axes, dataset_names):
         acc = summary[(summary.section == ds) & (summary.metric == "test_accuracy_pct")].set_index(["table", "system"])
         for ax, table, systems, title in (
@@ -118,12 +145,13 @@ def ensembles(summary, facts: dict, dataset_names: list[str], path: Path | str) 
         row[2].set_ylabel("test accuracy %")
         row[2].set_title(f"{ds}: accuracy vs ensemble size")
         row[2].legend(fontsize=8)
+        _claims(row[3], summary, ds)
     _save(fig, path)
 
 
 def specialists(summary, facts: dict, path: Path | str) -> None:
-    """Per dataset: the relative change in accuracy (mean ± std over seeds) by the number of specialists covering
-    the test case's correct class (the paper's Table 4), with the number of test cases on each bar."""
+    """Per dataset: the relative change in accuracy (mean and 95% interval over seeds) by the number of specialists
+    covering the test case's correct class (the paper's Table 4), with the number of test cases on each bar."""
     names = list(facts)
     fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 3.8), squeeze=False)
     for ax, ds in zip(axes[0], names):
@@ -131,14 +159,13 @@ def specialists(summary, facts: dict, path: Path | str) -> None:
         rows = [summary[(summary.system == f"{ds}/covered_by_{n}") & (summary.metric == "relative_change_pct")]
                 .iloc[0] for n in counts]
         cases = [facts[ds]["per_seed"][0]["by_coverage"][n]["cases"] for n in counts]
-        ax.bar(range(len(counts)), [r["mean"] for r in rows], yerr=np.nan_to_num([r["std"] for r in rows]),
-               capsize=4, color="C2")
+        ax.bar(range(len(counts)), [r["mean"] for r in rows], yerr=ci_errors(rows), capsize=4, color="C2")
         for x, (r, n) in enumerate(zip(rows, cases)):
             ax.annotate(f"n={n}", (x, 0), textcoords="offset points", xytext=(0, -12), ha="center", fontsize=8)
         ax.axhline(0, color="gray", linewidth=0.8)
         ax.set_xticks(range(len(counts)))
         ax.set_xticklabels([str(n) for n in counts])
         ax.set_xlabel("specialists covering the correct class")
-        ax.set_ylabel("relative accuracy change % (vs generalist)")
+        ax.set_ylabel("relative accuracy change % (vs generalist),\nmean and 95% interval over seeds")
         ax.set_title(f"{ds}: generalist + specialists (Table 4 analog)")
     _save(fig, path)

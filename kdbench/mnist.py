@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 
 from kdbench import layout
-from kdbench.aggregate import Cell, fmt, read_json
+from kdbench.aggregate import Cell, fmt, fmt_claim, read_json
 
 SECTION, TABLE = "mnist", "sec3"
 OMIT3_CLASSES = [0, 1, 2, 4, 5, 6, 7, 8, 9]
@@ -137,11 +137,11 @@ def markdown(summary, cfg: dict, profile: str, facts: dict | None = None) -> str
         lines += [f"Trained on {', '.join(facts['devices'])} (torch {', '.join(facts['torch'])}); "
                   f"{facts['jobs']} training jobs took {facts['wall_seconds'] / 60:.1f} min of wall time in all; "
                   f"code at commit {', '.join(facts['commits'])}.", ""]
-    lines += ["| System | Metric | Paper | Ours |", "|---|---|---|---|"]
+    lines += ["| System | Metric | Paper | Ours [95% interval] |", "|---|---|---|---|"]
     names = labels(cfg)
     for _, r in rows[~rows.system.str.startswith("sweep_")].iterrows():
         paper = "–" if math.isnan(r.paper) else f"{r.paper:g}"
-        lines.append(f"| {names.get(r.system, r.system)} | {r.metric} | {paper} | {fmt(r['mean'], r['std'])} |")
+        lines.append(f"| {names.get(r.system, r.system)} | {r.metric} | {paper} | {fmt_claim(r)} |")
     sw = cfg["mnist"]["sweep"]
     lines += ["", "## Width × temperature (test errors)", "",
               "The paper gives no counts: with ≥300 units per layer all T above 8 gave fairly similar results; "

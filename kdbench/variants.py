@@ -25,12 +25,9 @@ from pathlib import Path
 import pandas as pd
 
 from kdbench import ensembles, layout, losses, mnist
-from kdbench.aggregate import fmt, mean_std, read_json
+from kdbench.aggregate import ci95, fmt, mean_std, paired_note, read_json
 
 # two-sided 95% critical values of Student's t, by degrees of freedom (1..10); larger df use 1.96
-T_CRIT_95 = [12.71, 4.30, 3.18, 2.78, 2.57, 2.45, 2.36, 2.31, 2.26, 2.23]
-
-
 @dataclass(frozen=True)
 class Experiment:
     """One distillation experiment that every variant is run in."""
@@ -154,31 +151,6 @@ def choose_temperature(spec: dict, runs: Path | str) -> dict:
     best, val = ensembles.choose_temperature(spec, Path(runs), spec["choice"]["dataset"])
     return {"experiment": spec["experiment"], "temperature": best,
             "val_error_pct_by_temperature": {f"{t:g}": e for t, e in val.items()}}
-
-
-def paired_note(diffs: list[float]) -> tuple[float, float, str]:
-    """Mean and std of paired differences (variant - hinton) and a paired t-test note at the 5% level."""
-    n = len(diffs)
-    mean, std = mean_std(diffs)
-    if n < 2:
-        return mean, std, "one seed: no test"
-    if std == 0:
-        return mean, std, "identical on every seed" if mean == 0 else "same difference on every seed"
-    t = mean / (std / math.sqrt(n))
-    verdict = "p < 0.05" if abs(t) > _t_crit(n) else "n.s."
-    return mean, std, f"paired t = {t:.2f}, {verdict} (n = {n})"
-
-
-def _t_crit(n: int) -> float:
-    return T_CRIT_95[n - 2] if n - 1 <= len(T_CRIT_95) else 1.96
-
-
-def ci95(mean: float, std: float, n: int) -> tuple[float, float]:
-    """The 95% t interval of a mean of n paired differences (NaN for fewer than two)."""
-    if n < 2 or math.isnan(std):
-        return math.nan, math.nan
-    half = _t_crit(n) * std / math.sqrt(n)
-    return mean - half, mean + half
 
 
 def _value(rec: dict, metric: str) -> float:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import yaml
 
 from conftest import REPO
-from kdbench import losses, variants
+from kdbench import aggregate, losses, variants
 
 SMOKE = yaml.safe_load((REPO / ".test" / "config.yaml").read_text())
 
@@ -122,10 +122,30 @@ def test_choose_temperature_on_validation(tmp_path):
 
 
 def test_paired_note():
-    mean, std, note = variants.paired_note([-10.0, -12.0, -11.0])
+    mean, std, note = aggregate.paired_note([-10.0, -12.0, -11.0])
     assert mean == -11.0 and std == pytest.approx(1.0) and "p < 0.05" in note
-    assert "n.s." in variants.paired_note([5.0, -6.0])[2]
-    assert variants.paired_note([0.0, 0.0])[2] == "identical on every seed"
-    low, high = variants.ci95(-11.0, 1.0, 3)
-    assert (low, high) == pytest.approx((-11.0 - 4.30 / 3 ** 0.5, -11.0 + 4.30 / 3 ** 0.5))
-    assert all(x != x for x in variants.ci95(1.0, float("nan"), 1))
+    assert "n.s." in aggregate.paired_note([5.0, -6.0])[2]
+    assert aggregate.paired_note([0.0, 0.0])[2] == "identical on every seed"
+    low, high = aggregate.ci95(-11.0, 1.0, 3)
+    assert (low, high) == pytest.approx((-11.0 - 4.303 / 3 ** 0.5, -11.0 + 4.303 / 3 ** 0.5))
+    assert all(x != x for x in aggregate.ci95(1.0, float("nan"), 1))
+
+
+@pytest.mark.parametrize("df, quantile", [(1, 12.7062), (2, 4.3027), (9, 2.2622), (11, 2.2010), (19, 2.0930),
+                                          (30, 2.0423), (31, 2.0395), (45, 2.0141), (100, 1.9840), (10000, 1.9602)])
+def test_t_quantiles_match_students_t(df, quantile):
+    # reference: scipy.stats.t.ppf(0.975, df), to 4 decimals
+    assert aggregate.t_crit(df) == pytest.approx(quantile, abs=6e-4)
+
+
+def test_every_summary_row_carries_the_t_interval_of_its_per_seed_values():
+    cell = aggregate.Cell("speech", "table1", "distilled", "gain_recovered_pct", "pct",
+                          [(0, 40.0, "a"), (1, 70.0, "b"), (2, 55.0, "c")])
+    row = cell.summary({})
+    half = 4.303 * 15.0 / 3 ** 0.5
+    assert (row["ci95_low"], row["ci95_high"]) == pytest.approx((55.0 - half, 55.0 + half))
+    one = aggregate.Cell("speech", "table1", "distilled", "gain_recovered_pct", "pct", [(0, 40.0, "a")]).summary({})
+    assert one["ci95_low"] != one["ci95_low"]  # NaN: one seed has no interval
+    summary, _ = aggregate.tables([cell], {})
+    assert list(summary.columns) == aggregate.SUMMARY_COLUMNS and "ci95_low" in summary.columns
+    assert aggregate.fmt_claim(summary.iloc[0]) == f"55.0 ± 15.0 [{55 - half:.1f}, {55 + half:.1f}]"
