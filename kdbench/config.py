@@ -31,6 +31,7 @@ DEFAULTS = dict(
     jitter=0,                   # max translation in pixels (the paper's teacher: 2)
     val_size=10000,             # held out of the training set, seeded by val_seed; 0 = train on everything
     val_seed=0,
+    val_speakers=None,          # speech: these speakers leave training; validation draws val_size utterances of theirs
     transfer_classes=None,      # classes kept in the training (transfer) set; None = all
     train_fraction=1.0,         # seeded random fraction of the remaining training examples
     fraction_seed=0,
@@ -89,6 +90,8 @@ RULES = {
     "jitter": (lambda v: _int(v) and 0 <= v <= MAX_JITTER, f"an integer number of pixels in [0, {MAX_JITTER}]"),
     "val_size": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
     "val_seed": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
+    "val_speakers": (lambda v: v is None or (isinstance(v, list) and len(v) >= 1 and all(isinstance(x, str) for x in v)),
+                     "null or a non-empty list of speaker names"),
     "transfer_classes": (lambda v: v is None or (_ints(v) and len(v) >= 1), "null or a non-empty list of classes"),
     "train_fraction": (lambda v: _num(v) and 0 < v <= 1, "a number in (0, 1]"),
     "fraction_seed": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
@@ -109,6 +112,23 @@ RULES = {
     "check_every": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
 }
 assert set(RULES) == set(DEFAULTS)
+
+
+def _check_val_speakers(out: dict, where: str) -> None:
+    """val_speakers names some training speakers of a speech split, with more utterances than val_size."""
+    from kdbench import speech
+    if out["dataset"] not in speech.SPLITS:
+        raise ConfigError(f"{where}: val_speakers applies to speech splits only, not {out['dataset']!r}. Fix: remove "
+                          f"val_speakers")
+    train_speakers = [s for s in speech.SPEAKERS if any(not speech.in_test(out["dataset"], s, t) for t in range(50))]
+    bad = [s for s in out["val_speakers"] if s not in train_speakers]
+    if bad or len(set(out["val_speakers"])) == len(train_speakers):
+        raise ConfigError(f"{where}: val_speakers {out['val_speakers']} must name some, not all, of the training "
+                          f"speakers of {out['dataset']}: {train_speakers}. Fix: choose from those")
+    n = sum(not speech.in_test(out["dataset"], s, t) for s in set(out["val_speakers"]) for t in range(50)) * 10
+    if out["val_size"] >= n:
+        raise ConfigError(f"{where}: val_size {out['val_size']} must be below the {n} utterances of "
+                          f"{out['val_speakers']} it is drawn from. Fix: set val_size below {n}")
 
 
 def resolve(cfg: dict, where: str = "training config") -> dict:
@@ -143,7 +163,9 @@ def resolve(cfg: dict, where: str = "training config") -> dict:
         raise ConfigError(f"{where}: widths {out['widths']} do not fit {out['dataset']}: its nets need widths "
                           f"[{dims[0]}, ..., {dims[1]}]. Fix: start widths with {dims[0]} and end them with {dims[1]}")
     units, unit_name = data.train_units(out["dataset"])
-    if out["val_size"] >= units:
+    if out["val_speakers"] is not None:
+        _check_val_speakers(out, where)
+    elif out["val_size"] >= units:
         raise ConfigError(f"{where}: val_size {out['val_size']} leaves no training data: the {out['dataset']} "
                           f"training split has {units} {unit_name}. Fix: set val_size below {units}")
     if out["subset_fraction"] is not None and out["class_subset"] is None:

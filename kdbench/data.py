@@ -291,6 +291,7 @@ class Split:
     y: torch.Tensor
     dataset: str = "mnist"
     groups = None  # images are independent examples (speech frames are grouped by utterance)
+    speakers = None  # ... and have no speakers
 
     def __len__(self) -> int:
         return self.y.shape[0]

@@ -16,12 +16,16 @@ import torch
 from kdbench import data as kdata
 
 
-def training_indices(cfg: dict, train_labels: torch.Tensor, groups: torch.Tensor | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+def training_indices(cfg: dict, train_labels: torch.Tensor, groups: torch.Tensor | None = None,
+                     speakers: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(transfer-set indices, validation indices) into the full training split, both seeded; with groups (speech
-    utterances) validation holds out val_size whole groups."""
+    utterances) validation holds out val_size whole groups; with cfg["val_speakers"] those speakers leave training
+    altogether and the val_size validation utterances are drawn from them alone."""
     n = train_labels.shape[0]
-    tr, val = kdata.validation_split(n, cfg["val_size"], cfg["val_seed"], groups)
+    if cfg.get("val_speakers"):
+        tr, val = speaker_split(cfg, groups, speakers)
+    else:
+        tr, val = kdata.validation_split(n, cfg["val_size"], cfg["val_seed"], groups)
     if cfg["transfer_classes"] is not None:
         keep = torch.isin(train_labels.cpu()[tr], torch.tensor(cfg["transfer_classes"]))
         tr = tr[keep]
@@ -30,6 +34,19 @@ def training_indices(cfg: dict, train_labels: torch.Tensor, groups: torch.Tensor
         m = max(1, round(cfg["train_fraction"] * tr.shape[0]))
         tr = tr[torch.randperm(tr.shape[0], generator=g)[:m]].sort().values
     return tr, val
+
+
+def speaker_split(cfg: dict, groups: torch.Tensor, speakers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training indices: every frame of the other speakers, validation indices: val_size whole utterances of the
+    val_speakers)."""
+    from kdbench import speech
+    if speakers is None:
+        raise ValueError("val_speakers needs a speech split (its frames carry their speakers)")
+    wanted = torch.tensor([speech.SPEAKERS.index(s) for s in cfg["val_speakers"]])
+    held = torch.isin(speakers.cpu(), wanted)
+    pool, cand = (~held).nonzero().flatten(), held.nonzero().flatten()
+    _, val = kdata.validation_split(cand.shape[0], cfg["val_size"], cfg["val_seed"], groups.cpu()[cand])
+    return pool, cand[val].sort().values
 
 
 def specialist_labels(classes: list[int], labels: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -18,7 +18,9 @@ per split:
 
 Splits: `speech` is the dataset's documented one (takes 0-4 of every speaker and digit are the test set);
 `speech_unseen` tests on every take of george and lucas and trains on the other four speakers. The validation split
-(train.py) takes whole utterances out of the training pool. `utterance_errors` turns frame log-probabilities into the
+(kdbench.sampling) takes whole utterances out of the training pool, or, with `val_speakers`, whole speakers: their
+utterances leave training and validation draws from them only, so a speaker-independent test is validated on voices
+the net never heard. `utterance_errors` turns frame log-probabilities into the
 analog of word error: each digit's score sums, over the utterance's frames, log(p(silence) + sum of p(its 3 states)).
 """
 from __future__ import annotations
@@ -294,6 +296,7 @@ class FrameSplit:
     frames: torch.Tensor  # (P, 40) standardized, padded
     dataset: str
     fingerprint: str = ""  # recipe version and recordings: a checkpoint resumes only on the same features
+    speakers: torch.Tensor | None = None  # (N,) speaker of every frame, an index into SPEAKERS
 
     def __len__(self) -> int:
         return self.y.shape[0]
@@ -309,9 +312,10 @@ def load(split: str, train: bool, root: Path | str, device: str | torch.device =
     blob = load_cache(root, split)
     keep = ~blob["is_test"] if train else blob["is_test"]
     frames = blob["frames"].to(device)
+    speakers = blob["utterances"][blob["utterance"][keep], 1]
     return FrameSplit(blob["starts"][keep].to(device), blob["labels"][keep].to(device),
                       blob["utterance"][keep].to(device), frames, split,
-                      f"{split}-v{blob['version']}-{blob['recordings_sha256'][:16]}")
+                      f"{split}-v{blob['version']}-{blob['recordings_sha256'][:16]}", speakers)
 
 
 def utterance_errors(logits: torch.Tensor, groups: torch.Tensor, utterance_digits: torch.Tensor) -> list[dict]:

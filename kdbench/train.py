@@ -122,7 +122,8 @@ class RunData:
 def load_run_data(cfg: dict, seeds: list[int], root, device: torch.device) -> RunData:
     train_split = kdata.load(cfg["dataset"], train=True, root=root, device=device)
     test_split = kdata.load(cfg["dataset"], train=False, root=root, device=device)
-    tr_idx, val_idx = sampling.training_indices(cfg, train_split.y, train_split.groups)
+    tr_idx, val_idx = sampling.training_indices(cfg, train_split.y, train_split.groups,
+                                                train_split.speakers)
     tr_idx, val_idx = tr_idx.to(device), val_idx.to(device)
     y_train, y_test = train_split.y, test_split.y.to(device)
     if cfg["class_subset"] is None:
@@ -218,7 +219,17 @@ def validation_errors(eng: Engine, data: RunData) -> list[int | None]:
     if not len(data.val_idx):
         return [None] * len(eng.seeds)
     logits = models.predict_split(eng.student.model, data.train, data.val_idx, eng.cfg["eval_batch_size"])
-    return [r["errors"] for r in error_summary(logits, data.y_train[data.val_idx])]
+    return [r["errors"] for r in error_summary(logits, data.y_train[data.val_idx], bias=dustbin_bias(data, logits))]
+
+
+def dustbin_bias(data: RunData, logits: torch.Tensor) -> torch.Tensor | None:
+    """A specialist is judged as it is used: its dustbin logit raised by the shift from its training prior to the
+    data's (so early stopping picks the epoch that is best after the shift); None for every other net."""
+    if data.subset is None or not data.subset["dustbin_shift"]:
+        return None
+    bias = torch.zeros(logits.shape[-1], device=logits.device, dtype=logits.dtype)
+    bias[-1] = data.subset["dustbin_shift"]
+    return bias
 
 
 def _checkpoint(eng: Engine, data: RunData, chash: str, epoch: int, history: dict, best, seconds: float,

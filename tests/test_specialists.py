@@ -112,5 +112,11 @@ def test_specialist_training_sees_half_cluster_and_corrects_its_dustbin(data_roo
     assert blob["test"].shape == (1, 10000, 4)
     assert set(blob["test_labels"].unique().tolist()) == {0, 1, 2, 3}  # 3 = dustbin
     assert int((blob["test_labels"] < 3).sum()) == 3000
+    # validation (and so early stopping) judges the specialist with its dustbin shift applied, as it is used
+    from kdbench.evaluate import error_summary
+    bias = torch.zeros(4)
+    bias[-1] = rec["dustbin_logit_shift"]
+    shifted = error_summary(blob["val"], blob["val_labels"], bias=bias)[0]["errors"]
+    assert rec["val_errors"][-1] == shifted != error_summary(blob["val"], blob["val_labels"])[0]["errors"]
     with pytest.raises(ValueError, match="subset_fraction needs class_subset"):
         train.resolve({"subset_fraction": 0.5})

@@ -5,7 +5,7 @@ import shutil
 import pytest
 import torch
 
-from kdbench import data, speech
+from kdbench import config, data, sampling, speech
 
 
 @pytest.fixture(scope="session")
@@ -93,6 +93,31 @@ def test_validation_holds_out_whole_utterances(speech_cache):
     g_tr, g_val = set(tr.groups[tr_idx].tolist()), set(tr.groups[val_idx].tolist())
     assert len(g_val) == 50 and not (g_tr & g_val)
     assert len(tr_idx) + len(val_idx) == len(tr)
+
+
+def test_val_speakers_leave_training_and_alone_make_the_validation_split(speech_cache):
+    root, _ = speech_cache
+    tr = speech.load("speech", True, root)
+    cfg = config.resolve({"dataset": "speech", "widths": [1040, 31], "val_size": 40, "val_speakers": ["theo"]})
+    tr_idx, val_idx = sampling.training_indices(cfg, tr.y, tr.groups, tr.speakers)
+    theo = speech.SPEAKERS.index("theo")
+    assert set(tr.speakers[val_idx].tolist()) == {theo} and theo not in set(tr.speakers[tr_idx].tolist())
+    assert len(set(tr.groups[val_idx].tolist())) == 40
+    # every frame of the other five speakers trains; theo's other utterances are used by neither
+    assert len(tr_idx) == int((tr.speakers != theo).sum())
+    cfg_all = {**cfg, "val_size": 10}
+    assert not torch.equal(sampling.training_indices(cfg_all, tr.y, tr.groups, tr.speakers)[1], val_idx)
+
+
+@pytest.mark.parametrize("bad, says", [
+    ({"val_speakers": ["george"], "dataset": "speech_unseen"}, "some, not all, of the training speakers"),
+    ({"val_speakers": ["nobody"]}, "some, not all"),
+    ({"val_speakers": ["theo"], "val_size": 450}, "below the 450 utterances"),
+    ({"val_speakers": ["theo"], "dataset": "fashion_mnist", "widths": [784, 10]}, "speech splits only"),
+])
+def test_bad_val_speakers_are_refused_with_the_fix(bad, says):
+    with pytest.raises(config.ConfigError, match=says):
+        config.resolve({"dataset": "speech", "widths": [1040, 31], "val_size": 40, **bad})
 
 
 def test_utterance_decoding_sums_digit_and_silence_mass():
