@@ -23,9 +23,11 @@ PROVENANCE_COLUMNS = ["section", "table", "system", "metric", "seed", "value", "
 
 
 def load_paper(path: Path | str) -> dict[tuple[str, str, str], float]:
-    """The paper's numbers, keyed by (section, system, metric)."""
+    """The paper's numbers, keyed by (section, system, metric); an entry whose section is a list stands beside
+    each of those sections (the paper's speech numbers beside both analogs of its speech rows)."""
     entries = yaml.safe_load(Path(path).read_text())["numbers"]
-    return {(e["section"], e["system"], e["metric"]): e["value"] for e in entries}
+    return {(sec, e["system"], e["metric"]): e["value"] for e in entries
+            for sec in (e["section"] if isinstance(e["section"], list) else [e["section"]])}
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

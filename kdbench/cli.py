@@ -159,7 +159,7 @@ def _cmd_clusters(args) -> int:
     from kdbench import specialists
     from kdbench.records import atomic_write_json
     try:
-        found = specialists.clusters_for(json.loads(args.config_json), args.dataset, args.ensemble_logits)
+        found = specialists.clusters_for(json.loads(args.config_json), args.dataset, args.generalist_logits)
     except ValueError as e:
         print(f"kdbench: error: {e}", file=sys.stderr)
         return 1
@@ -267,7 +267,7 @@ def _table_commands(sub) -> None:
     cl = sub.add_parser("clusters", help="confusable class clusters from a generalist's validation predictions")
     cl.add_argument("--config-json", required=True)
     cl.add_argument("--dataset", required=True)
-    cl.add_argument("--ensemble-logits", required=True, help="logits.pt of the dataset's ensemble run")
+    cl.add_argument("--generalist-logits", required=True, help="logits.pt of the dataset's generalists")
     cl.add_argument("--out", required=True)
     cl.set_defaults(func=_cmd_clusters)
 

@@ -1,7 +1,7 @@
 """The job plan: one function turns a profile into every training job it runs, each with its exact config.
 
 What this file achieves: `jobs(cfg)` lists every training job of a profile known before anything runs (all but the
-specialists, whose number the clusters decide): its name (its folder under `results/<profile>/runs/`, see
+specialists, whose number the clusters decide; their generalists are planned): its name (its folder under `results/<profile>/runs/`, see
 `kdbench.layout`), the seeds it trains together, its dataset, and its complete `kdbench train` config with the
 teacher files it reads filled in, plus the files it waits for (cached teacher logits, a teacher model for feature
 variants, a temperature chosen on validation). The rules take each job's params from here and nothing else, so a
@@ -70,10 +70,15 @@ def _variant_jobs(cfg: dict) -> list[Job]:
     return out
 
 
+def _generalist_jobs(cfg: dict) -> list[Job]:
+    return [_job(specialists.generalist_job(ds), specialists.seeds(cfg), specialists.generalist_config(cfg, ds))
+            for ds in specialists.datasets(cfg)]
+
+
 def jobs(cfg: dict) -> dict[str, Job]:
     """Every training job of the profile known before any runs, by name."""
     out: dict[str, Job] = {}
-    for job in _mnist_jobs(cfg) + _ensemble_jobs(cfg) + _variant_jobs(cfg):
+    for job in _mnist_jobs(cfg) + _ensemble_jobs(cfg) + _variant_jobs(cfg) + _generalist_jobs(cfg):
         if job.name in out and out[job.name] != job:
             raise ValueError(f"two different jobs are both named {job.name!r}")
         out[job.name] = job

@@ -1,7 +1,8 @@
 """Specialist models for confusable classes (the paper's section 5, Tables 3 and 4).
 
-What this file achieves: with the generalist of a dataset (the ensembles section's 100%-data net of each seed,
-member 0 of ensemble s), it
+What this file achieves: it defines the generalist of a dataset (the ensembles section's net of that dataset with
+the profile's `specialists.generalist` keys on top, e.g. a narrower net: the paper's generalist was limited by its
+task, not by its data; one per seed of the section's own `seeds`), and with it
 
 1. finds confusable clusters: k-means (scikit-learn) on the columns of the covariance matrix of the generalists'
    predicted probabilities on the validation split (labels never used), scaled to a correlation matrix so that
@@ -56,8 +57,8 @@ def cluster_config(cfg: dict) -> dict:
     """The part of the config the clusters checkpoint sees: seeds, the generalists' recipe, cluster settings."""
     sp = cfg["specialists"]
     return {"profile": cfg["profile"], "seeds": cfg["seeds"], "ensembles": cfg["ensembles"],
-            "specialists": {"clusters": sp["clusters"],
-                            "datasets": {d: {"clusters": (v or {}).get("clusters", {})}
+            "specialists": {"seeds": seeds(cfg), "generalist": sp.get("generalist", {}), "clusters": sp["clusters"],
+                            "datasets": {d: {k: (v or {}).get(k, {}) for k in ("clusters", "generalist")}
                                          for d, v in sp["datasets"].items()}}}
 
 
@@ -66,8 +67,27 @@ def job(dataset: str, i: int) -> str:
     return f"specialists/{dataset}/spec{i}"
 
 
+def seeds(cfg: dict) -> list[int]:
+    """The section's seeds: its own `seeds` if set (a small generalist affords more), else the profile's."""
+    return list(cfg["specialists"].get("seeds") or cfg["seeds"])
+
+
+def generalist_job(dataset: str) -> str:
+    """The plan's name of a dataset's generalists (one member per seed)."""
+    return f"specialists/{dataset}/generalist"
+
+
+def generalist_config(cfg: dict, dataset: str) -> dict:
+    """The generalist's `kdbench.train` config: the ensembles section's recipe for the dataset, then the
+    specialists' common and per-dataset `generalist` keys."""
+    sp = cfg["specialists"]
+    own = (sp["datasets"][dataset] or {}).get("generalist", {})
+    return {**ensembles.train_config(cfg, dataset, "ensemble", None), **sp.get("generalist", {}), **own}
+
+
 def generalist_members(cfg: dict) -> list[int]:
-    return ensembles.single_teacher_members(cfg)
+    """Positions of the seeds' generalists in the generalist job's batched model: seed i is member i."""
+    return list(range(len(seeds(cfg))))
 
 
 # ---------------------------------------------------------------------------------------------------- clusters
@@ -99,10 +119,10 @@ def find_clusters(cov: torch.Tensor, ks: list[int], min_size: int, max_size: int
     return out
 
 
-def clusters_for(cfg: dict, dataset: str, ensemble_logits: Path | str) -> dict:
+def clusters_for(cfg: dict, dataset: str, generalist_logits: Path | str) -> dict:
     """The clusters of a dataset from its generalists' validation predictions (what the workflow checkpoint writes)."""
     s = cluster_settings(cfg, dataset)
-    blob = torch.load(ensemble_logits, map_location="cpu", weights_only=False)
+    blob = torch.load(generalist_logits, map_location="cpu", weights_only=False)
     probs = torch.softmax(blob["val"][generalist_members(cfg)].float(), -1)
     cov = prediction_covariance(probs)
     clusters = find_clusters(correlation(cov), s["k"], s["min_size"], s["max_size"], s["seed"])
@@ -110,18 +130,17 @@ def clusters_for(cfg: dict, dataset: str, ensemble_logits: Path | str) -> dict:
         raise ValueError(f"specialists: no cluster of {s['min_size']}..{s['max_size']} classes in {dataset}'s "
                          f"k-means partitions for k={s['k']}; widen the size limits or change k")
     return {"dataset": dataset, "clusters": clusters, "k": s["k"], "covariance": cov.tolist(),
-            "source": str(ensemble_logits)}
+            "source": str(generalist_logits)}
 
 
 # ---------------------------------------------------------------------------------------------------- training
 
 def base_config(cfg: dict, dataset: str) -> dict:
-    """What every specialist of a dataset shares: the generalist's recipe, started from the generalist (its seed's
-    member of the ensembles section's model), the profile's specialist training keys and subset fraction.
-    `with_cluster` adds a cluster."""
-    base = ensembles.train_config(cfg, dataset, "ensemble", None)
+    """What every specialist of a dataset shares: the generalist's recipe, started from the generalist of its seed,
+    the profile's specialist training keys and subset fraction. `with_cluster` adds a cluster."""
+    base = generalist_config(cfg, dataset)
     s = settings(cfg, dataset)
-    generalist = layout.model(layout.runs(cfg["profile"]), ensembles.job(dataset, "ensemble"))
+    generalist = layout.model(layout.runs(cfg["profile"]), generalist_job(dataset))
     return {**base, **s["train"], "subset_fraction": s["subset_fraction"],
             "init_from": str(generalist), "init_members": generalist_members(cfg)}
 
@@ -210,14 +229,14 @@ def evaluate(cfg: dict, dataset: str, runs: Path | str, clusters: list[list[int]
     """Per seed: generalist and combined log-probabilities on the test set, and the metrics of both."""
     runs = Path(runs)
     s = settings(cfg, dataset)
-    ens = torch.load(layout.logits(runs, ensembles.job(dataset, "ensemble")), map_location="cpu", weights_only=False)
+    ens = torch.load(layout.logits(runs, generalist_job(dataset)), map_location="cpu", weights_only=False)
     labels = ens["test_labels"]
     specs = [torch.load(layout.logits(runs, job(dataset, m)), map_location="cpu",
                         weights_only=False) for m in range(len(clusters))]
     covered = sorted({c for cl in clusters for c in cl})
     cover = coverage(labels, clusters, ens["test"].shape[-1])
     per_seed = []
-    for i, seed in enumerate(cfg["seeds"]):
+    for i, seed in enumerate(seeds(cfg)):
         log_pg = torch.log_softmax(ens["test"][generalist_members(cfg)[i]].float(), -1)
         spec_lp = []
         for m in range(len(clusters)):
@@ -289,12 +308,12 @@ def markdown(summary: pd.DataFrame, cfg: dict, facts: dict) -> str:
         return "" if r is None or pd.isna(r["paper"]) else f" ({r['paper']:g})"
 
     lines = [f"# Specialists for confusable classes (profile `{cfg['profile']}`)", "",
-             f"Mean ± std over {len(cfg['seeds'])} seeds; the paper's JFT numbers (61 specialists, 15,000 classes) in "
+             f"Mean ± std over {len(seeds(cfg))} seeds; the paper's JFT numbers (61 specialists, 15,000 classes) in "
              "parentheses. Conditional accuracy counts only test cases whose true class some specialist covers, "
              "with predictions restricted to the covered classes.", ""]
     for ds in datasets(cfg):
         ev = facts[ds]
-        names = _names(ds)
+        names = _names(ensembles.data_of(cfg, ds))
         s = settings(cfg, ds)
         lines += [f"## {ensembles.TITLES.get(ds, ds)}", "",
                   "Clusters (k-means on the columns of the generalists' prediction covariance scaled to "

@@ -11,6 +11,7 @@ from workflow_helpers import REPO
 SMOKE = yaml.safe_load((REPO / ".test" / "config.yaml").read_text())
 QUICK = yaml.safe_load((REPO / "config" / "quick.yaml").read_text())
 PAPER = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+ROWS = tuple(SMOKE["ensembles"]["datasets"])
 
 
 @pytest.mark.parametrize("cfg", [SMOKE, QUICK, PAPER], ids=["smoke", "quick", "paper"])
@@ -49,7 +50,7 @@ def test_adding_a_variant_adds_its_jobs_in_every_distillation_experiment_and_cha
     added = sorted(set(after) - set(before))
     assert added == sorted(f"variants/{e}/fitnets" for e in
                            ["mnist_distilled_T20", "mnist_w30_bestT"] +
-                           [f"{ds}_{k}" for ds in ("speech", "speech_unseen", "fashion_mnist")
+                           [f"{ds}_{k}" for ds in ROWS
                             for k in ("distilled_bestT", "soft3")])
     born = plan.jobs(_with(SMOKE, variants=["hinton", "soft_only", "born_again"]))
     assert {n.rsplit("/", 1)[-1] for n in set(born) - set(before)} == {"born_again", "hard"}  # its teacher too
@@ -69,7 +70,7 @@ def test_a_recipe_change_changes_exactly_the_jobs_that_use_it():
     # the Table 5 soft-target nets and every variant's run in the Table 5 experiments that takes a temperature
     assert differ and all("soft3" in n for n in differ)
     assert {n for n in differ if n.startswith("ensembles/")} == {f"ensembles/{ds}/soft3" for ds in
-                                                                 ("speech", "speech_unseen", "fashion_mnist")}
+                                                                 ROWS}
     assert not any(n.endswith("/hard") for n in differ)
 
 
@@ -85,6 +86,20 @@ def test_the_smoke_plan_has_every_system_once_with_distinct_seeds():
         assert list(jobs[f"ensembles/{ds}/ensemble"].seeds) == seeds
         assert {n for n in jobs if n.startswith(f"ensembles/{ds}/")} == {
             f"ensembles/{ds}/{s}" for s in ensembles.systems(SMOKE)}
+
+
+def test_the_specialists_generalist_is_planned_with_the_sections_seeds_and_its_own_recipe():
+    from kdbench import specialists
+    cfg = _with(SMOKE, **{"specialists.seeds": [3, 4, 5], "specialists.generalist": {"epochs": 7}})
+    cfg["specialists"]["datasets"]["fashion_mnist"] = {"generalist": {"widths": [784, 16, 10]}}
+    job = plan.jobs(cfg)["specialists/fashion_mnist/generalist"]
+    assert job.seeds == (3, 4, 5) and job.config["widths"] == [784, 16, 10] and job.config["epochs"] == 7
+    spec = specialists.train_config(cfg, "fashion_mnist", [0, 6])
+    assert spec["init_from"].endswith("specialists/fashion_mnist/generalist/model.pt")
+    assert spec["init_members"] == [0, 1, 2] and spec["widths"] == [784, 16, 3] and spec["epochs"] != 7
+    # the section's own seeds and generalist change none of the other sections' jobs
+    assert {n: j for n, j in plan.jobs(cfg).items() if "specialists/" not in n} == {
+        n: j for n, j in plan.jobs(SMOKE).items() if "specialists/" not in n}
 
 
 def test_kdbench_plan_lists_the_jobs(capsys):

@@ -7,6 +7,11 @@ Every profile: the teacher beats the baseline and the distilled net beats the ba
 Fashion-MNIST): the ensemble beats the single nets, the distilled net keeps at least half of the ensemble's gain,
 soft targets on 3% recover at least half of the 3%-vs-100% gap (the unseen-speaker split has no threshold).
 Specialists: generalist + specialists is not worse than the generalist.
+Issue 12 in addition: every `*_pct` row carries its 95% interval over seeds; Table 1's main row (TABLE1_MAIN) shows an
+ensemble gain of at least 1 point with its interval above 0 and a distilled net keeping at least 60% of it; soft
+targets on 3% of the speech frames recover at least 70% of the gap; on at least one dataset the specialists gain at
+least 1% relative with their interval above 0, and every dataset's Table 4 has rows for 0, 1 and 2+ covering
+specialists.
 """
 from pathlib import Path
 
@@ -64,6 +69,17 @@ CLAIM_DATASETS = ["speech", "fashion_mnist"]
 # paper's claim puts it, the miss is visible in every test run, and the day a re-run meets the bar the test fails
 # until its entry is removed here. Keyed by (profile, section or dataset, claim).
 KNOWN_MISSES = {
+    ("quick", "all", "intervals"):
+        "quick: summary.csv predates the ci95_low/ci95_high columns (results/quick was not regenerated since)",
+    ("quick", "speech_narrow", "table1_main"):
+        "quick: results/quick predates the speech_narrow row (Table 1's main row); measured outside the workflow "
+        "(2 seeds): the ensemble gains 2.33 and 2.54 points, the distilled net keeps at most 37% of it",
+    ("quick", "speech", "table5_70"):
+        "quick: soft targets on 3% recover 54.1 +- 10.5% of the speech gap (T=2), under the 70% bar",
+    ("quick", "all", "specialists_gain"):
+        "quick: specialists gain +0.19 +- 0.30% (Fashion-MNIST) and -0.15 +- 0.18% (speech) relative",
+    ("quick", "all", "table4_rows"):
+        "quick: every class is covered by a specialist, so Table 4 has no row for 0 covering specialists",
     ("quick", "fashion_mnist", "distilled_gain"):
         "quick: the 10-net ensemble gains only 0.24 points over its members and the distilled net keeps -29.7%",
     ("quick", "speech", "distilled_gain"):
@@ -113,3 +129,52 @@ def test_specialists_do_not_hurt_the_generalist(summary, dataset, request):
     _known_miss(request, profile, dataset, "specialists")
     gen = _cell(s, "specialists", f"{dataset}/generalist", "test_accuracy_pct")
     assert _cell(s, "specialists", f"{dataset}/with_specialists", "test_accuracy_pct") >= gen
+
+
+# ---- issue 12: every claim with its interval, and analogs that can show the paper's effects
+TABLE1_MAIN = "speech_narrow"  # the documented split with nets limited by their width: where 10 nets gain ~2 points
+
+
+def _row(s, section, system, metric):
+    row = s[(s.section == section) & (s.system == system) & (s.metric == metric)]
+    assert len(row) == 1, f"no row {section}/{system}/{metric}"
+    return row.iloc[0]
+
+
+def test_every_pct_row_carries_its_95pct_interval(summary, request):
+    profile, s = summary
+    _known_miss(request, profile, "all", "intervals")
+    assert {"ci95_low", "ci95_high"} <= set(s.columns)
+    rows = s[s.metric.str.endswith("_pct") & (s.n_seeds >= 2)]
+    assert len(rows) and rows.ci95_low.notna().all() and rows.ci95_high.notna().all()
+    assert ((rows.ci95_low <= rows["mean"]) & (rows["mean"] <= rows.ci95_high)).all()
+
+
+def test_table1_main_row_ensemble_gains_a_point_and_the_distilled_net_keeps_60pct(summary, request):
+    profile, s = summary  # paper: 2.2 points gained, 86% of it kept
+    _known_miss(request, profile, TABLE1_MAIN, "table1_main")
+    gain = _row(s, TABLE1_MAIN, "ensemble_arithmetic", "gain_over_members_pct")
+    assert gain["mean"] >= 1.0 and gain["ci95_low"] > 0
+    assert _row(s, TABLE1_MAIN, "distilled", "gain_recovered_pct")["mean"] >= 60.0
+
+
+def test_soft_targets_recover_70pct_of_the_speech_gap(summary, request):
+    profile, s = summary  # paper: 87%
+    _known_miss(request, profile, "speech", "table5_70")
+    assert _row(s, "speech", "soft_3", "gap_recovered_pct")["mean"] >= 70.0
+
+
+def test_specialists_gain_a_percent_with_an_interval_above_0_somewhere(summary, request):
+    profile, s = summary  # paper: +4.4% relative
+    _known_miss(request, profile, "all", "specialists_gain")
+    rows = s[(s.section == "specialists") & (s.metric == "relative_gain_pct")]
+    assert len(rows) and ((rows["mean"] >= 1.0) & (rows["ci95_low"] > 0)).any()
+
+
+def test_table4_has_rows_for_0_1_and_2plus_covering_specialists(summary, request):
+    profile, s = summary
+    _known_miss(request, profile, "all", "table4_rows")
+    t4 = s[(s.section == "specialists") & (s.table == "table4") & (s.metric == "cases")]
+    for dataset in {sys.split("/")[0] for sys in t4.system}:
+        counts = {int(sys.rsplit("_", 1)[1]) for sys in t4.system if sys.startswith(f"{dataset}/covered_by_")}
+        assert 0 in counts and 1 in counts and max(counts) >= 2, f"{dataset}: Table 4 rows {sorted(counts)}"

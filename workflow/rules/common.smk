@@ -104,9 +104,12 @@ rule train:
         "--name {wildcards.job} --device {config[device]} --root {DATA} --threads {threads} > {log} 2>&1"
 
 
-# the ensembles train S seeds x M members (kdbench.ensembles.ensemble_seeds) through the same rule
+# the ensembles train S seeds x M members (kdbench.ensembles.ensemble_seeds) through the same rule, and so do the
+# specialists' generalists when that section has seeds of its own
 MEMBER_SEEDS = ensembles.ensemble_seeds(config)
-assert all(list(j.seeds) in (SEEDS, MEMBER_SEEDS) for j in PLAN.values()), "a planned job with seeds no rule makes"
+GENERALIST_SEEDS = specialists.seeds(config)
+assert all(list(j.seeds) in (SEEDS, MEMBER_SEEDS, GENERALIST_SEEDS) for j in PLAN.values()), \
+    "a planned job with seeds no rule makes"
 
 
 use rule train as train_members with:
@@ -116,6 +119,17 @@ use rule train as train_members with:
         metrics=[RUNS / "{job}" / f"seed{s}" / "metrics.json" for s in MEMBER_SEEDS],
     wildcard_constraints:
         job=one_of(n for n, j in PLAN.items() if list(j.seeds) == MEMBER_SEEDS),
+
+
+if GENERALIST_SEEDS not in (SEEDS, MEMBER_SEEDS):
+
+    use rule train as train_generalists with:
+        output:
+            model=RUNS / "{job}" / "model.pt",
+            logits=RUNS / "{job}" / "logits.pt",
+            metrics=[RUNS / "{job}" / f"seed{s}" / "metrics.json" for s in GENERALIST_SEEDS],
+        wildcard_constraints:
+            job=one_of(n for n, j in PLAN.items() if list(j.seeds) == GENERALIST_SEEDS),
 
 
 rule teacher_logits:

@@ -38,7 +38,7 @@ rule ensemble_teacher_logits:
     group s teaches student s) or member 0 of each seed's ensemble (the 100%-data net teaching the 3% student)."""
     input:
         model=layout.model(RUNS, ensembles.job("{dataset}", "ensemble")),
-        data=lambda w: plan.dataset_files(DATA, w.dataset),
+        data=lambda w: plan.dataset_files(DATA, ensembles.data_of(config, w.dataset)),
     output:
         layout.ensemble_teacher(RUNS, "{dataset}", "{which}"),
     wildcard_constraints:
@@ -67,7 +67,7 @@ rule aggregate_ensembles:
     input:
         runs=[p for ds in ENS_DATASETS for p in ensembles_metrics(ds)],
         logits=[layout.logits(RUNS, ensembles.job(ds, s)) for ds in ENS_DATASETS for s in ensembles.systems(config)],
-        data=[p for ds in ENS_DATASETS for p in plan.dataset_files(DATA, ds)],
+        data=[p for ds in ENS_DATASETS for p in plan.dataset_files(DATA, ensembles.data_of(config, ds))],
         paper=PAPER,
     output:
         summary=RESULTS / "ensembles_summary.csv",

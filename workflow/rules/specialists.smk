@@ -7,6 +7,7 @@ from kdbench import specialists
 
 SPEC_JOB = specialists.job("{dataset}", "{i}")  # specialists/{dataset}/spec{i}
 SPEC_DATASETS = specialists.datasets(config)
+SPEC_SEEDS = specialists.seeds(config)
 # what these rules see of the config: the generalists' recipe (ensembles) and their own block
 SPEC_CONFIG = config_for("profile", "seeds", "ensembles", "specialists")
 
@@ -14,7 +15,7 @@ SPEC_CONFIG = config_for("profile", "seeds", "ensembles", "specialists")
 checkpoint specialist_clusters:
     """k-means on the columns of the covariance of the generalists' validation predictions (no labels used)."""
     input:
-        layout.logits(RUNS, ensembles.job("{dataset}", "ensemble")),
+        layout.logits(RUNS, specialists.generalist_job("{dataset}")),
     output:
         layout.clusters(RUNS, "{dataset}"),
     wildcard_constraints:
@@ -23,7 +24,7 @@ checkpoint specialist_clusters:
         cfg=quoted_json(specialists.cluster_config(config)),
     localrule: True
     shell:
-        "exec kdbench clusters --config-json {params.cfg} --dataset {wildcards.dataset} --ensemble-logits {input} "
+        "exec kdbench clusters --config-json {params.cfg} --dataset {wildcards.dataset} --generalist-logits {input} "
         "--out {output}"
 
 
@@ -36,12 +37,12 @@ rule train_specialist:
     half of each epoch from its cluster."""
     input:
         clusters=layout.clusters(RUNS, "{dataset}"),
-        generalist=layout.model(RUNS, ensembles.job("{dataset}", "ensemble")),
-        data=lambda w: plan.dataset_files(DATA, w.dataset),
+        generalist=layout.model(RUNS, specialists.generalist_job("{dataset}")),
+        data=lambda w: plan.dataset_files(DATA, ensembles.data_of(config, w.dataset)),
     output:
         model=layout.model(RUNS, SPEC_JOB),
         logits=layout.logits(RUNS, SPEC_JOB),
-        metrics=[layout.metrics(RUNS, SPEC_JOB, s) for s in SEEDS],
+        metrics=[layout.metrics(RUNS, SPEC_JOB, s) for s in SPEC_SEEDS],
     wildcard_constraints:
         dataset=one_of(SPEC_DATASETS),
         i=r"\d+",
@@ -49,7 +50,7 @@ rule train_specialist:
         # the cluster's classes are read from clusters.json by the job itself: params that are plain functions of
         # the config keep snakemake's rerun-on-params-change working for jobs that follow a checkpoint
         cfg=lambda w: quoted_json(specialists.base_config(config, w.dataset)),
-        seeds=" ".join(str(s) for s in SEEDS),
+        seeds=" ".join(str(s) for s in SPEC_SEEDS),
         out=lambda w: layout.run(RUNS, specialists.job(w.dataset, w.i)),
     threads: config["threads"]
     resources:
@@ -69,7 +70,7 @@ def all_specialists(w):
     out = []
     for ds in SPEC_DATASETS:
         n = len(specialist_classes(checkpoints.specialist_clusters.get(dataset=ds).output[0]))
-        out += [layout.metrics(RUNS, specialists.job(ds, i), s) for i in range(n) for s in SEEDS]
+        out += [layout.metrics(RUNS, specialists.job(ds, i), s) for i in range(n) for s in SPEC_SEEDS]
         out += [layout.logits(RUNS, specialists.job(ds, i)) for i in range(n)]
     return out
 
@@ -79,7 +80,7 @@ rule aggregate_specialists:
     input:
         runs=all_specialists,
         clusters=[layout.clusters(RUNS, ds) for ds in SPEC_DATASETS],
-        generalists=[layout.logits(RUNS, ensembles.job(ds, "ensemble")) for ds in SPEC_DATASETS],
+        generalists=[layout.logits(RUNS, specialists.generalist_job(ds)) for ds in SPEC_DATASETS],
         paper=PAPER,
     output:
         summary=RESULTS / "specialists_summary.csv",
