@@ -73,7 +73,7 @@ KNOWN_MISSES = {
         "quick: summary.csv predates the ci95_low/ci95_high columns (results/quick was not regenerated since)",
     ("quick", "speech_narrow", "table1_main"):
         "quick: results/quick predates the speech_narrow row (Table 1's main row); measured outside the workflow "
-        "(2 seeds): the ensemble gains 2.33 and 2.54 points, the distilled net keeps at most 37% of it",
+        "(2 seeds): the ensemble gains 2.33 and 2.54 points, the distilled net keeps 37% and 16% of it (T=2)",
     ("quick", "speech", "table5_70"):
         "quick: soft targets on 3% recover 54.1 +- 10.5% of the speech gap (T=2), under the 70% bar",
     ("quick", "all", "specialists_gain"):
