@@ -117,9 +117,19 @@ def fmt_ci(row, digits: int = 1) -> str:
     return f" [{low:.{digits}f}, {high:.{digits}f}]"
 
 
+def fmt_row(row, digits: int = 1) -> str:
+    """A summary row (or None: no such row) as "mean ± std" for a Markdown table."""
+    return "–" if row is None else fmt(row["mean"], row["std"], digits)
+
+
 def fmt_claim(row, digits: int = 1) -> str:
     """A summary row as "mean ± std [low, high]": a derived claim with its 95% interval over seeds."""
-    return "–" if row is None else f"{fmt(row['mean'], row['std'], digits)}{fmt_ci(row, digits)}"
+    return "–" if row is None else f"{fmt_row(row, digits)}{fmt_ci(row, digits)}"
+
+
+def fmt_paper(row) -> str:
+    """ " (the paper's number)" of a summary row, or "" where the paper has none."""
+    return "" if row is None or pd.isna(row["paper"]) else f" ({row['paper']:g})"
 
 
 def write_csv(df: pd.DataFrame, path: Path | str) -> None:

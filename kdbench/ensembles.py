@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from kdbench import layout, speech
-from kdbench.aggregate import Cell, fmt, fmt_claim, read_json
+from kdbench.aggregate import Cell, fmt_claim, fmt_paper, fmt_row, read_json
 
 TABLE1, TABLE5 = "table1", "table5"
 SPEECH = tuple(speech.SPLITS)
@@ -263,14 +263,6 @@ def _row(summary: pd.DataFrame, ds: str, table: str, system: str, metric: str) -
     return None if r.empty else r.iloc[0]
 
 
-def _cell(r: pd.Series | None, digits: int = 2) -> str:
-    return "–" if r is None else fmt(r["mean"], r["std"], digits)
-
-
-def _paper(r: pd.Series | None) -> str:
-    return "" if r is None or pd.isna(r["paper"]) else f" ({r['paper']:g})"
-
-
 def markdown(summary: pd.DataFrame, cfg: dict, facts: dict) -> str:
     m_count, n_seeds = cfg["ensembles"]["members"], len(cfg["seeds"])
     lines = [f"# Ensembles, distillation and soft targets as a regularizer (profile `{cfg['profile']}`)", "",
@@ -289,8 +281,8 @@ def markdown(summary: pd.DataFrame, cfg: dict, facts: dict) -> str:
         for system in ("baseline", "ensemble_arithmetic", "ensemble_geometric", "distilled"):
             r = _row(summary, ds, TABLE1, system, "test_accuracy_pct")
             u = _row(summary, ds, TABLE1, system, "utterance_error_pct")
-            lines.append(f"| {NAMES[system].format(M=m_count)} | {_cell(r)}{_paper(r)} |"
-                         + (f" {_cell(u)}{_paper(u)} |" if sp else ""))
+            lines.append(f"| {NAMES[system].format(M=m_count)} | {fmt_row(r, 2)}{fmt_paper(r)} |"
+                         + (f" {fmt_row(u, 2)}{fmt_paper(u)} |" if sp else ""))
         f = facts.get(ds, {})
         eg = _row(summary, ds, TABLE1, "ensemble_arithmetic", "gain_over_members_pct")
         g = _row(summary, ds, TABLE1, "distilled", "gain_recovered_pct")
@@ -298,17 +290,17 @@ def markdown(summary: pd.DataFrame, cfg: dict, facts: dict) -> str:
         lines += ["", f"Distillation temperature chosen on validation: **T={f.get('chosen_temperature', math.nan):g}** "
                       f"(mean validation error {val}); hard-target weight {cfg['ensembles']['distilled']['hard_weight']}.",
                   f"Gain of the arithmetic ensemble over the mean of its own members, in points (per seed): "
-                  f"**{fmt_claim(eg, 2)}**{_paper(eg)}.",
-                  f"Share of that gain kept by the distilled net (per seed): **{fmt_claim(g)}%**{_paper(g)}.", "",
+                  f"**{fmt_claim(eg, 2)}**{fmt_paper(eg)}.",
+                  f"Share of that gain kept by the distilled net (per seed): **{fmt_claim(g)}%**{fmt_paper(g)}.", "",
                   "### Table 5 analog: soft targets on 3% of the training set", "",
                   "| System | Train accuracy % | Test accuracy % |", "|---|---|---|"]
         for system in ("baseline_100", "baseline_3", "soft_3"):
             tr = _row(summary, ds, TABLE5, system, "train_accuracy_pct")
             te = _row(summary, ds, TABLE5, system, "test_accuracy_pct")
-            lines.append(f"| {NAMES[system]} | {_cell(tr)}{_paper(tr)} | {_cell(te)}{_paper(te)} |")
+            lines.append(f"| {NAMES[system]} | {fmt_row(tr, 2)}{fmt_paper(tr)} | {fmt_row(te, 2)}{fmt_paper(te)} |")
         gap = _row(summary, ds, TABLE5, "soft_3", "gap_recovered_pct")
         lines += ["", f"Share of the test-accuracy gap between 3% and 100% recovered by soft targets: "
-                      f"**{fmt_claim(gap)}%**{_paper(gap)}. The 3% hard-target runs stopped early at epochs "
+                      f"**{fmt_claim(gap)}%**{fmt_paper(gap)}. The 3% hard-target runs stopped early at epochs "
                       f"{f.get('base3_epochs')} (best validation); the soft-target runs ran every epoch.", ""]
     return "\n".join(lines) + "\n"
 

@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 
 from kdbench import ensembles, layout
-from kdbench.aggregate import Cell, fmt, fmt_claim, read_json
+from kdbench.aggregate import Cell, fmt_claim, fmt_paper, fmt_row, read_json
 
 TABLE3, TABLE4 = "table3", "table4"
 
@@ -229,15 +229,15 @@ def evaluate(cfg: dict, dataset: str, runs: Path | str, clusters: list[list[int]
     """Per seed: generalist and combined log-probabilities on the test set, and the metrics of both."""
     runs = Path(runs)
     s = settings(cfg, dataset)
-    ens = torch.load(layout.logits(runs, generalist_job(dataset)), map_location="cpu", weights_only=False)
-    labels = ens["test_labels"]
+    gen = torch.load(layout.logits(runs, generalist_job(dataset)), map_location="cpu", weights_only=False)
+    labels = gen["test_labels"]
     specs = [torch.load(layout.logits(runs, job(dataset, m)), map_location="cpu",
                         weights_only=False) for m in range(len(clusters))]
     covered = sorted({c for cl in clusters for c in cl})
-    cover = coverage(labels, clusters, ens["test"].shape[-1])
+    cover = coverage(labels, clusters, gen["test"].shape[-1])
     per_seed = []
     for i, seed in enumerate(seeds(cfg)):
-        log_pg = torch.log_softmax(ens["test"][generalist_members(cfg)[i]].float(), -1)
+        log_pg = torch.log_softmax(gen["test"][generalist_members(cfg)[i]].float(), -1)
         spec_lp = []
         for m in range(len(clusters)):
             rec = read_json(layout.metrics(runs, job(dataset, m), seed))
@@ -301,12 +301,6 @@ def markdown(summary: pd.DataFrame, cfg: dict, facts: dict) -> str:
         r = summary[(summary.table == table) & (summary.system == f"{ds}/{system}") & (summary.metric == metric)]
         return None if r.empty else r.iloc[0]
 
-    def cell(r, digits=2):
-        return "–" if r is None else fmt(r["mean"], r["std"], digits)
-
-    def paper(r):
-        return "" if r is None or pd.isna(r["paper"]) else f" ({r['paper']:g})"
-
     lines = [f"# Specialists for confusable classes (profile `{cfg['profile']}`)", "",
              f"Mean ± std over {len(seeds(cfg))} seeds; the paper's JFT numbers (61 specialists, 15,000 classes) in "
              "parentheses. Conditional accuracy counts only test cases whose true class some specialist covers, "
@@ -329,9 +323,9 @@ def markdown(summary: pd.DataFrame, cfg: dict, facts: dict) -> str:
                               ("with_specialists", f"+ {len(ev['clusters'])} specialist models")):
             c = row(ds, TABLE3, system, "conditional_accuracy_pct")
             t = row(ds, TABLE3, system, "test_accuracy_pct")
-            lines.append(f"| {label} | {cell(c)}{paper(c)} | {cell(t)}{paper(t)} |")
+            lines.append(f"| {label} | {fmt_row(c, 2)}{fmt_paper(c)} | {fmt_row(t, 2)}{fmt_paper(t)} |")
         g = row(ds, TABLE3, "with_specialists", "relative_gain_pct")
-        lines += ["", f"Relative change of test accuracy: **{fmt_claim(g, 2)}%**{paper(g)} (mean ± std [95% interval] "
+        lines += ["", f"Relative change of test accuracy: **{fmt_claim(g, 2)}%**{fmt_paper(g)} (mean ± std [95% interval] "
                       "over seeds, each seed against its own generalist).", "",
                   "### Table 4 analog: by the number of specialists covering the correct class", "",
                   "| # specialists covering | # test cases | Δ correct | Relative accuracy change % |",
@@ -340,7 +334,7 @@ def markdown(summary: pd.DataFrame, cfg: dict, facts: dict) -> str:
             cases = row(ds, TABLE4, f"covered_by_{n_cov}", "cases")
             delta = row(ds, TABLE4, f"covered_by_{n_cov}", "delta_correct")
             rel = row(ds, TABLE4, f"covered_by_{n_cov}", "relative_change_pct")
-            lines.append(f"| {n_cov} | {cell(cases, 0)} | {cell(delta, 1)} | {fmt_claim(rel, 2)} |")
+            lines.append(f"| {n_cov} | {fmt_row(cases, 0)} | {fmt_row(delta, 1)} | {fmt_claim(rel, 2)} |")
         lines.append("")
     return "\n".join(lines) + "\n"
 
