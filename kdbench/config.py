@@ -120,12 +120,12 @@ def _check_val_speakers(out: dict, where: str) -> None:
     if out["dataset"] not in speech.SPLITS:
         raise ConfigError(f"{where}: val_speakers applies to speech splits only, not {out['dataset']!r}. Fix: remove "
                           f"val_speakers")
-    train_speakers = [s for s in speech.SPEAKERS if any(not speech.in_test(out["dataset"], s, t) for t in range(50))]
+    train_speakers = speech.train_speakers(out["dataset"])
     bad = [s for s in out["val_speakers"] if s not in train_speakers]
     if bad or len(set(out["val_speakers"])) == len(train_speakers):
         raise ConfigError(f"{where}: val_speakers {out['val_speakers']} must name some, not all, of the training "
                           f"speakers of {out['dataset']}: {train_speakers}. Fix: choose from those")
-    n = sum(not speech.in_test(out["dataset"], s, t) for s in set(out["val_speakers"]) for t in range(50)) * 10
+    n = speech.train_utterances(out["dataset"], out["val_speakers"])
     if out["val_size"] >= n:
         raise ConfigError(f"{where}: val_size {out['val_size']} must be below the {n} utterances of "
                           f"{out['val_speakers']} it is drawn from. Fix: set val_size below {n}")

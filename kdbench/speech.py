@@ -218,9 +218,15 @@ def in_test(split: str, speaker: str, take: int) -> bool:
     raise ValueError(f"unknown speech split {split!r}; known: {sorted(SPLITS)}")
 
 
-def train_utterances(split: str) -> int:
-    """How many recordings of FSDD (6 speakers x 10 digits x 50 takes) fall in the split's training part."""
-    return sum(not in_test(split, speaker, take) for speaker in SPEAKERS for take in range(50)) * 10
+def train_utterances(split: str, speakers: list[str] | None = None) -> int:
+    """How many recordings of FSDD (6 speakers x 10 digits x 50 takes), of all speakers or of `speakers`, fall in the
+    split's training part."""
+    return sum(not in_test(split, speaker, take) for speaker in set(speakers or SPEAKERS) for take in range(50)) * 10
+
+
+def train_speakers(split: str) -> list[str]:
+    """The speakers with recordings in the split's training part."""
+    return [s for s in SPEAKERS if train_utterances(split, [s])]
 
 
 def features_path(root: Path | str, split: str) -> Path:
