@@ -3,8 +3,9 @@
 What this file achieves: for every dataset of the profile's `ensembles` block (`speech`, `speech_unseen` frame
 classification, `fashion_mnist` images) it defines the training configs of
 
-  - `ensemble`: S x M single nets (S = the profile's seeds, M members each) trained as one batched model; member m
-    of ensemble s differs only in its init and data order (seed 1000 + 100 s + m). Its members are the baselines;
+  - `ensemble`: S x M single nets (S = the section's seeds: `ensembles.seeds`, else the profile's; M members each)
+    trained as one batched model; member m of ensemble s differs only in its init and data order
+    (seed 1000 + 100 s + m). Its members are the baselines;
   - `distilled_T{T}`: one net of the members' size per seed s, distilled from ensemble s's soft targets
     (arithmetic mean of the members' tempered probabilities, hinton loss); T is chosen on validation;
   - `base3` / `soft3`: the baseline net on a seeded 3% of the training examples, on hard targets with early stopping,
@@ -40,17 +41,24 @@ def data_of(cfg: dict, row: str) -> str:
     return (cfg["ensembles"]["datasets"][row] or {}).get("data", row)
 
 
+def seeds(cfg: dict) -> list[int]:
+    """The section's seeds: its own `seeds` if set (ten-member ensembles of small nets afford more), else the
+    profile's. Every system of the section (ensembles, distilled nets, 3% nets) and every variant's student of its
+    experiments trains on them."""
+    return list(cfg["ensembles"].get("seeds") or cfg["seeds"])
+
+
 def member_seed(seed: int, m: int) -> int:
     return 1000 + 100 * seed + m
 
 
 def ensemble_seeds(cfg: dict) -> list[int]:
-    return [member_seed(s, m) for s in cfg["seeds"] for m in range(cfg["ensembles"]["members"])]
+    return [member_seed(s, m) for s in seeds(cfg) for m in range(cfg["ensembles"]["members"])]
 
 
 def single_teacher_members(cfg: dict) -> list[int]:
     """Positions (in the ensemble model) of each seed's 100%-data net: member 0 of ensemble s."""
-    return [i * cfg["ensembles"]["members"] for i in range(len(cfg["seeds"]))]
+    return [i * cfg["ensembles"]["members"] for i in range(len(seeds(cfg)))]
 
 
 def systems(cfg: dict) -> list[str]:
@@ -98,7 +106,7 @@ def train_config(cfg: dict, dataset: str, system: str, teacher_logits: str | Non
 
 
 def system_seeds(cfg: dict, system: str) -> list[int]:
-    return ensemble_seeds(cfg) if system == "ensemble" else list(cfg["seeds"])
+    return ensemble_seeds(cfg) if system == "ensemble" else seeds(cfg)
 
 
 # ---------------------------------------------------------------------------------------------------- evaluation
@@ -168,7 +176,7 @@ def choose_temperature(cfg: dict, runs: Path, dataset: str) -> tuple[float, dict
     val = {}
     for t in cfg["ensembles"]["distilled"]["temperatures"]:
         blob = _logits(runs, dataset, distilled_name(t))
-        val[float(t)] = 100.0 - sum(accuracy_pct(blob["val"], blob["val_labels"])) / len(cfg["seeds"])
+        val[float(t)] = 100.0 - sum(accuracy_pct(blob["val"], blob["val_labels"])) / len(seeds(cfg))
     return min(val, key=lambda t: (val[t], t)), val
 
 
@@ -188,60 +196,60 @@ def cells(cfg: dict, runs: Path | str, root: Path | str | None = None) -> tuple[
 
 def _table1(cfg: dict, runs: Path, ds: str, ens: dict, ev: "_Eval", add) -> dict:
     """Single nets, arithmetic and geometric ensembles, the distilled net at the T chosen on validation."""
-    m_count, seeds = cfg["ensembles"]["members"], list(cfg["seeds"])
+    m_count, sds = cfg["ensembles"]["members"], seeds(cfg)
     ens_src = _src(runs, ds, "ensemble")
     single = ev(ens["test"])  # every member
     metric_names = list(single)
     for metric in metric_names:
         add(TABLE1, "baseline", metric, [(sd, v, ens_src) for sd, v in zip(ensemble_seeds(cfg), single[metric])])
     per_seed_base = [sum(single["test_accuracy_pct"][i * m_count:(i + 1) * m_count]) / m_count
-                     for i in range(len(seeds))]
+                     for i in range(len(sds))]
     combos, curves = {}, {"sizes": list(range(1, m_count + 1))}
     for how in ("arithmetic", "geometric"):
         vals = {metric: [] for metric in metric_names}
-        for i in range(len(seeds)):
+        for i in range(len(sds)):
             member_logits = ens["test"][i * m_count:(i + 1) * m_count]
             r = ev(combine(member_logits, how))
             for metric in metric_names:
                 vals[metric].append(r[metric][0])
             if how == "arithmetic":
-                curves[seeds[i]] = [accuracy_pct(combine(member_logits[:n], how), ev.labels)[0]
-                                    for n in range(1, m_count + 1)]
+                curves[sds[i]] = [accuracy_pct(combine(member_logits[:n], how), ev.labels)[0]
+                                  for n in range(1, m_count + 1)]
         combos[how] = vals
         for metric in metric_names:
-            add(TABLE1, f"ensemble_{how}", metric, [(s, v, ens_src) for s, v in zip(seeds, vals[metric])])
+            add(TABLE1, f"ensemble_{how}", metric, [(s, v, ens_src) for s, v in zip(sds, vals[metric])])
         add(TABLE1, f"ensemble_{how}", "gain_over_members_pct",
-            [(s, v - b, ens_src) for s, v, b in zip(seeds, vals["test_accuracy_pct"], per_seed_base)])
+            [(s, v - b, ens_src) for s, v, b in zip(sds, vals["test_accuracy_pct"], per_seed_base)])
     t_best, val_err = choose_temperature(cfg, runs, ds)
     dist_src = _src(runs, ds, distilled_name(t_best))
     d = ev(_logits(runs, ds, distilled_name(t_best))["test"])
     for metric in metric_names:
-        add(TABLE1, "distilled", metric, [(s, v, dist_src) for s, v in zip(seeds, d[metric])])
-    add(TABLE1, "distilled", "chosen_temperature", [(s, t_best, dist_src) for s in seeds], unit="T")
+        add(TABLE1, "distilled", metric, [(s, v, dist_src) for s, v in zip(sds, d[metric])])
+    add(TABLE1, "distilled", "chosen_temperature", [(s, t_best, dist_src) for s in sds], unit="T")
     gain = [share_recovered(dv, b, ea)
             for dv, b, ea in zip(d["test_accuracy_pct"], per_seed_base, combos["arithmetic"]["test_accuracy_pct"])]
-    add(TABLE1, "distilled", "gain_recovered_pct", [(s, g, dist_src) for s, g in zip(seeds, gain)])
+    add(TABLE1, "distilled", "gain_recovered_pct", [(s, g, dist_src) for s, g in zip(sds, gain)])
     return {"chosen_temperature": t_best, "val_error_pct_by_T": val_err, "size_curve": curves}
 
 
 def _table5(cfg: dict, runs: Path, ds: str, ens: dict, ev: "_Eval", add) -> dict:
     """Train and test accuracy of the 100%-data net (member 0 of each ensemble), 3% hard, 3% soft; the gap share."""
-    seeds, t5, facts = list(cfg["seeds"]), {}, {}
+    sds, t5, facts = seeds(cfg), {}, {}
     for system, run, members in (("baseline_100", "ensemble", single_teacher_members(cfg)),
-                                 ("baseline_3", "base3", list(range(len(seeds)))),
-                                 ("soft_3", "soft3", list(range(len(seeds))))):
+                                 ("baseline_3", "base3", list(range(len(sds)))),
+                                 ("soft_3", "soft3", list(range(len(sds))))):
         blob = ens if run == "ensemble" else _logits(runs, ds, run)
         test = ev(blob["test"][members])["test_accuracy_pct"]
-        run_seeds = [ensemble_seeds(cfg)[j] for j in members] if run == "ensemble" else seeds
+        run_seeds = [ensemble_seeds(cfg)[j] for j in members] if run == "ensemble" else sds
         recs = [_metrics(runs, ds, run, sd) for sd in run_seeds]
         add(TABLE5, system, "train_accuracy_pct", [(s, 100.0 * r["train_accuracy"], src)
-                                                   for s, (r, src) in zip(seeds, recs)])
-        add(TABLE5, system, "test_accuracy_pct", [(s, v, src) for s, v, (_, src) in zip(seeds, test, recs)])
+                                                   for s, (r, src) in zip(sds, recs)])
+        add(TABLE5, system, "test_accuracy_pct", [(s, v, src) for s, v, (_, src) in zip(sds, test, recs)])
         t5[system] = test
         if run == "base3":
             facts["base3_epochs"] = [r["final_epoch"] for r, _ in recs]
     rec = [share_recovered(s3, b3, b100) for s3, b3, b100 in zip(t5["soft_3"], t5["baseline_3"], t5["baseline_100"])]
-    add(TABLE5, "soft_3", "gap_recovered_pct", [(s, v, _src(runs, ds, "soft3")) for s, v in zip(seeds, rec)])
+    add(TABLE5, "soft_3", "gap_recovered_pct", [(s, v, _src(runs, ds, "soft3")) for s, v in zip(sds, rec)])
     return facts
 
 
@@ -264,7 +272,7 @@ def _row(summary: pd.DataFrame, ds: str, table: str, system: str, metric: str) -
 
 
 def markdown(summary: pd.DataFrame, cfg: dict, facts: dict) -> str:
-    m_count, n_seeds = cfg["ensembles"]["members"], len(cfg["seeds"])
+    m_count, n_seeds = cfg["ensembles"]["members"], len(seeds(cfg))
     lines = [f"# Ensembles, distillation and soft targets as a regularizer (profile `{cfg['profile']}`)", "",
              f"Mean ± std over {n_seeds} seeds (the baseline row: over all {n_seeds * m_count} single nets); derived "
              "claims also carry [the 95% t interval] of their per-seed values, each seed's value computed from that "

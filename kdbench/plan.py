@@ -66,7 +66,7 @@ def _variant_jobs(cfg: dict) -> list[Job]:
             if name == exp.hinton_run:
                 continue  # the section's own run
             temp = exp.temperature_from if variants.needs_chosen_temperature(exp, v) else None
-            out.append(_job(name, cfg["seeds"], variants.train_config(cfg, exp, v), temp))
+            out.append(_job(name, exp.seeds, variants.train_config(cfg, exp, v), temp))
     return out
 
 

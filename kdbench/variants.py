@@ -41,6 +41,7 @@ class Experiment:
     temperature_from: str | None = None  # the temperature chosen on validation, read when the job starts
     choice: dict | None = None  # what that choice compares: the sweep's runs of {"width"}, or {"dataset"}'s nets
     metric: str = "test_errors"  # "test_errors" (count) or "test_accuracy_pct"
+    seeds: tuple[int, ...] = ()  # the seeds its students train on: its section's
 
 
 TABLES = {"mnist": "MNIST students (section 3), test errors of 10,000",
@@ -53,11 +54,13 @@ def experiments(cfg: dict) -> list[Experiment]:
     teacher_logits, teacher_model = str(layout.train_logits(runs, "teacher")), str(layout.model(runs, "teacher"))
     width = cfg["variant_experiments"]["mnist_bestT_width"]
     best = f"mnist_w{width}_bestT"
+    mnist_seeds, ens_seeds = tuple(cfg["seeds"]), tuple(ensembles.seeds(cfg))
     out = [Experiment("mnist_distilled_T20", "mnist", mnist.train_config(cfg, "distilled_T20", teacher_logits),
-                      teacher_logits, teacher_model, None, hinton_run="distilled_T20"),
+                      teacher_logits, teacher_model, None, hinton_run="distilled_T20", seeds=mnist_seeds),
            Experiment(best, "mnist", mnist.train_config(cfg, mnist.sweep_name(width, cfg["mnist"]["sweep"][
                "temperatures"][0]), teacher_logits), teacher_logits, teacher_model, None,
-               temperature_from=str(layout.chosen_temperature(results, best)), choice={"width": width})]
+               temperature_from=str(layout.chosen_temperature(results, best)), choice={"width": width},
+               seeds=mnist_seeds)]
     for ds in ensembles.datasets(cfg):
         ens_model = str(layout.model(runs, ensembles.job(ds, "ensemble")))
         firsts = ensembles.single_teacher_members(cfg)
@@ -66,9 +69,10 @@ def experiments(cfg: dict) -> list[Experiment]:
         name = f"{ds}_distilled_bestT"
         out.append(Experiment(name, "table1", ensembles.train_config(cfg, ds, t0, whole), whole, ens_model, firsts,
                               temperature_from=str(layout.chosen_temperature(results, name)),
-                              choice={"dataset": ds}, metric="test_accuracy_pct"))
+                              choice={"dataset": ds}, metric="test_accuracy_pct", seeds=ens_seeds))
         out.append(Experiment(f"{ds}_soft3", "table5", ensembles.train_config(cfg, ds, "soft3", single), single,
-                              ens_model, firsts, hinton_run=ensembles.job(ds, "soft3"), metric="test_accuracy_pct"))
+                              ens_model, firsts, hinton_run=ensembles.job(ds, "soft3"), metric="test_accuracy_pct",
+                              seeds=ens_seeds))
     return out
 
 
@@ -123,7 +127,7 @@ def choice_config(cfg: dict, experiment: Experiment) -> dict:
         temps = {"mnist": {"sweep": {"temperatures": cfg["mnist"]["sweep"]["temperatures"]}}}
     else:
         temps = {"ensembles": {"distilled": {"temperatures": cfg["ensembles"]["distilled"]["temperatures"]}}}
-    return {"experiment": experiment.name, "seeds": cfg["seeds"], "choice": c, **temps}
+    return {"experiment": experiment.name, "seeds": list(experiment.seeds), "choice": c, **temps}
 
 
 def choice_inputs(spec: dict, runs: Path | str) -> list[Path]:
@@ -158,11 +162,11 @@ def _value(rec: dict, metric: str) -> float:
 
 
 def table_config(cfg: dict, tables: tuple[str, ...] = tuple(TABLES), name: str = "variants") -> dict:
-    """What the variants' tables read of a profile: seeds, variants and each experiment's name, group, metric and
+    """What the variants' tables read of a profile: variants and each experiment's name, group, metric, seeds and
     runs, so that a recipe or a table setting elsewhere does not redo them. `tables` picks groups of experiments
     (`mnist_section` builds `variants_mnist.*` from the MNIST students alone); `name` names the output files."""
-    return {"profile": cfg["profile"], "seeds": cfg["seeds"], "variants": cfg["variants"], "name": name,
-            "experiments": [{"name": e.name, "table": e.table, "metric": e.metric,
+    return {"profile": cfg["profile"], "variants": cfg["variants"], "name": name,
+            "experiments": [{"name": e.name, "table": e.table, "metric": e.metric, "seeds": list(e.seeds),
                              "jobs": {v: job_name(e, v) for v in dict.fromkeys(["hinton", *cfg["variants"]])}}
                             for e in experiments(cfg) if e.table in tables]}
 
@@ -173,13 +177,13 @@ def table(spec: dict, runs: Path | str) -> pd.DataFrame:
     rows = []
     for exp in spec["experiments"]:
         ref = {s: _value(read_json(layout.metrics(runs, exp["jobs"]["hinton"], s)), exp["metric"])
-               for s in spec["seeds"]}
+               for s in exp["seeds"]}
         for variant in spec["variants"]:
-            paths = [layout.metrics(runs, exp["jobs"][variant], s) for s in spec["seeds"]]
+            paths = [layout.metrics(runs, exp["jobs"][variant], s) for s in exp["seeds"]]
             recs = [read_json(p) for p in paths]
             vals = [_value(r, exp["metric"]) for r in recs]
             mean, std = mean_std(vals)
-            d_mean, d_std, note = paired_note([v - ref[s] for s, v in zip(spec["seeds"], vals)])
+            d_mean, d_std, note = paired_note([v - ref[s] for s, v in zip(exp["seeds"], vals)])
             low, high = ci95(d_mean, d_std, len(vals))
             rows.append({"experiment": exp["name"], "table": exp["table"], "variant": variant,
                          "metric": exp["metric"], "mean": mean, "std": std, "n_seeds": len(vals),
@@ -200,7 +204,8 @@ def _header(df: pd.DataFrame, exps: list[str]) -> list[str]:
 
 def markdown(df: pd.DataFrame, cfg: dict) -> str:
     lines = ["# KD variants beside Hinton et al.'s distillation", "",
-             f"Mean ± std over seeds {cfg['seeds']}; in brackets the paired difference to `hinton` on the same seeds, "
+             "Mean ± std over the seeds of each experiment's section (listed under each title); in brackets the paired "
+             "difference to `hinton` on the same seeds, "
              "its 95% t interval and a paired t-test at the 5% level. Every variant reuses its experiment's cached "
              "teacher logits; `born_again` learns from the `hard` run of the same experiment (a trained copy of its "
              "own architecture); `fitnets` also reads the hidden features of its seed's teacher net.", ""]
@@ -210,7 +215,8 @@ def markdown(df: pd.DataFrame, cfg: dict) -> str:
             continue
         exps = list(dict.fromkeys(sub.experiment))
         digits = 1 if table == "mnist" else 2
-        lines += [f"## {title}", "", "| variant | " + " | ".join(_header(sub, exps)) + " |",
+        seeds = sorted({s for e in cfg["experiments"] if e["table"] == table for s in e["seeds"]})
+        lines += [f"## {title}", "", f"Seeds {seeds}.", "", "| variant | " + " | ".join(_header(sub, exps)) + " |",
                   "|---|" + "---|" * len(exps)]
         for variant in cfg["variants"]:
             cells = []

@@ -80,8 +80,8 @@ def test_the_smoke_plan_has_every_system_once_with_distinct_seeds():
     jobs = plan.jobs(SMOKE)
     assert len(mnist.sweep_systems(SMOKE)) == 18 and set(mnist.systems(SMOKE)) <= set(jobs)
     seeds = ensembles.ensemble_seeds(SMOKE)
-    assert len(seeds) == len(set(seeds)) == len(SMOKE["seeds"]) * SMOKE["ensembles"]["members"]
-    assert not set(seeds) & set(SMOKE["seeds"])  # an ensemble member never shares a student's init
+    assert len(seeds) == len(set(seeds)) == len(ensembles.seeds(SMOKE)) * SMOKE["ensembles"]["members"]
+    assert not set(seeds) & (set(SMOKE["seeds"]) | set(ensembles.seeds(SMOKE)))  # never a student's init
     for ds in SMOKE["ensembles"]["datasets"]:
         assert list(jobs[f"ensembles/{ds}/ensemble"].seeds) == seeds
         assert {n for n in jobs if n.startswith(f"ensembles/{ds}/")} == {
@@ -102,10 +102,32 @@ def test_the_specialists_generalist_is_planned_with_the_sections_seeds_and_its_o
         n: j for n, j in plan.jobs(SMOKE).items() if "specialists/" not in n}
 
 
+def test_the_ensembles_section_trains_its_own_seeds_and_so_do_the_variants_of_its_experiments():
+    from kdbench import ensembles, variants
+    cfg = _with(SMOKE, **{"ensembles.seeds": [4, 7, 9, 11]})
+    jobs = plan.jobs(cfg)
+    members = cfg["ensembles"]["members"]
+    for ds in ROWS:
+        assert jobs[f"ensembles/{ds}/ensemble"].seeds == tuple(
+            1000 + 100 * s + m for s in (4, 7, 9, 11) for m in range(members))
+        for system in ensembles.systems(cfg)[1:]:
+            assert jobs[f"ensembles/{ds}/{system}"].seeds == (4, 7, 9, 11), system
+        for kind in ("distilled_bestT", "soft3"):
+            assert jobs[f"variants/{ds}_{kind}/hard"].seeds == (4, 7, 9, 11)
+        # seed i's 100%-data net is member 0 of ensemble i, wherever the seeds start
+        assert jobs[f"variants/{ds}_soft3/fitnets"].config["teacher_members"] == [0, members, 2 * members, 3 * members]
+    choice = variants.choice_config(cfg, variants.by_name(cfg)["speech_distilled_bestT"])
+    assert choice["seeds"] == [4, 7, 9, 11]
+    # the MNIST section and its variants keep the profile's seeds, unchanged; without its own, the section has those
+    assert {n: j for n, j in jobs.items() if "mnist" in n and "fashion" not in n} == {
+        n: j for n, j in plan.jobs(SMOKE).items() if "mnist" in n and "fashion" not in n}
+    assert ensembles.seeds(_with(SMOKE, **{"ensembles.seeds": None})) == SMOKE["seeds"]
+
+
 def test_kdbench_plan_lists_the_jobs(capsys):
     from kdbench.cli import main
     assert main(["plan", str(REPO / ".test" / "config.yaml"), "--configs"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[-1].startswith(f"{len(plan.jobs(SMOKE))} training jobs")
     fit = next(line for line in out if line.startswith("variants/speech_soft3/fitnets "))
-    assert '"teacher_members": [0, 3]' in fit and "seeds=[0, 1]" in fit
+    assert '"teacher_members": [0, 3, 6]' in fit and "seeds=[0, 1, 2]" in fit

@@ -93,7 +93,7 @@ def test_every_distillation_experiment_has_its_teacher_and_recipe():
     hint = variants.train_config(SMOKE, t1, "fitnets")
     assert hint["teacher_pairing"] == "grouped" and hint["teacher_logits"].endswith("speech/teacher_ensemble.pt")
     assert hint["teacher_model"].endswith("ensembles/speech/ensemble/model.pt")
-    assert hint["teacher_members"] == [0, 3]  # the first of each seed's 3 members
+    assert hint["teacher_members"] == [0, 3, 6]  # the first of each seed's 3 members (the section's 3 seeds)
     assert hint["variant_params"] == {"temperature": 1.0, "hard_weight": 0.5}  # T set later from the choice
     soft = variants.train_config(SMOKE, t5, "soft_only")
     assert soft["train_fraction"] == 0.03 and soft["teacher_pairing"] == "paired" and soft["epochs"] == 3

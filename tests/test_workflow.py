@@ -91,7 +91,9 @@ def test_the_documented_example_variant_gets_its_row_in_every_distillation_exper
     assert set(df.experiment) == EXPERIMENTS
     for variant in ("js_kd", "fitnets"):
         rows = df[df.variant == variant]
-        assert len(rows) == len(EXPERIMENTS) and rows["mean"].notna().all() and (rows["n_seeds"] == 2).all()
+        assert len(rows) == len(EXPERIMENTS) and rows["mean"].notna().all()
+        # each experiment on its section's seeds: the MNIST students on the profile's, the others on the ensembles'
+        assert (rows.n_seeds == [2 if e.startswith("mnist_") else 3 for e in rows.experiment]).all()
         assert rows["diff_vs_hinton_mean"].notna().all() and rows["diff_ci95_low"].notna().all()
     md = (smoke_run / "variants.md").read_text()
     assert md.count("| js_kd |") == 3 and md.count("| fitnets |") == 3  # MNIST, Table 1 and Table 5 groups
@@ -108,7 +110,7 @@ def test_the_documented_example_variant_gets_its_row_in_every_distillation_exper
     rec = json.loads((smoke_run / "runs" / "variants" / "speech_soft3" / "fitnets" / "seed1" / "metrics.json")
                      .read_text())
     assert rec["train_terms"][-1]["hint"] < rec["train_terms"][0]["hint"]
-    assert rec["config"]["teacher_members"] == [0, 3]  # seed 1's 100%-data net is member 0 of its ensemble
+    assert rec["config"]["teacher_members"] == [0, 3, 6]  # seed 1's 100%-data net is member 0 of its ensemble
     # the bestT experiment ran at the temperature chosen on validation
     choice = json.loads((smoke_run / "variants" / "mnist_w30_bestT_temperature.json").read_text())
     assert df[(df.variant == "hinton") & (df.experiment == "mnist_w30_bestT")].temperature.item() == choice["temperature"]
@@ -126,7 +128,8 @@ def test_ensembles_section_rows_tables_and_figure(smoke_run):
         assert set(rows[rows.table == "table5"].system) == {"baseline_100", "baseline_3", "soft_3"}
         assert ("utterance_error_pct" in set(rows.metric)) == ds.startswith("speech")
         base = rows[(rows.system == "baseline") & (rows.metric == "test_accuracy_pct")].iloc[0]
-        assert base.n_seeds == len(cfg["seeds"]) * cfg["ensembles"]["members"]
+        assert base.n_seeds == len(cfg["ensembles"]["seeds"]) * cfg["ensembles"]["members"]
+        assert (rows[rows.system != "baseline"].n_seeds == len(cfg["ensembles"]["seeds"])).all()  # its own seeds
         assert 0 < base["mean"] <= 100
         t = rows[rows.metric == "chosen_temperature"]["mean"].item()
         assert t in cfg["ensembles"]["distilled"]["temperatures"]
@@ -192,7 +195,7 @@ def test_a_changed_specialist_recipe_reruns_the_specialists(smoke_run, all_data_
     out = r.stdout + r.stderr
     assert r.returncode == 0 and "train_specialist" in out, out[-2000:]
     import re
-    assert not re.search(r"rule (train|train_members|train_generalists|teacher_logits|ensemble_teacher_logits):", out)
+    assert not re.search(r"rule (train|train_members|train_ensembles|train_generalists|teacher_logits|ensemble_teacher_logits):", out)
 
 
 def _set(path, value):
@@ -313,7 +316,8 @@ def test_the_mnist_section_target_needs_mnist_alone(tmp_path):
     import re
     planned = set(re.findall(r"^rule (\w+):", out, re.M))
     assert {"fetch_mnist", "train", "teacher_logits", "aggregate_mnist", "aggregate_variants_mnist"} <= planned
-    assert not planned & {"fetch_fashion_mnist", "speech_features", "train_members", "train_specialist"}, planned
+    assert not planned & {"fetch_fashion_mnist", "speech_features", "train_members", "train_ensembles",
+                          "train_specialist"}, planned
 
 
 def _planned_after(smoke_run, all_data_root, tmp_path, mutate) -> set[str]:

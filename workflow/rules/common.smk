@@ -105,10 +105,11 @@ rule train:
 
 
 # the ensembles train S seeds x M members (kdbench.ensembles.ensemble_seeds) through the same rule, and so do the
-# specialists' generalists when that section has seeds of its own
+# ensembles section's other systems and the specialists' generalists when those sections have seeds of their own
 MEMBER_SEEDS = ensembles.ensemble_seeds(config)
+ENSEMBLES_SEEDS = ensembles.seeds(config)
 GENERALIST_SEEDS = specialists.seeds(config)
-assert all(list(j.seeds) in (SEEDS, MEMBER_SEEDS, GENERALIST_SEEDS) for j in PLAN.values()), \
+assert all(list(j.seeds) in (SEEDS, MEMBER_SEEDS, ENSEMBLES_SEEDS, GENERALIST_SEEDS) for j in PLAN.values()), \
     "a planned job with seeds no rule makes"
 
 
@@ -121,7 +122,18 @@ use rule train as train_members with:
         job=one_of(n for n, j in PLAN.items() if list(j.seeds) == MEMBER_SEEDS),
 
 
-if GENERALIST_SEEDS not in (SEEDS, MEMBER_SEEDS):
+if ENSEMBLES_SEEDS != SEEDS:
+
+    use rule train as train_ensembles with:
+        output:
+            model=RUNS / "{job}" / "model.pt",
+            logits=RUNS / "{job}" / "logits.pt",
+            metrics=[RUNS / "{job}" / f"seed{s}" / "metrics.json" for s in ENSEMBLES_SEEDS],
+        wildcard_constraints:
+            job=one_of(n for n, j in PLAN.items() if list(j.seeds) == ENSEMBLES_SEEDS),
+
+
+if GENERALIST_SEEDS not in (SEEDS, MEMBER_SEEDS, ENSEMBLES_SEEDS):
 
     use rule train as train_generalists with:
         output:

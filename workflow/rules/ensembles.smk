@@ -1,7 +1,8 @@
 # The paper's sections 4 and 6 (Tables 1 and 5) on spoken digits (two splits) and Fashion-MNIST: its jobs (a
 # batched ensemble per seed, nets distilled from it at each candidate T, the 3% baselines on hard and soft targets)
-# are in the job plan and train through `rule train` / `rule train_members`; here are the data they read, the
-# ensembles' cached logits and the section's tables and figures.
+# are in the job plan and train through `rule train` / `rule train_members` (`rule train_ensembles` when the
+# section has seeds of its own); here are the data they read, the ensembles' cached logits and the section's tables
+# and figures.
 from kdbench import ensembles
 
 ENS_DATASETS = ensembles.datasets(config)
