@@ -87,11 +87,11 @@ def jobs(cfg: dict) -> dict[str, Job]:
 
 def teachers(cfg: dict, planned: dict[str, Job]) -> list[str]:
     """Jobs of the plan `planned` whose logits on the training split are cached for students
-    (`runs/<job>/train_logits.pt`)."""
+    (`runs/<job>/train_logits.pt`), and the generalists whose specialists learn from their soft targets."""
     runs = layout.runs(cfg["profile"])
-    return sorted({name for job in planned.values() if job.teacher
-                   for name in [str(Path(job.teacher).parent.relative_to(runs))]
-                   if Path(job.teacher).name == "train_logits.pt"})
+    wanted = [job.teacher for job in planned.values() if job.teacher]
+    wanted += [p for ds in specialists.datasets(cfg) for p in [specialists.teacher_logits(cfg, ds)] if p]
+    return sorted({str(Path(p).parent.relative_to(runs)) for p in wanted if Path(p).name == "train_logits.pt"})
 
 
 def specialist_example(cfg: dict, dataset: str) -> dict:

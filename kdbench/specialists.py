@@ -13,6 +13,8 @@ task, not by its data; one per seed of the section's own `seeds`), and with it
 2. defines each specialist's training config: it starts from its seed's generalist, its output layer covers its
    cluster plus one dustbin class, half of each epoch comes from its cluster and half is drawn afresh from the rest;
    its dustbin logit is then raised by log(natural odds / training odds) of the dustbin (train.py records it);
+   with `soft_targets` (the paper's section 6.1) it also learns from its generalist's soft targets, collapsed onto
+   its cluster and dustbin (`kdbench.teachers.collapse_to_subset`), on every example it sees;
 3. combines them at test time as the paper's eq. 5: for each test case the generalist's top-n classes pick the
    active specialists, and q = softmax(z) minimizes KL(p_g || q) + sum over active m of KL(p_m || q_m), where q_m
    lumps q's non-cluster classes into the dustbin; z is found by L-BFGS on all test cases at once;
@@ -44,7 +46,7 @@ def settings(cfg: dict, dataset: str) -> dict:
     own = sp["datasets"][dataset] or {}
     return {"clusters": cluster_settings(cfg, dataset), "train": {**sp["train"], **own.get("train", {})},
             "top_n": own.get("top_n", sp["top_n"]), "subset_fraction": sp["subset_fraction"],
-            "combine": {**sp["combine"]}}
+            "combine": {**sp["combine"]}, "soft_targets": own.get("soft_targets", sp.get("soft_targets"))}
 
 
 def cluster_settings(cfg: dict, dataset: str) -> dict:
@@ -141,8 +143,22 @@ def base_config(cfg: dict, dataset: str) -> dict:
     base = generalist_config(cfg, dataset)
     s = settings(cfg, dataset)
     generalist = layout.model(layout.runs(cfg["profile"]), generalist_job(dataset))
-    return {**base, **s["train"], "subset_fraction": s["subset_fraction"],
-            "init_from": str(generalist), "init_members": generalist_members(cfg)}
+    out = {**base, **s["train"], "subset_fraction": s["subset_fraction"],
+           "init_from": str(generalist), "init_members": generalist_members(cfg)}
+    soft = s["soft_targets"]
+    if soft:  # section 6.1: hard targets and the generalist's soft targets (seed s learns from generalist s)
+        out.update(variant="hinton", variant_params={"temperature": soft["temperature"],
+                                                     "hard_weight": soft["hard_weight"]},
+                   teacher_logits=teacher_logits(cfg, dataset), teacher_pairing="paired")
+    return out
+
+
+def teacher_logits(cfg: dict, dataset: str) -> str | None:
+    """The generalists' cached training-split logits a dataset's specialists learn from, if they take soft
+    targets (`soft_targets`), else None."""
+    if not settings(cfg, dataset)["soft_targets"]:
+        return None
+    return str(layout.train_logits(layout.runs(cfg["profile"]), generalist_job(dataset)))
 
 
 def with_cluster(base: dict, classes: list[int]) -> dict:

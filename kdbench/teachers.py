@@ -4,7 +4,9 @@ What this file achieves: `cache_logits` runs a trained model once over the whole
 saves its logits (M, N, C), so students read them instead of running the teacher every step. `Teacher` serves a
 student batch: the logits of the examples each member sees, paired (member k <- teacher k), grouped (member k <-
 its own G teachers) or as a whole ensemble (every member <- all M), and, when the KD variant asks for features
-(`Variant.features`), the hidden features of one teacher net per member on the very inputs the student sees.
+(`Variant.features`), the hidden features of one teacher net per member on the very inputs the student sees. A
+specialist (`class_subset`) learning from its generalist (the paper's section 6.1) reads the generalist's logits
+collapsed onto its own outputs (`collapse_to_subset`).
 """
 from __future__ import annotations
 
@@ -29,6 +31,21 @@ def teacher_batch(teacher: torch.Tensor, idx: torch.Tensor, pairing: str) -> tor
     return teacher[rows, idx]
 
 
+def collapse_to_subset(logits: torch.Tensor, classes: list[int], temperature: float,
+                       dustbin_shift: float = 0.0) -> torch.Tensor:
+    """Teacher logits (..., C) -> (..., n+1) over a specialist's outputs (its n classes, the dustbin last), exact at
+    `temperature`: softmax(out / T) gives each class of the subset the teacher's tempered probability and the dustbin
+    the sum of every other class's. The dustbin logit is lowered by `dustbin_shift`, the log of the factor by which
+    the specialist's training draws under-represent its dustbin (`kdbench.sampling.dustbin_shift`), so the soft
+    targets carry the prior the specialist trains under, as its hard targets do; at use its dustbin is raised by
+    the same shift."""
+    keep = torch.tensor(classes, device=logits.device)
+    rest = torch.ones(logits.shape[-1], dtype=torch.bool, device=logits.device)
+    rest[keep] = False
+    dust = temperature * torch.logsumexp(logits[..., rest] / temperature, -1, keepdim=True) - dustbin_shift
+    return torch.cat([logits[..., keep], dust], -1)
+
+
 def load_logits(cfg: dict, device: torch.device, n_train: int, members: int) -> torch.Tensor:
     """The cached logits of cfg["teacher_logits"], checked against the split and the pairing, shaped for
     `teacher_batch`."""
@@ -49,7 +66,7 @@ def load_logits(cfg: dict, device: torch.device, n_train: int, members: int) -> 
 class Teacher:
     """A run's teacher: None-safe access to its cached logits and, for feature variants, its hidden features."""
 
-    def __init__(self, cfg: dict, device: torch.device, n_train: int, members: int):
+    def __init__(self, cfg: dict, device: torch.device, n_train: int, members: int, dustbin_shift: float = 0.0):
         variant = losses.get(cfg["variant"])
         self.pairing = cfg["teacher_pairing"]
         self.logits = None
@@ -59,6 +76,9 @@ class Teacher:
                 raise ValueError(f"variant {cfg['variant']!r} needs teacher logits: set teacher_logits to a cache "
                                  f"file")
             self.logits = load_logits(cfg, device, n_train, members)
+            if cfg["class_subset"] is not None:
+                t = float({**variant.defaults, **cfg["variant_params"]}.get("temperature", 1.0))
+                self.logits = collapse_to_subset(self.logits, cfg["class_subset"], t, dustbin_shift)
         if variant.features:
             if cfg["teacher_model"] is None:
                 raise ValueError(f"variant {cfg['variant']!r} learns from the teacher's features: set teacher_model "

@@ -184,7 +184,8 @@ class Engine:
 def build_engine(cfg: dict, seeds: list[int], data: RunData, device: torch.device) -> Engine:
     k = len(seeds)
     variant = losses.get(cfg["variant"])
-    teacher = teachers.Teacher(cfg, device, len(data.train), k)
+    teacher = teachers.Teacher(cfg, device, len(data.train), k,
+                               data.subset["dustbin_shift"] if data.subset else 0.0)
     model = models.build(cfg, seeds)
     if cfg["init_from"] is not None:
         models.init_from_model(model, cfg["init_from"], cfg["init_members"] or list(range(k)), cfg["class_subset"])

@@ -131,3 +131,20 @@ def test_kdbench_plan_lists_the_jobs(capsys):
     assert out[-1].startswith(f"{len(plan.jobs(SMOKE))} training jobs")
     fit = next(line for line in out if line.startswith("variants/speech_soft3/fitnets "))
     assert '"teacher_members": [0, 3, 6]' in fit and "seeds=[0, 1, 2]" in fit
+
+
+def test_specialists_with_soft_targets_learn_from_their_generalists_cached_logits():
+    from kdbench import specialists
+    soft = {"temperature": 2.0, "hard_weight": 0.5}
+    cfg = _with(SMOKE, **{"specialists.soft_targets": soft})
+    cfg["specialists"]["datasets"]["speech"] = {**cfg["specialists"]["datasets"]["speech"], "soft_targets": None}
+    spec = specialists.train_config(cfg, "fashion_mnist", [0, 6])
+    gen = "specialists/fashion_mnist/generalist"
+    assert spec["variant"] == "hinton" and spec["variant_params"] == soft and spec["teacher_pairing"] == "paired"
+    assert spec["teacher_logits"] == str(layout.train_logits(layout.runs("smoke"), gen))
+    train.resolve(spec, where="specialist")
+    # the generalist's logits are cached for them; a dataset that turns soft targets off trains on hard ones alone
+    assert gen in plan.teachers(cfg, plan.jobs(cfg)) and gen not in plan.teachers(SMOKE, plan.jobs(SMOKE))
+    assert "specialists/speech/generalist" not in plan.teachers(cfg, plan.jobs(cfg))
+    assert "teacher_logits" not in specialists.train_config(cfg, "speech", [0, 6])
+    assert "variant" not in specialists.train_config(SMOKE, "fashion_mnist", [0, 6])

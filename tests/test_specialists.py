@@ -120,3 +120,43 @@ def test_specialist_training_sees_half_cluster_and_corrects_its_dustbin(data_roo
     assert rec["val_errors"][-1] == shifted != error_summary(blob["val"], blob["val_labels"])[0]["errors"]
     with pytest.raises(ValueError, match="subset_fraction needs class_subset"):
         train.resolve({"subset_fraction": 0.5})
+
+
+def test_collapse_to_subset_is_exact_at_its_temperature():
+    from kdbench.teachers import collapse_to_subset
+    z = torch.randn(2, 7, 6) * 3
+    classes, t = [4, 1], 2.5
+    q = torch.softmax(z / t, -1)
+    out = collapse_to_subset(z, classes, t)
+    assert out.shape == (2, 7, 3)
+    p = torch.softmax(out / t, -1)
+    torch.testing.assert_close(p[..., :2], q[..., [4, 1]])
+    torch.testing.assert_close(p[..., 2], q[..., [0, 2, 3, 5]].sum(-1))
+    # the shift to the training prior lowers the dustbin logit by exactly that much and touches nothing else
+    shifted = collapse_to_subset(z, classes, t, dustbin_shift=0.8)
+    torch.testing.assert_close(shifted[..., :2], out[..., :2])
+    torch.testing.assert_close(shifted[..., 2], out[..., 2] - 0.8)
+
+
+def test_specialist_learns_from_its_generalists_soft_targets_collapsed_to_its_outputs(data_root, tmp_path):
+    """Section 6.1: seed s's specialist reads generalist s's cached logits, collapsed onto its cluster and dustbin
+    at the distillation temperature and shifted to its training prior."""
+    from kdbench import config as kconfig
+    from kdbench.teachers import Teacher, cache_logits, collapse_to_subset
+    gen_cfg = dict(widths=[784, 32, 10], epochs=1, train_fraction=0.1, val_size=1000, dataset="fashion_mnist")
+    train.train(gen_cfg, [0, 1], tmp_path / "gen", device="cpu", root=data_root, progress=False)
+    cached = cache_logits(tmp_path / "gen" / "model.pt", tmp_path / "gen" / "train_logits.pt", root=data_root)
+    cfg = {**gen_cfg, "widths": [784, 32, 4], "class_subset": [0, 2, 6], "subset_fraction": 0.5,
+           "init_from": str(tmp_path / "gen" / "model.pt"), "lr": 0.01, "variant": "hinton",
+           "variant_params": {"temperature": 3.0, "hard_weight": 0.5},
+           "teacher_logits": str(tmp_path / "gen" / "train_logits.pt"), "teacher_pairing": "paired"}
+    resolved = kconfig.resolve(cfg)
+    data = train.load_run_data(resolved, [0, 1], data_root, torch.device("cpu"))
+    shift = data.subset["dustbin_shift"]
+    assert shift > 0.5  # the cluster (3 of 10 classes) is drawn as half of every epoch
+    teacher = Teacher(resolved, torch.device("cpu"), len(data.train), 2, shift)
+    torch.testing.assert_close(teacher.logits, collapse_to_subset(cached, [0, 2, 6], 3.0, shift))
+    recs = train.train(cfg, [0, 1], tmp_path / "spec", device="cpu", root=data_root, progress=False)
+    for rec in recs:
+        assert {"hard", "soft"} <= set(rec["train_terms"][0]) and rec["train_terms"][0]["soft"] > 0
+        assert rec["dustbin_logit_shift"] == pytest.approx(shift)

@@ -163,6 +163,11 @@ def test_specialists_section_one_job_per_cluster_and_both_tables(smoke_run):
             assert rec["config"]["class_subset"] == classes and rec["config"]["widths"][-1] == len(classes) + 1
             assert rec["config"]["init_from"].endswith(f"specialists/{ds}/generalist/model.pt")
             assert rec["config"]["init_members"] == list(range(len(cfg["specialists"]["seeds"])))
+            soft = (cfg["specialists"]["datasets"][ds] or {}).get("soft_targets")
+            assert rec["config"]["variant"] == ("hinton" if soft else "hard")
+            if soft:  # section 6.1: seed s learned from generalist s's cached logits too
+                assert rec["config"]["teacher_logits"].endswith(f"specialists/{ds}/generalist/train_logits.pt")
+                assert rec["config"]["teacher_pairing"] == "paired" and rec["train_terms"][0]["soft"] > 0
         t3 = s[(s.table == "table3") & s.system.str.startswith(f"{ds}/")]
         assert set(t3.system) == {f"{ds}/generalist", f"{ds}/with_specialists"}
         assert (t3.n_seeds == len(cfg["specialists"]["seeds"])).all()  # the section's own seeds

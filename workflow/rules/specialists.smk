@@ -34,10 +34,11 @@ def specialist_classes(path):
 
 rule train_specialist:
     """One specialist (every seed together, seed s starting from generalist s): its cluster plus a dustbin class,
-    half of each epoch from its cluster."""
+    half of each epoch from its cluster; with `soft_targets`, also learning from generalist s's cached logits."""
     input:
         clusters=layout.clusters(RUNS, "{dataset}"),
         generalist=layout.model(RUNS, specialists.generalist_job("{dataset}")),
+        soft_targets=lambda w: [p for p in [specialists.teacher_logits(config, w.dataset)] if p],
         data=lambda w: plan.dataset_files(DATA, ensembles.data_of(config, w.dataset)),
     output:
         model=layout.model(RUNS, SPEC_JOB),
