@@ -121,7 +121,7 @@ def _claims(ax, summary, ds: str) -> None:
 def ensembles(summary, facts: dict, dataset_names: list[str], path: Path | str) -> None:
     """Per dataset: Table 1 bars (baseline, ensembles, distilled), Table 5 bars (100%, 3% hard, 3% soft) with
     mean ± std error bars, test accuracy against ensemble size, and the derived claims with 95% intervals."""
-    fig, axes = plt.subplots(len(dataset_names), 4, figsize=(20, 3.6 * len(dataset_names)), squeeze=False)
+    fig, axes = plt.subplots(len(dataset_names), 4, figsize=(20, 3.8 * len(dataset_names)), squeeze=False)
     for row, ds in zip(axes, dataset_names):
         acc = summary[(summary.section == ds) & (summary.metric == "test_accuracy_pct")].set_index(["table", "system"])
         for ax, table, systems, title in (
@@ -136,16 +136,17 @@ def ensembles(summary, facts: dict, dataset_names: list[str], path: Path | str) 
             ax.set_xticks(range(len(systems)))
             ax.set_xticklabels([x.replace("_", "\n") for x in systems], fontsize=8)
             ax.set_ylabel("test accuracy % (frames for speech)")
-            ax.set_title(f"{ds}: {title}")
+            ax.set_title(f"{ds}: {title}", fontsize=9)
         curve = facts[ds]["size_curve"]
         for seed, vals in curve.items():
             if seed != "sizes":
                 row[2].plot(curve["sizes"], vals, marker="o", label=f"ensemble of seed {seed}")
         row[2].set_xlabel("members averaged (arithmetic mean)")
         row[2].set_ylabel("test accuracy %")
-        row[2].set_title(f"{ds}: accuracy vs ensemble size")
+        row[2].set_title(f"{ds}: accuracy vs ensemble size", fontsize=9)
         row[2].legend(fontsize=8)
         _claims(row[3], summary, ds)
+    fig.tight_layout()  # a row's titles clear the tick labels of the row above
     _save(fig, path)
 
 
