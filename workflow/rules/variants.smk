@@ -24,7 +24,9 @@ rule choose_temperature:
 
 
 def variant_table_inputs(spec):
-    return [layout.metrics(RUNS, job, s) for e in spec["experiments"] for job in e["jobs"].values() for s in SEEDS]
+    """Every run record the table reads: each experiment's jobs on that experiment's own seeds."""
+    return [layout.metrics(RUNS, job, s) for e in spec["experiments"] for job in e["jobs"].values()
+            for s in e["seeds"]]
 
 
 VARIANT_TABLES = variants.table_config(config)
