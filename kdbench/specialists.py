@@ -56,11 +56,12 @@ def cluster_settings(cfg: dict, dataset: str) -> dict:
 
 
 def cluster_config(cfg: dict) -> dict:
-    """The part of the config the clusters checkpoint sees: seeds, the generalists' recipe, cluster settings."""
+    """The part of the config the clusters checkpoint sees: the section's seeds and the cluster settings. The
+    generalists' recipe is not in it: a new recipe retrains the generalists, whose logits are the checkpoint's input,
+    and that reruns it; the profile's or the ensembles section's seeds do not."""
     sp = cfg["specialists"]
-    return {"profile": cfg["profile"], "seeds": cfg["seeds"], "ensembles": cfg["ensembles"],
-            "specialists": {"seeds": seeds(cfg), "generalist": sp.get("generalist", {}), "clusters": sp["clusters"],
-                            "datasets": {d: {k: (v or {}).get(k, {}) for k in ("clusters", "generalist")}
+    return {"specialists": {"seeds": seeds(cfg), "clusters": sp["clusters"],
+                            "datasets": {d: {"clusters": (v or {}).get("clusters", {})}
                                          for d, v in sp["datasets"].items()}}}
 
 

@@ -160,3 +160,33 @@ def test_specialist_learns_from_its_generalists_soft_targets_collapsed_to_its_ou
     for rec in recs:
         assert {"hard", "soft"} <= set(rec["train_terms"][0]) and rec["train_terms"][0]["soft"] > 0
         assert rec["dustbin_logit_shift"] == pytest.approx(shift)
+
+
+def test_clusters_see_their_own_settings_not_the_generalists_recipe_or_other_seeds(tmp_path):
+    """The clusters checkpoint's params: a new generalist recipe reruns it through its input (the generalists'
+    logits), so the recipe and the profile's or ensembles' seeds stay out; its own settings and seeds stay in."""
+    cfg = {"profile": "t", "seeds": [0, 1], "ensembles": {"seeds": [0, 1, 2], "datasets": {"speech": {"epochs": 8}}},
+           "specialists": {"seeds": [0, 1, 2], "generalist": {"epochs": 3}, "clusters": {"k": [3], "min_size": 2,
+                           "max_size": 4, "seed": 0}, "datasets": {"speech": {"generalist": {"widths": [1040, 32, 31]},
+                                                                                 "train": {"epochs": 2}}}}}
+    base = specialists.cluster_config(cfg)
+    import copy
+    other = copy.deepcopy(cfg)
+    other["seeds"], other["ensembles"]["seeds"] = [5], [7]
+    other["ensembles"]["datasets"]["speech"]["epochs"] = 20
+    other["specialists"]["generalist"]["epochs"] = 9
+    other["specialists"]["datasets"]["speech"]["generalist"]["widths"] = [1040, 64, 31]
+    other["specialists"]["datasets"]["speech"]["train"]["epochs"] = 5
+    assert specialists.cluster_config(other) == base
+    for change in ({"seeds": [0, 1]}, {"clusters": {"k": [4], "min_size": 2, "max_size": 4, "seed": 0}}):
+        moved = copy.deepcopy(cfg)
+        moved["specialists"].update(change)
+        assert specialists.cluster_config(moved) != base, change
+    moved = copy.deepcopy(cfg)
+    moved["specialists"]["datasets"]["speech"]["clusters"] = {"k": [9]}
+    assert specialists.cluster_config(moved) != base
+    del cfg["specialists"]["seeds"]  # without its own seeds the section runs on the profile's, and sees them
+    assert specialists.cluster_config(cfg)["specialists"]["seeds"] == [0, 1]
+    # what the checkpoint computes from it: settings with the dataset's own on top, one generalist per seed
+    assert specialists.cluster_settings(specialists.cluster_config(moved), "speech")["k"] == [9]
+    assert specialists.generalist_members(specialists.cluster_config(cfg)) == [0, 1]
