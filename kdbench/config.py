@@ -35,6 +35,8 @@ DEFAULTS = dict(
     transfer_classes=None,      # classes kept in the training (transfer) set; None = all
     train_fraction=1.0,         # seeded random fraction of the remaining training examples
     fraction_seed=0,
+    bootstrap=False,            # each member trains on its own resample (with replacement, seeded by its seed) of the
+                                # transfer set: bagging, for ensembles whose members differ in their data
     variant="hard",
     variant_params={},
     variant_modules=[],         # Python files that register extra KD variants (kdbench.losses.load_modules)
@@ -95,6 +97,7 @@ RULES = {
     "transfer_classes": (lambda v: v is None or (_ints(v) and len(v) >= 1), "null or a non-empty list of classes"),
     "train_fraction": (lambda v: _num(v) and 0 < v <= 1, "a number in (0, 1]"),
     "fraction_seed": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
+    "bootstrap": (lambda v: isinstance(v, bool), "true or false"),
     "variant": (lambda v: isinstance(v, str), "the name of a registered KD variant"),
     "variant_params": (lambda v: isinstance(v, dict), "a mapping of the variant's hyperparameters"),
     "variant_modules": (lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v),
@@ -174,6 +177,9 @@ def resolve(cfg: dict, where: str = "training config") -> dict:
     if out["nesterov"] and out["momentum"] == 0:
         raise ConfigError(f"{where}: nesterov needs momentum > 0 (torch's SGD refuses it). Fix: set momentum above 0 "
                           f"or nesterov: false")
+    if out["bootstrap"] and out["class_subset"] is not None:
+        raise ConfigError(f"{where}: bootstrap does not apply to a specialist (class_subset), whose epochs are drawn "
+                          f"from its classes. Fix: remove bootstrap or class_subset")
     if out["keep_best"] and not out["val_size"]:
         raise ConfigError(f"{where}: keep_best needs a validation split. Fix: set val_size > 0")
 

@@ -87,6 +87,7 @@ def train_config(cfg: dict, dataset: str, system: str, teacher_logits: str | Non
     base = {**e["common"], **own, "dataset": data_of(cfg, dataset)}
     if system == "ensemble":
         return base
+    base.pop("bootstrap", None)  # bagging makes the members differ; every other system learns from all its data
     if system.startswith("distilled_T"):
         d = e["distilled"]
         return {**base, **d["train"], "variant": "hinton", "teacher_logits": teacher_logits,

@@ -4,7 +4,8 @@ What this file achieves: `training_indices` carves a run's transfer set and vali
 training split (seeded; whole utterances for speech; only some classes; a seeded fraction). `EpochSampler` gives
 each of the K members its own seeded order every epoch: a permutation of the transfer set, or, for a specialist
 (`class_subset`), every example of its classes plus others drawn afresh so that the subset makes up
-`subset_fraction` of the epoch. `specialist_labels` maps labels to the specialist's outputs (its classes, then one
+`subset_fraction` of the epoch; with `bootstrap`, each member's epoch is a permutation of its own resample of
+the transfer set (drawn with replacement once, from the member's seed, so a resumed run draws the same). `specialist_labels` maps labels to the specialist's outputs (its classes, then one
 dustbin) without touching the split. Everything stays on the device as index tensors; no per-example Python.
 """
 from __future__ import annotations
@@ -68,10 +69,15 @@ class EpochSampler:
     whose state a checkpoint keeps."""
 
     def __init__(self, tr_idx: torch.Tensor, seeds: list[int], in_subset: torch.Tensor | None = None,
-                 subset_fraction: float | None = None):
+                 subset_fraction: float | None = None, bootstrap: bool = False):
         self.tr_idx = tr_idx
         self.orders = [torch.Generator().manual_seed(1_000_003 * s + 17) for s in seeds]
         self.subset = None
+        self.bags = None
+        if bootstrap:
+            n = tr_idx.shape[0]
+            draws = [torch.randint(n, (n,), generator=torch.Generator().manual_seed(7_919 * s + 3)) for s in seeds]
+            self.bags = tr_idx[torch.stack(draws).to(tr_idx.device)]  # (K, n)
         if in_subset is not None and subset_fraction is not None:
             inside, outside = tr_idx[in_subset], tr_idx[~in_subset]
             f = subset_fraction
@@ -81,6 +87,9 @@ class EpochSampler:
                            else self.subset["inside"].shape[0] + self.subset["n_out"])
 
     def epoch(self) -> torch.Tensor:
+        if self.bags is not None:
+            perm = torch.stack([torch.randperm(self.bags.shape[1], generator=g) for g in self.orders])
+            return torch.gather(self.bags, 1, perm.to(self.bags.device))
         if self.subset is None:
             perm = torch.stack([torch.randperm(self.tr_idx.shape[0], generator=g) for g in self.orders])
             return self.tr_idx[perm.to(self.tr_idx.device)]

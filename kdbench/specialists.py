@@ -85,7 +85,9 @@ def generalist_config(cfg: dict, dataset: str) -> dict:
     specialists' common and per-dataset `generalist` keys."""
     sp = cfg["specialists"]
     own = (sp["datasets"][dataset] or {}).get("generalist", {})
-    return {**ensembles.train_config(cfg, dataset, "ensemble", None), **sp.get("generalist", {}), **own}
+    base = ensembles.train_config(cfg, dataset, "ensemble", None)
+    base.pop("bootstrap", None)  # the row's bagging is for its ensemble's members, not for one generalist per seed
+    return {**base, **sp.get("generalist", {}), **own}
 
 
 def generalist_members(cfg: dict) -> list[int]:

@@ -128,7 +128,7 @@ def load_run_data(cfg: dict, seeds: list[int], root, device: torch.device) -> Ru
     y_train, y_test = train_split.y, test_split.y.to(device)
     if cfg["class_subset"] is None:
         return RunData(train_split, test_split, tr_idx, val_idx, y_train, y_test,
-                       sampling.EpochSampler(tr_idx, seeds), None)
+                       sampling.EpochSampler(tr_idx, seeds, bootstrap=cfg["bootstrap"]), None)
     classes = cfg["class_subset"]
     num = int(max(y_train.max(), y_test.max())) + 1
     in_subset = torch.isin(y_train[tr_idx], torch.tensor(classes, device=device))

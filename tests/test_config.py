@@ -35,6 +35,8 @@ GOOD = dict(widths=[784, 16, 10], epochs=1, train_fraction=0.02, val_size=500)
     ({"dataset": "speech", "widths": [1040, 16, 31], "val_size": 2700}, r"val_size 2700 .*2700 utterances"),
     ({"transfer_classes": [3, 12]}, r"transfer_classes \[3, 12\] names classes outside 0\.\.9"),
     ({"subset_fraction": 0.5}, r"subset_fraction needs class_subset"),
+    ({"bootstrap": 1}, r"bootstrap must be true or false, got 1"),
+    ({"bootstrap": True, "class_subset": [3, 5], "widths": [784, 16, 3]}, r"bootstrap does not apply to a specialist"),
     ({"keep_best": True, "val_size": 0}, r"keep_best needs a validation split"),
     ({"teacher_pairing": "pairs"}, r"teacher_pairing must be"),
     ({"momentum": 0.0}, r"nesterov needs momentum > 0"),  # nesterov is on by default

@@ -148,3 +148,21 @@ def test_specialists_with_soft_targets_learn_from_their_generalists_cached_logit
     assert "specialists/speech/generalist" not in plan.teachers(cfg, plan.jobs(cfg))
     assert "teacher_logits" not in specialists.train_config(cfg, "speech", [0, 6])
     assert "variant" not in specialists.train_config(SMOKE, "fashion_mnist", [0, 6])
+
+
+def test_a_rows_bootstrap_bags_its_ensembles_members_only():
+    """`bootstrap` on an ensembles row: the members train on their own resamples; the distilled, 3% and variants'
+    nets and the specialists' generalist learn from all their data; every planned config resolves."""
+    from kdbench import specialists
+    cfg = copy.deepcopy(SMOKE)
+    cfg["ensembles"]["datasets"]["speech"] = {**(cfg["ensembles"]["datasets"]["speech"] or {}), "bootstrap": True}
+    jobs = plan.jobs(cfg)
+    assert jobs["ensembles/speech/ensemble"].config["bootstrap"] is True
+    others = [n for n in jobs if n.startswith(("ensembles/speech/", "variants/speech_", "specialists/speech/"))
+              and n != "ensembles/speech/ensemble"]
+    assert len(others) > 8 and not any(jobs[n].config.get("bootstrap") for n in others), others
+    for n in others:
+        train.resolve(jobs[n].config, where=n)
+    assert "bootstrap" not in specialists.train_config(cfg, "speech", [0, 6])
+    # the other rows keep their members as they were
+    assert jobs["ensembles/fashion_mnist/ensemble"].config == plan.jobs(SMOKE)["ensembles/fashion_mnist/ensemble"].config

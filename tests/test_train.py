@@ -217,3 +217,19 @@ def test_a_feature_variant_trains_its_regressor_against_its_paired_teacher_net(m
                           features={n: v[k] for n, v in feats.items()}, **resolved["variant_params"])
         for name in mapped:
             torch.testing.assert_close(one[name], mapped[name][k])
+
+
+def test_bootstrap_gives_each_member_its_own_resample_and_resumes_it():
+    from kdbench import sampling
+    tr = torch.arange(100, 1100)
+    s = sampling.EpochSampler(tr, [3, 4], bootstrap=True)
+    e1, e2 = s.epoch(), s.epoch()
+    assert e1.shape == (2, 1000)
+    for k in range(2):
+        assert torch.equal(e1[k].sort().values, e2[k].sort().values)  # a member keeps its one resample
+        assert torch.isin(e1[k], tr).all() and 550 < e1[k].unique().numel() < 720  # with replacement: ~63% unique
+    assert not torch.equal(e1[0].sort().values, e1[1].sort().values)  # members draw different resamples
+    again = sampling.EpochSampler(tr, [4], bootstrap=True)
+    assert torch.equal(again.epoch()[0].sort().values, e1[1].sort().values)  # the resample follows the seed alone
+    plain = sampling.EpochSampler(tr, [3]).epoch()[0]
+    assert torch.equal(plain.sort().values, tr)
