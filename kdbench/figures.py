@@ -152,7 +152,7 @@ def ensembles(summary, facts: dict, dataset_names: list[str], path: Path | str) 
 
 def specialists(summary, facts: dict, path: Path | str) -> None:
     """Per dataset: the relative change in accuracy (mean and 95% interval over seeds) by the number of specialists
-    covering the test case's correct class (the paper's Table 4), with the number of test cases on each bar."""
+    covering the test case's correct class (the paper's Table 4), with the number of test cases under each bar."""
     names = list(facts)
     fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 3.8), squeeze=False)
     for ax, ds in zip(axes[0], names):
@@ -161,11 +161,9 @@ def specialists(summary, facts: dict, path: Path | str) -> None:
                 .iloc[0] for n in counts]
         cases = [facts[ds]["per_seed"][0]["by_coverage"][n]["cases"] for n in counts]
         ax.bar(range(len(counts)), [r["mean"] for r in rows], yerr=ci_errors(rows), capsize=4, color="C2")
-        for x, (r, n) in enumerate(zip(rows, cases)):
-            ax.annotate(f"n={n}", (x, 0), textcoords="offset points", xytext=(0, -12), ha="center", fontsize=8)
         ax.axhline(0, color="gray", linewidth=0.8)
         ax.set_xticks(range(len(counts)))
-        ax.set_xticklabels([str(n) for n in counts])
+        ax.set_xticklabels([f"{k}\n({n} test cases)" for k, n in zip(counts, cases)], fontsize=8)
         ax.set_xlabel("specialists covering the correct class")
         ax.set_ylabel("relative accuracy change % (vs generalist),\nmean and 95% interval over seeds")
         ax.set_title(f"{ds}: generalist + specialists (Table 4 analog)")
