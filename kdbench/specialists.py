@@ -55,14 +55,15 @@ def cluster_settings(cfg: dict, dataset: str) -> dict:
     return {**cfg["specialists"]["clusters"], **own.get("clusters", {})}
 
 
-def cluster_config(cfg: dict) -> dict:
-    """The part of the config the clusters checkpoint sees: the section's seeds and the cluster settings. The
-    generalists' recipe is not in it: a new recipe retrains the generalists, whose logits are the checkpoint's input,
-    and that reruns it; the profile's or the ensembles section's seeds do not."""
+def cluster_config(cfg: dict, dataset: str) -> dict:
+    """The part of the config a dataset's clusters checkpoint sees: the section's seeds and that dataset's cluster
+    settings. The generalists' recipe is not in it: a new recipe retrains the generalists, whose logits are the
+    checkpoint's input, and that reruns it; the profile's or the ensembles section's seeds and the other datasets'
+    cluster settings do not."""
     sp = cfg["specialists"]
+    own = (sp["datasets"][dataset] or {}).get("clusters", {})
     return {"specialists": {"seeds": seeds(cfg), "clusters": sp["clusters"],
-                            "datasets": {d: {"clusters": (v or {}).get("clusters", {})}
-                                         for d, v in sp["datasets"].items()}}}
+                            "datasets": {dataset: {"clusters": own}}}}
 
 
 def job(dataset: str, i: int) -> str:

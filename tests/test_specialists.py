@@ -163,13 +163,15 @@ def test_specialist_learns_from_its_generalists_soft_targets_collapsed_to_its_ou
 
 
 def test_clusters_see_their_own_settings_not_the_generalists_recipe_or_other_seeds(tmp_path):
-    """The clusters checkpoint's params: a new generalist recipe reruns it through its input (the generalists'
-    logits), so the recipe and the profile's or ensembles' seeds stay out; its own settings and seeds stay in."""
+    """A dataset's clusters checkpoint's params: a new generalist recipe reruns it through its input (the
+    generalists' logits), so the recipe, the profile's or ensembles' seeds and the other datasets' cluster settings
+    stay out; its own settings and seeds stay in."""
     cfg = {"profile": "t", "seeds": [0, 1], "ensembles": {"seeds": [0, 1, 2], "datasets": {"speech": {"epochs": 8}}},
            "specialists": {"seeds": [0, 1, 2], "generalist": {"epochs": 3}, "clusters": {"k": [3], "min_size": 2,
                            "max_size": 4, "seed": 0}, "datasets": {"speech": {"generalist": {"widths": [1040, 32, 31]},
-                                                                                 "train": {"epochs": 2}}}}}
-    base = specialists.cluster_config(cfg)
+                                                                                 "train": {"epochs": 2}},
+                                                            "fashion_mnist": {"clusters": {"k": [5]}}}}}
+    base = specialists.cluster_config(cfg, "speech")
     import copy
     other = copy.deepcopy(cfg)
     other["seeds"], other["ensembles"]["seeds"] = [5], [7]
@@ -177,16 +179,19 @@ def test_clusters_see_their_own_settings_not_the_generalists_recipe_or_other_see
     other["specialists"]["generalist"]["epochs"] = 9
     other["specialists"]["datasets"]["speech"]["generalist"]["widths"] = [1040, 64, 31]
     other["specialists"]["datasets"]["speech"]["train"]["epochs"] = 5
-    assert specialists.cluster_config(other) == base
+    other["specialists"]["datasets"]["fashion_mnist"]["clusters"]["k"] = [6]
+    assert specialists.cluster_config(other, "speech") == base
     for change in ({"seeds": [0, 1]}, {"clusters": {"k": [4], "min_size": 2, "max_size": 4, "seed": 0}}):
         moved = copy.deepcopy(cfg)
         moved["specialists"].update(change)
-        assert specialists.cluster_config(moved) != base, change
+        assert specialists.cluster_config(moved, "speech") != base, change
     moved = copy.deepcopy(cfg)
     moved["specialists"]["datasets"]["speech"]["clusters"] = {"k": [9]}
-    assert specialists.cluster_config(moved) != base
+    assert specialists.cluster_config(moved, "speech") != base
+    assert specialists.cluster_config(moved, "fashion_mnist") == specialists.cluster_config(cfg, "fashion_mnist")
     del cfg["specialists"]["seeds"]  # without its own seeds the section runs on the profile's, and sees them
-    assert specialists.cluster_config(cfg)["specialists"]["seeds"] == [0, 1]
+    assert specialists.cluster_config(cfg, "speech")["specialists"]["seeds"] == [0, 1]
     # what the checkpoint computes from it: settings with the dataset's own on top, one generalist per seed
-    assert specialists.cluster_settings(specialists.cluster_config(moved), "speech")["k"] == [9]
-    assert specialists.generalist_members(specialists.cluster_config(cfg)) == [0, 1]
+    assert specialists.cluster_settings(specialists.cluster_config(moved, "speech"), "speech")["k"] == [9]
+    assert specialists.cluster_settings(specialists.cluster_config(cfg, "fashion_mnist"), "fashion_mnist")["k"] == [5]
+    assert specialists.generalist_members(specialists.cluster_config(cfg, "speech")) == [0, 1]

@@ -21,7 +21,7 @@ checkpoint specialist_clusters:
     wildcard_constraints:
         dataset=one_of(SPEC_DATASETS),
     params:
-        cfg=quoted_json(specialists.cluster_config(config)),
+        cfg=lambda w: quoted_json(specialists.cluster_config(config, w.dataset)),
     localrule: True
     shell:
         "exec kdbench clusters --config-json {params.cfg} --dataset {wildcards.dataset} --generalist-logits {input} "
