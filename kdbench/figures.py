@@ -167,4 +167,5 @@ def specialists(summary, facts: dict, path: Path | str) -> None:
         ax.set_xlabel("specialists covering the correct class")
         ax.set_ylabel("relative accuracy change % (vs generalist),\nmean and 95% interval over seeds")
         ax.set_title(f"{ds}: generalist + specialists (Table 4 analog)")
+    fig.tight_layout()  # each panel's y label clears the panel to its left
     _save(fig, path)
