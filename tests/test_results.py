@@ -77,9 +77,6 @@ KNOWN_MISSES = {
     ("quick", "speech", "distilled_gain"):
         "quick: the 10-net ensemble gains 0.58 +- 0.13 points [-0.63, 1.79]; the distilled net keeps -1.9 +- 42.4% "
         "[-383, 379] of it, under the 50% bar (the gain is of the size of the seed spread)",
-    ("quick", "speech", "specialists"):
-        "quick: generalist + speech-state specialists 87.79% vs generalist 87.94% (5 seeds), relative -0.17 +- 0.32% "
-        "[-0.57, 0.23]: worse on the mean, with an interval that includes 0",
 }
 
 
