@@ -117,6 +117,19 @@ RULES = {
 assert set(RULES) == set(DEFAULTS)
 
 
+# keys that are each valid alone but not together: (the clash, what is wrong and the fix)
+CLASHES = [
+    (lambda c: c["subset_fraction"] is not None and c["class_subset"] is None,
+     "subset_fraction needs class_subset. Fix: set class_subset or remove subset_fraction"),
+    (lambda c: c["nesterov"] and c["momentum"] == 0,
+     "nesterov needs momentum > 0 (torch's SGD refuses it). Fix: set momentum above 0 or nesterov: false"),
+    (lambda c: c["bootstrap"] and c["class_subset"] is not None,
+     "bootstrap does not apply to a specialist (class_subset), whose epochs are drawn from its classes. Fix: remove "
+     "bootstrap or class_subset"),
+    (lambda c: c["keep_best"] and not c["val_size"], "keep_best needs a validation split. Fix: set val_size > 0"),
+]
+
+
 def _check_val_speakers(out: dict, where: str) -> None:
     """val_speakers names some training speakers of a speech split, with more utterances than val_size."""
     from kdbench import speech
@@ -171,17 +184,9 @@ def resolve(cfg: dict, where: str = "training config") -> dict:
     elif out["val_size"] >= units:
         raise ConfigError(f"{where}: val_size {out['val_size']} leaves no training data: the {out['dataset']} "
                           f"training split has {units} {unit_name}. Fix: set val_size below {units}")
-    if out["subset_fraction"] is not None and out["class_subset"] is None:
-        raise ConfigError(f"{where}: subset_fraction needs class_subset. Fix: set class_subset or remove "
-                          f"subset_fraction")
-    if out["nesterov"] and out["momentum"] == 0:
-        raise ConfigError(f"{where}: nesterov needs momentum > 0 (torch's SGD refuses it). Fix: set momentum above 0 "
-                          f"or nesterov: false")
-    if out["bootstrap"] and out["class_subset"] is not None:
-        raise ConfigError(f"{where}: bootstrap does not apply to a specialist (class_subset), whose epochs are drawn "
-                          f"from its classes. Fix: remove bootstrap or class_subset")
-    if out["keep_best"] and not out["val_size"]:
-        raise ConfigError(f"{where}: keep_best needs a validation split. Fix: set val_size > 0")
+    for clash, message in CLASHES:
+        if clash(out):
+            raise ConfigError(f"{where}: {message}")
 
     try:
         losses.load_modules(out["variant_modules"])
