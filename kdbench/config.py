@@ -35,6 +35,9 @@ DEFAULTS = dict(
     transfer_classes=None,      # classes kept in the training (transfer) set; None = all
     train_fraction=1.0,         # seeded random fraction of the remaining training examples
     fraction_seed=0,
+    mixup=0.0,                  # alpha of mixup (Beta(alpha, alpha)); 0 = off. Each step mixes member k's batch with a
+                                # shuffle of itself by one lambda_k; the loss is the lambda-weighted sum of the terms with
+                                # either label; a teacher runs live on the mixed inputs (teacher_model)
     bootstrap=False,            # each member trains on its own resample (with replacement, seeded by its seed) of the
                                 # transfer set: bagging, for ensembles whose members differ in their data
     variant="hard",
@@ -97,6 +100,7 @@ RULES = {
     "transfer_classes": (lambda v: v is None or (_ints(v) and len(v) >= 1), "null or a non-empty list of classes"),
     "train_fraction": (lambda v: _num(v) and 0 < v <= 1, "a number in (0, 1]"),
     "fraction_seed": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
+    "mixup": (lambda v: _num(v) and v >= 0, "a number >= 0 (0 = off)"),
     "bootstrap": (lambda v: isinstance(v, bool), "true or false"),
     "variant": (lambda v: isinstance(v, str), "the name of a registered KD variant"),
     "variant_params": (lambda v: isinstance(v, dict), "a mapping of the variant's hyperparameters"),

@@ -50,8 +50,9 @@ def _ensemble_jobs(cfg: dict) -> list[Job]:
         for system in ensembles.systems(cfg):
             which = ensembles.teacher_logits_of(system)
             teacher = None if which is None else str(layout.ensemble_teacher(runs, ds, which))
+            model = str(layout.model(runs, ensembles.job(ds, "ensemble")))
             out.append(_job(ensembles.job(ds, system), ensembles.system_seeds(cfg, system),
-                            ensembles.train_config(cfg, ds, system, teacher)))
+                            ensembles.train_config(cfg, ds, system, teacher, model)))
     return out
 
 

@@ -4,8 +4,9 @@ What this file achieves: `cache_logits` runs a trained model once over the whole
 saves its logits (M, N, C), so students read them instead of running the teacher every step. `Teacher` serves a
 student batch: the logits of the examples each member sees, paired (member k <- teacher k), grouped (member k <-
 its own G teachers) or as a whole ensemble (every member <- all M), and, when the KD variant asks for features
-(`Variant.features`), the hidden features of one teacher net per member on the very inputs the student sees. A
-specialist (`class_subset`) learning from its generalist (the paper's section 6.1) reads the generalist's logits
+(`Variant.features`), the hidden features of one teacher net per member on the very inputs the student sees. A run
+with `mixup` has no cache to read (its inputs are new every step): its teacher nets (`teacher_model`) run on the
+mixed inputs each step, with the same pairings ("live"). A specialist (`class_subset`) learning from its generalist (the paper's section 6.1) reads the generalist's logits
 collapsed onto its own outputs (`collapse_to_subset`).
 """
 from __future__ import annotations
@@ -71,7 +72,15 @@ class Teacher:
         self.pairing = cfg["teacher_pairing"]
         self.logits = None
         self.net = None
-        if variant.needs_teacher:
+        # with mixup the student sees inputs no cache holds: the teacher nets run on them, every step
+        self.live = bool(cfg["mixup"]) and variant.needs_teacher
+        if self.live:
+            if cfg["class_subset"] is not None or cfg["teacher_logits"] is not None:
+                raise ValueError(f"mixup with variant {cfg['variant']!r} runs the teacher on the mixed inputs: set "
+                                 f"teacher_model (and teacher_members), not teacher_logits; a specialist "
+                                 f"(class_subset) cannot learn from a teacher on mixed inputs yet")
+            self.net = self._load_net(cfg, device, members)
+        elif variant.needs_teacher:
             if cfg["teacher_logits"] is None:
                 raise ValueError(f"variant {cfg['variant']!r} needs teacher logits: set teacher_logits to a cache "
                                  f"file")
@@ -79,21 +88,49 @@ class Teacher:
             if cfg["class_subset"] is not None:
                 t = float({**variant.defaults, **cfg["variant_params"]}.get("temperature", 1.0))
                 self.logits = collapse_to_subset(self.logits, cfg["class_subset"], t, dustbin_shift)
-        if variant.features:
-            if cfg["teacher_model"] is None:
-                raise ValueError(f"variant {cfg['variant']!r} learns from the teacher's features: set teacher_model "
-                                 f"to the teacher's model.pt")
-            self.net = models.load(cfg["teacher_model"], cfg["teacher_members"] or list(range(members)), device)
-            self.net.eval()
+        if variant.features:  # one teacher net per member (a live teacher's nets too: pair them)
+            self.net = self.net or self._load_net(cfg, device, members)
             if self.net.members != members:
                 raise ValueError(f"teacher_members picks {self.net.members} teacher nets for {members} seeds")
 
+    def _load_net(self, cfg: dict, device: torch.device, members: int):
+        if cfg["teacher_model"] is None:
+            raise ValueError(f"variant {cfg['variant']!r} runs the teacher net (it learns from its features, or "
+                             f"mixup mixes its inputs): set teacher_model to the teacher's model.pt")
+        chosen = cfg["teacher_members"]
+        if chosen is None and (self.pairing == "paired" or not self.live):  # else every net of the model teaches
+            chosen = list(range(members))
+        net = models.load(cfg["teacher_model"], chosen, device).eval()
+        net.requires_grad_(False)
+        if self.pairing == "paired" and net.members != members or self.pairing == "grouped" and net.members % members:
+            raise ValueError(f"{self.pairing} teacher: {net.members} teacher nets do not fit {members} seeds")
+        return net
+
+    @property
+    def active(self) -> bool:
+        """Whether the student has a teacher's logits to learn from (cached, or computed live)."""
+        return self.live or self.logits is not None
+
     @property
     def grouped(self) -> bool:
-        return self.logits is not None and self.pairing in ("ensemble", "grouped")
+        return self.active and self.pairing in ("ensemble", "grouped")
 
-    def batch(self, idx: torch.Tensor) -> torch.Tensor | None:
+    def batch(self, idx: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Teacher logits of the examples idx (K, B), shaped as `teacher_batch` gives them; a live teacher computes
+        them on the inputs x (K, B, D) each member sees."""
+        if self.live:
+            return self._run(x)
         return None if self.logits is None else teacher_batch(self.logits, idx, self.pairing)
+
+    @torch.no_grad()
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        k, b = x.shape[:2]
+        m = self.net.members
+        if self.pairing == "paired":
+            return self.net(x)  # (K, B, C)
+        if self.pairing == "grouped":  # teacher nets k*G .. k*G+G-1 see member k's inputs
+            return self.net(x.repeat_interleave(m // k, 0)).view(k, m // k, b, -1).transpose(0, 1)  # (G, K, B, C)
+        return self.net(x.reshape(1, k * b, -1).expand(m, -1, -1)).view(m, k, b, -1)  # every net, every member
 
     @torch.no_grad()
     def features(self, x: torch.Tensor) -> torch.Tensor:

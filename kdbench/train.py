@@ -5,7 +5,7 @@ whose K members are the K seeds of a configuration. The data sit on the device a
 member draws its own epoch order (`kdbench.sampling`); a step gathers (K, B) examples, jitters them on the device if
 asked, and evaluates the chosen KD variant per member (torch.func.vmap over members) against teacher logits read
 from a cache computed once (`kdbench.teachers`), never from a teacher forward pass, except the hidden features a
-feature variant asks for. SGD with (Nesterov) momentum (`kdbench.optim`), optional warmup and cosine decay per
+feature variant asks for and a `mixup` run's teacher (its inputs are mixed afresh each step). SGD with (Nesterov) momentum (`kdbench.optim`), optional warmup and cosine decay per
 step, optional per-member gradient clipping and max-norm. Every epoch writes an atomic checkpoint, so an
 interrupted run resumes where it stopped and ends with the same numbers; a non-finite loss stops the run with a
 message naming it. The job writes its resolved config (`config.json`) before it trains; at the end each seed gets
@@ -165,12 +165,19 @@ class Engine:
     def step(self, data: RunData, idx: torch.Tensor) -> tuple[list[str], torch.Tensor]:
         """One SGD step on the examples idx (K, B); returns the loss terms' names and values (terms, K)."""
         xb, yb = data.train.inputs(idx, self.cfg["jitter"]), data.y_train[idx]
+        mix = mixup(xb, self.cfg["mixup"]) if self.cfg["mixup"] else None
+        if mix is not None:
+            xb, lam, partner = mix
         if self.variant.features:
             logits, hidden = self.student.model(xb, hidden=True)
             feats = {"student": hidden, "teacher": self.teacher.features(xb), **self.student.own}
         else:
             logits, feats = self.student.model(xb), None
-        terms = self.loss_fn(logits, yb, self.teacher.batch(idx), feats)
+        t = self.teacher.batch(idx, xb)
+        terms = self.loss_fn(logits, yb, t, feats)
+        if mix is not None:  # each term is linear in the one-hot label (or free of it): mix the terms, not the labels
+            other = self.loss_fn(logits, torch.gather(yb, 1, partner), t, feats)
+            terms = {n: lam * v + (1 - lam) * other[n] for n, v in terms.items()}
         stacked = torch.stack(list(terms.values()))  # (terms, K)
         self.opt.zero_grad()
         stacked.sum().backward()
@@ -179,6 +186,17 @@ class Engine:
         self.opt.step()
         self.student.model.apply_max_norm()
         return list(terms), stacked.detach()
+
+
+def mixup(x: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mixup of each member's batch x (K, B, D) with a shuffle of itself: member k draws one lambda_k ~ Beta(alpha,
+    alpha) and a partner for each example; returns the mixed inputs, lambda (K,) and the partners (K, B)."""
+    k, b = x.shape[:2]
+    lam = torch.distributions.Beta(torch.full((k,), float(alpha), device=x.device),
+                                   torch.full((k,), float(alpha), device=x.device)).sample()
+    partner = torch.argsort(torch.rand(k, b, device=x.device), dim=1)
+    mixed = lam.view(k, 1, 1) * x + (1 - lam.view(k, 1, 1)) * torch.gather(x, 1, partner[..., None].expand_as(x))
+    return mixed, lam, partner
 
 
 def build_engine(cfg: dict, seeds: list[int], data: RunData, device: torch.device) -> Engine:
@@ -191,7 +209,7 @@ def build_engine(cfg: dict, seeds: list[int], data: RunData, device: torch.devic
         models.init_from_model(model, cfg["init_from"], cfg["init_members"] or list(range(k)), cfg["class_subset"])
     own = variant.own_parameters(model.feature_dim, teacher.net.feature_dim, seeds) if variant.features else {}
     student = Student(model, own).to(device)
-    loss_fn = _member_loss_fn(variant, dict(cfg["variant_params"]), teacher.logits is not None, teacher.grouped,
+    loss_fn = _member_loss_fn(variant, dict(cfg["variant_params"]), teacher.active, teacher.grouped,
                               variant.features)
     steps = math.ceil(data.sampler.epoch_size / cfg["batch_size"])
     total = steps * cfg["epochs"]

@@ -13,7 +13,9 @@ its students. The experiments are every distillation experiment of the suite:
 A variant's parameters are the experiment's `temperature` and `hard_weight` where the variant takes them, then the
 profile's `variant_params[name]`. A `teacher="self"` variant (born-again) learns from the experiment's `hard` run,
 a trained copy of its own architecture; a feature variant (`fitnets`) also reads the hidden features of its seed's
-teacher net. The tables give mean ± std over seeds and the paired difference to `hinton` on the same seeds with a
+teacher net. Where an experiment mixes its inputs (`mixup`: the Table 5 nets when the profile sets
+`ensembles.fraction.mixup`), every variant's student mixes them too and its teacher net runs on the mixed inputs
+(`teacher_model`) instead of a cache. The tables give mean ± std over seeds and the paired difference to `hinton` on the same seeds with a
 95% interval and a paired t-test note.
 """
 from __future__ import annotations
@@ -106,10 +108,14 @@ def train_config(cfg: dict, experiment: Experiment, variant: str) -> dict:
     out = {**base, "variant": variant, "variant_params": params,
            "variant_modules": [str(p) for p in cfg.get("variant_modules", [])],
            "teacher_logits": None, "teacher_model": None, "teacher_members": None}
+    live = bool(base.get("mixup"))  # mixed inputs: the teacher nets run on them, no cache can serve them
     if v.teacher == "self":
         runs = layout.runs(cfg["profile"])
-        out.update(teacher_logits=str(layout.train_logits(runs, teacher_job(experiment, variant))),
-                   teacher_pairing="paired")
+        own = teacher_job(experiment, variant)
+        out.update({"teacher_model": str(layout.model(runs, own))} if live else
+                   {"teacher_logits": str(layout.train_logits(runs, own))}, teacher_pairing="paired")
+    elif v.needs_teacher and live:
+        out.update(teacher_model=experiment.teacher_model, teacher_members=experiment.teacher_members)
     elif v.needs_teacher:
         out["teacher_logits"] = experiment.teacher_logits
     if v.features:

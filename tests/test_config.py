@@ -36,6 +36,7 @@ GOOD = dict(widths=[784, 16, 10], epochs=1, train_fraction=0.02, val_size=500)
     ({"transfer_classes": [3, 12]}, r"transfer_classes \[3, 12\] names classes outside 0\.\.9"),
     ({"subset_fraction": 0.5}, r"subset_fraction needs class_subset"),
     ({"bootstrap": 1}, r"bootstrap must be true or false, got 1"),
+    ({"mixup": -0.5}, r"mixup must be a number >= 0 \(0 = off\), got -0.5"),
     ({"bootstrap": True, "class_subset": [3, 5], "widths": [784, 16, 3]}, r"bootstrap does not apply to a specialist"),
     ({"keep_best": True, "val_size": 0}, r"keep_best needs a validation split"),
     ({"teacher_pairing": "pairs"}, r"teacher_pairing must be"),

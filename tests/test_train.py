@@ -233,3 +233,53 @@ def test_bootstrap_gives_each_member_its_own_resample_and_resumes_it():
     assert torch.equal(again.epoch()[0].sort().values, e1[1].sort().values)  # the resample follows the seed alone
     plain = sampling.EpochSampler(tr, [3]).epoch()[0]
     assert torch.equal(plain.sort().values, tr)
+
+
+def test_mixup_mixes_each_members_batch_with_a_shuffle_of_itself():
+    torch.manual_seed(0)
+    x = torch.randn(3, 50, 7)
+    mixed, lam, partner = train.mixup(x, 0.4)
+    assert lam.shape == (3,) and ((lam >= 0) & (lam <= 1)).all() and len(set(lam.tolist())) == 3
+    for k in range(3):
+        assert torch.equal(partner[k].sort().values, torch.arange(50))  # a permutation of the member's batch
+        torch.testing.assert_close(mixed[k], lam[k] * x[k] + (1 - lam[k]) * x[k, partner[k]])
+
+
+def test_a_mixup_step_mixes_the_hard_targets_as_it_mixes_the_inputs(mnist_root):
+    cfg = train.resolve({**SMALL, "mixup": 0.4})
+    data = train.load_run_data(cfg, [0, 1], mnist_root, torch.device("cpu"))
+    eng = train.build_engine(cfg, [0, 1], data, torch.device("cpu"))
+    idx = data.tr_idx[:64].view(2, 32)
+    x, y = data.train.inputs(idx), data.y_train[idx]
+    torch.manual_seed(3)
+    mixed, lam, partner = train.mixup(x, 0.4)
+    with torch.no_grad():
+        logp = torch.log_softmax(eng.student.model(mixed), -1)
+    onehot = torch.nn.functional.one_hot(y, 10).float()
+    target = lam.view(2, 1, 1) * onehot + (1 - lam.view(2, 1, 1)) * torch.gather(onehot, 1, partner[..., None].expand_as(onehot))
+    expected = -(target * logp).sum(-1).mean(-1)
+    torch.manual_seed(3)
+    names, values = eng.step(data, idx)
+    assert names == ["hard"]
+    torch.testing.assert_close(values[0], expected)
+
+
+@pytest.mark.parametrize("pairing,members", [("paired", [3, 1]), ("grouped", None), ("ensemble", None)])
+def test_a_live_teacher_on_unmixed_inputs_gives_the_cached_logits(mnist_root, tmp_path, pairing, members):
+    """With mixup the teacher nets run on the student's inputs; on unmixed inputs they must give exactly what the
+    cache gives, for every pairing (paired: chosen members, grouped: 2 per seed, ensemble: all 4 for each seed)."""
+    _run({**SMALL, "epochs": 1}, [0, 1, 2, 3], tmp_path / "t", mnist_root)
+    model = tmp_path / "t" / "model.pt"
+    train.teacher_logits(model, tmp_path / "tl.pt", root=mnist_root, device="cpu", members=members)
+    common = {**SMALL, "variant": "hinton", "teacher_pairing": pairing}
+    cached_cfg = train.resolve({**common, "teacher_logits": str(tmp_path / "tl.pt")})
+    live_cfg = train.resolve({**common, "mixup": 0.4, "teacher_model": str(model), "teacher_members": members})
+    data = train.load_run_data(cached_cfg, [0, 1], mnist_root, torch.device("cpu"))
+    cached = train.teachers.Teacher(cached_cfg, torch.device("cpu"), len(data.train), 2)
+    live = train.teachers.Teacher(live_cfg, torch.device("cpu"), len(data.train), 2)
+    assert live.live and live.logits is None and live.grouped == cached.grouped
+    idx = data.tr_idx[:40].view(2, 20)
+    torch.testing.assert_close(live.batch(idx, data.train.inputs(idx)), cached.batch(idx), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="not teacher_logits"):
+        train.teachers.Teacher({**live_cfg, "teacher_logits": str(tmp_path / "tl.pt")}, torch.device("cpu"),
+                               len(data.train), 2)
