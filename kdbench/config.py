@@ -35,9 +35,9 @@ DEFAULTS = dict(
     transfer_classes=None,      # classes kept in the training (transfer) set; None = all
     train_fraction=1.0,         # seeded random fraction of the remaining training examples
     fraction_seed=0,
-    mixup=0.0,                  # alpha of mixup (Beta(alpha, alpha)); 0 = off. Each step mixes member k's batch with a
-                                # shuffle of itself by one lambda_k; the loss is the lambda-weighted sum of the terms with
-                                # either label; a teacher runs live on the mixed inputs (teacher_model)
+    mixup=0.0,                  # alpha of mixup (Beta(alpha, alpha)); 0 = off. Each step mixes member k's batch with
+                                # a shuffle of itself by one lambda_k; the loss is the lambda-weighted sum of the terms
+                                # with either label; a teacher runs live on the mixed inputs (teacher_model)
     bootstrap=False,            # each member trains on its own resample (with replacement, seeded by its seed) of the
                                 # transfer set: bagging, for ensembles whose members differ in their data
     variant="hard",

@@ -6,8 +6,8 @@ student batch: the logits of the examples each member sees, paired (member k <- 
 its own G teachers) or as a whole ensemble (every member <- all M), and, when the KD variant asks for features
 (`Variant.features`), the hidden features of one teacher net per member on the very inputs the student sees. A run
 with `mixup` has no cache to read (its inputs are new every step): its teacher nets (`teacher_model`) run on the
-mixed inputs each step, with the same pairings ("live"). A specialist (`class_subset`) learning from its generalist (the paper's section 6.1) reads the generalist's logits
-collapsed onto its own outputs (`collapse_to_subset`).
+mixed inputs each step, with the same pairings ("live"). A specialist (`class_subset`) learning from its generalist
+(the paper's section 6.1) reads the generalist's logits collapsed onto its own outputs (`collapse_to_subset`).
 """
 from __future__ import annotations
 

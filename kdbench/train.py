@@ -5,10 +5,10 @@ whose K members are the K seeds of a configuration. The data sit on the device a
 member draws its own epoch order (`kdbench.sampling`); a step gathers (K, B) examples, jitters them on the device if
 asked, and evaluates the chosen KD variant per member (torch.func.vmap over members) against teacher logits read
 from a cache computed once (`kdbench.teachers`), never from a teacher forward pass, except the hidden features a
-feature variant asks for and a `mixup` run's teacher (its inputs are mixed afresh each step). SGD with (Nesterov) momentum (`kdbench.optim`), optional warmup and cosine decay per
-step, optional per-member gradient clipping and max-norm. Every epoch writes an atomic checkpoint, so an
-interrupted run resumes where it stopped and ends with the same numbers; a non-finite loss stops the run with a
-message naming it. The job writes its resolved config (`config.json`) before it trains; at the end each seed gets
+feature variant asks for and a `mixup` run's teacher (its inputs are mixed afresh each step). SGD with (Nesterov)
+momentum (`kdbench.optim`), optional warmup and cosine decay per step, optional per-member gradient clipping and
+max-norm. Every epoch writes an atomic checkpoint, so an interrupted run resumes where it stopped and ends with the
+same numbers; a non-finite loss stops the run with a message naming it. The job writes its resolved config (`config.json`) before it trains; at the end each seed gets
 `seed<S>/metrics.json`, and the job keeps `model.pt` and `logits.pt` (validation and test logits of every member,
 for bias corrections and ensembles).
 """
@@ -175,7 +175,8 @@ class Engine:
             logits, feats = self.student.model(xb), None
         t = self.teacher.batch(idx, xb)
         terms = self.loss_fn(logits, yb, t, feats)
-        if mix is not None:  # each term is linear in the one-hot label (or free of it): mix the terms, not the labels
+        if mix is not None:  # mixup's criterion, lam * loss(y) + (1 - lam) * loss(partner's y): for cross-entropy the
+            # mixed one-hot target; a term free of the label (the teacher's) is itself
             other = self.loss_fn(logits, torch.gather(yb, 1, partner), t, feats)
             terms = {n: lam * v + (1 - lam) * other[n] for n, v in terms.items()}
         stacked = torch.stack(list(terms.values()))  # (terms, K)

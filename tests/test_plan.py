@@ -172,8 +172,10 @@ def test_mixup_on_the_3pct_nets_runs_their_teachers_live_and_changes_only_those_
     """`ensembles.fraction.mixup`: both 3% nets mix their inputs; the soft-target net (and every Table 5 variant that
     needs a teacher) reads the teacher's model.pt, not a cache; no other job changes, and without the key no job's
     config gains it."""
-    base = plan.jobs(SMOKE)
-    jobs = plan.jobs(_with(SMOKE, **{"ensembles.fraction.mixup": 0.4}))
+    off = copy.deepcopy(SMOKE)
+    off["ensembles"]["fraction"].pop("mixup", None)
+    base = plan.jobs(off)
+    jobs = plan.jobs(_with(off, **{"ensembles.fraction.mixup": 0.4}))
     differ = {n for n in base if base[n] != jobs[n]}
     assert differ == {n for n in base if n.endswith(("/base3", "/soft3")) or "_soft3/" in n}
     assert not any("mixup" in j.config for j in base.values())
@@ -183,12 +185,13 @@ def test_mixup_on_the_3pct_nets_runs_their_teachers_live_and_changes_only_those_
         assert soft.teacher is None and soft.teacher_model == str(layout.model(layout.runs("smoke"),
                                                                                f"ensembles/{ds}/ensemble"))
         m = SMOKE["ensembles"]["members"]  # member 0 of each seed's ensemble
-        assert soft.config["teacher_members"] == [i * m for i in range(len(SMOKE["ensembles"].get("seeds") or SMOKE["seeds"]))]
+        n_seeds = len(SMOKE["ensembles"].get("seeds") or SMOKE["seeds"])
+        assert soft.config["teacher_members"] == [i * m for i in range(n_seeds)]
         assert soft.teacher_model in soft.inputs()
     for name, job in jobs.items():
         train.resolve(job.config, where=name)
         if name.startswith("variants/") and "_soft3/" in name:
             assert job.config["mixup"] == 0.4 and job.teacher is None, name
-    born = plan.jobs(_with(SMOKE, variants=["hinton", "born_again"], **{"ensembles.fraction.mixup": 0.4}))
+    born = plan.jobs(_with(off, variants=["hinton", "born_again"], **{"ensembles.fraction.mixup": 0.4}))
     ba = born[f"variants/{ROWS[0]}_soft3/born_again"]
     assert ba.teacher_model == str(layout.model(layout.runs("smoke"), f"variants/{ROWS[0]}_soft3/hard"))

@@ -256,7 +256,8 @@ def test_a_mixup_step_mixes_the_hard_targets_as_it_mixes_the_inputs(mnist_root):
     with torch.no_grad():
         logp = torch.log_softmax(eng.student.model(mixed), -1)
     onehot = torch.nn.functional.one_hot(y, 10).float()
-    target = lam.view(2, 1, 1) * onehot + (1 - lam.view(2, 1, 1)) * torch.gather(onehot, 1, partner[..., None].expand_as(onehot))
+    partner_onehot = torch.gather(onehot, 1, partner[..., None].expand_as(onehot))
+    target = lam.view(2, 1, 1) * onehot + (1 - lam.view(2, 1, 1)) * partner_onehot
     expected = -(target * logp).sum(-1).mean(-1)
     torch.manual_seed(3)
     names, values = eng.step(data, idx)
