@@ -90,3 +90,44 @@ def test_the_dustbin_shift_raises_the_dustbin_by_exactly_its_odds():
 def test_share_recovered(value, low, high, share):
     got = ensembles.share_recovered(value, low, high)
     assert (math.isnan(got) and math.isnan(share)) or got == pytest.approx(share)
+
+
+def _predicting(correct: list[int], n: int = 10) -> torch.Tensor:
+    """Logits (K, n, 2) for labels all 0: member k right on its first correct[k] examples."""
+    z = torch.zeros(len(correct), n, 2)
+    for k, c in enumerate(correct):
+        z[k, :c, 0], z[k, c:, 1] = 1.0, 1.0
+    return z
+
+
+@pytest.mark.parametrize("hard, no_gap", [([50, 60], []), ([80, 60], [0])])
+def test_table5_gives_a_share_of_the_gap_only_where_every_seed_has_a_gap(tmp_path, hard, no_gap):
+    """Seed s: the 100% net (member 0 of its ensemble) 80%, soft targets 70%, the 3% hard net `hard[s]`%. Where a
+    seed's hard net is as good as its 100% net there is no gap, and no share of it is claimed."""
+    import json
+    from kdbench import layout
+    cfg = {"seeds": [0, 1], "ensembles": {"members": 2}}
+    labels = torch.zeros(10, dtype=torch.long)
+    for run, correct in (("base3", [h // 10 for h in hard]), ("soft3", [7, 7])):
+        path = layout.logits(tmp_path, ensembles.job("d", run))
+        path.parent.mkdir(parents=True)
+        torch.save({"test": _predicting(correct)}, path)
+        for s in (0, 1):
+            layout.metrics(tmp_path, ensembles.job("d", run), s).parent.mkdir()
+            layout.metrics(tmp_path, ensembles.job("d", run), s).write_text(json.dumps(
+                {"train_accuracy": 0.9, "final_epoch": 3}))
+    for s in (1000, 1001, 1100, 1101):
+        p = layout.metrics(tmp_path, ensembles.job("d", "ensemble"), s)
+        p.parent.mkdir(parents=True)
+        p.write_text(json.dumps({"train_accuracy": 0.95}))
+    ens = {"test": _predicting([8, 5, 8, 5])}  # member 0 of each seed's ensemble: 80%
+    cells = []
+    evaluate = lambda z: {"test_accuracy_pct": ensembles.accuracy_pct(z, labels)}  # noqa: E731
+    facts = ensembles._table5(cfg, tmp_path, "d", ens, evaluate,
+                              lambda table, system, metric, values, unit="pct": cells.append((system, metric, values)))
+    shares = [[v for _, v, _ in values] for system, metric, values in cells if metric == "gap_recovered_pct"]
+    assert facts["no_gap_seeds"] == no_gap
+    if no_gap:
+        assert shares == []
+    else:
+        assert shares == [[pytest.approx(100 * (70 - 50) / (80 - 50)), pytest.approx(100 * (70 - 60) / (80 - 60))]]
