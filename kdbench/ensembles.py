@@ -333,7 +333,7 @@ def markdown(summary: pd.DataFrame, cfg: dict, facts: dict) -> str:
 def _mixup_note(cfg: dict) -> str:
     alpha = cfg["ensembles"]["fraction"].get("mixup")
     return (f" Both 3% nets train on mixup of their 3% (alpha {alpha:g}, one mixing weight per batch); the soft-target "
-            f"net's teacher labels every mixed input, where the paper trained on the 3% frames as they are "
+            f"net's teacher labels every mixed input, where the paper trained on its 3% as they were "
             f"(docs/DEVIATIONS.md)." if alpha else "")
 
 
