@@ -70,13 +70,15 @@ CLAIM_DATASETS = ["speech", "fashion_mnist"]
 # until its entry is removed here. Keyed by (profile, section or dataset, claim).
 KNOWN_MISSES = {
     ("quick", "speech_narrow", "table1_main"):
-        "quick: the ensemble gains 2.43 +- 0.15 points [1.09, 3.77] over its members (met), but the distilled net "
-        "(T=2) keeps 25.0 +- 16.4% [-122, 172] of it, under the 60% bar",
-    ("quick", "speech", "table5_70"):
-        "quick: soft targets on 3% (T=5) recover 64.0 +- 0.4% [60.1, 68.0] of the speech gap, under the 70% bar",
+        "quick: the ensemble gains 2.37 +- 0.05 points [1.90, 2.85] over its members (met), but the distilled net "
+        "(T=2) keeps 15.5 +- 2.0% [-2.3, 33.4] of it, under the 60% bar",
     ("quick", "speech", "distilled_gain"):
-        "quick: the 10-net ensemble gains 0.58 +- 0.13 points [-0.63, 1.79]; the distilled net keeps -1.9 +- 42.4% "
-        "[-383, 379] of it, under the 50% bar (the gain is of the size of the seed spread)",
+        "quick: the 10-net ensemble gains 0.55 +- 0.00 points [0.55, 0.56]; the distilled net keeps 45.0 +- 23.9% "
+        "[-170, 260] of it, under the 50% bar (the gain is of the size of the seed spread)",
+    ("quick", "fashion_mnist", "distilled_gain"):
+        "quick: the 10-net ensemble gains 0.24 +- 0.02 points [0.05, 0.43]; the distilled net (T=5) keeps -29.7 +- "
+        "14.2% [-157, 98] of it, under the 50% bar (the 2026-11-23 machine's run kept 55.6 +- 29.3% [-207, 318] of "
+        "0.25 points: a share of a gain this small is seed noise)",
 }
 
 
