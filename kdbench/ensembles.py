@@ -258,11 +258,11 @@ def _table5(cfg: dict, runs: Path, ds: str, ens: dict, ev: "_Eval", add) -> dict
             facts["base3_epochs"] = [r["final_epoch"] for r, _ in recs]
     # a share of the gap exists only where every seed has one: where the 3% hard net does as well as the 100% net
     # (new voices, with mixup), there is nothing to recover, and the row is left out rather than given a ratio of noise
-    facts["no_gap_seeds"] = [s for s, b3, b100 in zip(sds, t5["baseline_3"], t5["baseline_100"]) if b100 <= b3]
+    per_seed = list(zip(sds, t5["soft_3"], t5["baseline_3"], t5["baseline_100"]))
+    facts["no_gap_seeds"] = [s for s, _, b3, b100 in per_seed if b100 <= b3]
     if not facts["no_gap_seeds"]:
-        rec = [share_recovered(s3, b3, b100)
-               for s3, b3, b100 in zip(t5["soft_3"], t5["baseline_3"], t5["baseline_100"])]
-        add(TABLE5, "soft_3", "gap_recovered_pct", [(s, v, _src(runs, ds, "soft3")) for s, v in zip(sds, rec)])
+        add(TABLE5, "soft_3", "gap_recovered_pct",
+            [(s, share_recovered(s3, b3, b100), _src(runs, ds, "soft3")) for s, s3, b3, b100 in per_seed])
     return facts
 
 

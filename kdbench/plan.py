@@ -47,10 +47,10 @@ def _mnist_jobs(cfg: dict) -> list[Job]:
 def _ensemble_jobs(cfg: dict) -> list[Job]:
     runs, out = layout.runs(cfg["profile"]), []
     for ds in ensembles.datasets(cfg):
+        model = str(layout.model(runs, ensembles.job(ds, "ensemble")))  # a live teacher's nets (Table 5 with mixup)
         for system in ensembles.systems(cfg):
             which = ensembles.teacher_logits_of(system)
             teacher = None if which is None else str(layout.ensemble_teacher(runs, ds, which))
-            model = str(layout.model(runs, ensembles.job(ds, "ensemble")))
             out.append(_job(ensembles.job(ds, system), ensembles.system_seeds(cfg, system),
                             ensembles.train_config(cfg, ds, system, teacher, model)))
     return out

@@ -8,9 +8,9 @@ from a cache computed once (`kdbench.teachers`), never from a teacher forward pa
 feature variant asks for and a `mixup` run's teacher (its inputs are mixed afresh each step). SGD with (Nesterov)
 momentum (`kdbench.optim`), optional warmup and cosine decay per step, optional per-member gradient clipping and
 max-norm. Every epoch writes an atomic checkpoint, so an interrupted run resumes where it stopped and ends with the
-same numbers; a non-finite loss stops the run with a message naming it. The job writes its resolved config (`config.json`) before it trains; at the end each seed gets
-`seed<S>/metrics.json`, and the job keeps `model.pt` and `logits.pt` (validation and test logits of every member,
-for bias corrections and ensembles).
+same numbers; a non-finite loss stops the run with a message naming it. The job writes its resolved config
+(`config.json`) before it trains; at the end each seed gets `seed<S>/metrics.json`, and the job keeps `model.pt`
+and `logits.pt` (validation and test logits of every member, for bias corrections and ensembles).
 """
 from __future__ import annotations
 
