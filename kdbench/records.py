@@ -68,14 +68,25 @@ def config_hash(cfg: dict) -> str:
     return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def git_commit() -> str:
-    here = Path(__file__).resolve().parent
+# what a run's commit stamp vouches for: the code and configuration it ran, not the results the workflow writes
+STAMPED_PATHS = ["kdbench", "config", "workflow", "Snakefile", "pyproject.toml", "profiles", ".test"]
+
+
+def git_commit(where: Path | str | None = None) -> str:
+    """HEAD of the checkout that holds the kdbench package that runs (or `where`), with "-dirty" when its code or
+    configuration (`STAMPED_PATHS`) differ from that commit; changes under results/ or docs/ don't count."""
+    here = Path(where) if where else Path(__file__).resolve().parent
     try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=here, capture_output=True, text=True,
+                             timeout=10)
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
-        if sha.returncode != 0:
+        if sha.returncode != 0 or top.returncode != 0:
             return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+        root = Path(top.stdout.strip())
+        paths = [p for p in STAMPED_PATHS if (root / p).exists()]
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=normal", "--", *paths], cwd=root,
                                capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = "\n".join(line for line in dirty.splitlines() if not line.endswith("__pycache__/"))
         return sha.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
