@@ -16,6 +16,12 @@ if not config:
     configfile: "config/config.yaml"
 
 
+# YAML 1.2 numbers ('lr: 5e-2'), then the schema with one short line per bad key (kdbench.profile); snakemake's own
+# validation after it only fills in the schema's defaults
+from kdbench import profile as kdprofile
+
+config.update(kdprofile.numbers(config))
+kdprofile.validate(config)
 validate(config, "workflow/schemas/config.schema.yaml")
 
 

@@ -7,6 +7,11 @@ What this file achieves: it times one training epoch on all 60,000 MNIST images 
   (b) kdbench doing the same work through `kdbench.train.train` (data on the device as tensors, jitter on the
       device, teacher logits read from the cache): the 784-1200-1200-10 dropout/max-norm teacher with jitter, the
       784-800-800-10 student distilled at T=20, and 5 seeds of that student trained one after another vs batched.
+  (c) candidates for kdbench's training step, each timed as `steps` steps of the engine's real hot path
+      (`Engine.step`) and scaled to an epoch, against today's fp32 step of the same net in the same run: bf16
+      autocast (`precision: bf16`, fp32 master weights), one `addmm` per layer instead of a `baddbmm` over a batch of
+      one member (`kdbench.models.SINGLE_MEMBER_MM`), one thread instead of two, and `torch.compile` of the net
+      (its compile seconds reported beside it, since a short job pays them once).
 It prints seconds per epoch and the ratio of each case to its reference, and writes results/bench/engine.csv
 (case, device, seconds_per_epoch, ratio_vs_reference, reference_case, steps_timed). No test reads these timings.
 
@@ -95,12 +100,69 @@ def kdbench_epoch(cfg, seeds, out, root, device) -> float:
     return rec["epoch_seconds"][-1]
 
 
+def engine_epoch(cfg: dict, seeds, root, device, steps: int = 40, threads: int | None = None,
+                 compiled: bool = False) -> tuple[float, float]:
+    """(seconds per epoch, one-time seconds) of kdbench's training step for `cfg`, from `steps` timed steps after
+    warm-up ones; the one-time seconds are what the warm-up cost beyond its steps (compilation)."""
+    from kdbench.train import build_engine, load_run_data, resolve
+    cfg = resolve(cfg)
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        data = load_run_data(cfg, seeds, root, device)
+        eng = build_engine(cfg, seeds, data, device)
+        if compiled:
+            eng.student.model.forward = torch.compile(eng.student.model.forward)
+        perm, bs = data.sampler.epoch(), cfg["batch_size"]
+        batch = lambda i: perm[:, (i % eng.steps_per_epoch) * bs:(i % eng.steps_per_epoch + 1) * bs]
+        sync(device)
+        t0 = time.perf_counter()
+        for i in range(5):
+            eng.step(data, batch(i))
+        sync(device)
+        warm = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for i in range(5, 5 + steps):
+            eng.step(data, batch(i))
+        sync(device)
+        per_step = (time.perf_counter() - t0) / steps
+    finally:
+        torch.set_num_threads(before)
+    return per_step * eng.steps_per_epoch, max(0.0, warm - 5 * per_step)
+
+
+def step_candidates(add, net: str, cfg: dict, root, device, steps: int) -> None:
+    """Rows of the step candidates for one net, each against its fp32 step timed in the same run."""
+    from kdbench import models
+    base, _ = engine_epoch(cfg, [0], root, device, steps)
+    ref = f"step_{net}_fp32"
+    add(ref, base, steps=steps)
+    add(f"step_{net}_bf16_autocast", engine_epoch({**cfg, "precision": "bf16"}, [0], root, device, steps)[0], ref, base,
+        steps=steps)
+    models.SINGLE_MEMBER_MM = not models.SINGLE_MEMBER_MM
+    try:
+        other, _ = engine_epoch(cfg, [0], root, device, steps)
+    finally:
+        models.SINGLE_MEMBER_MM = not models.SINGLE_MEMBER_MM
+    add(f"step_{net}_{'bmm' if models.SINGLE_MEMBER_MM else 'addmm'}_single_member", other, ref, base, steps=steps)
+    add(f"step_{net}_1_thread", engine_epoch(cfg, [0], root, device, steps, threads=1)[0], ref, base, steps=steps)
+    add(f"step_{net}_5_members_batched_per_member", engine_epoch(cfg, list(range(5)), root, device, steps)[0] / 5,
+        ref, base, steps=steps)
+    try:
+        comp, once = engine_epoch(cfg, [0], root, device, steps, compiled=True)
+        add(f"step_{net}_torch_compile (compile {once:.0f} s once)", comp, ref, base, steps=steps)
+    except Exception as e:  # noqa: BLE001  (a compiler missing or failing is a result too)
+        print(f"torch.compile failed for {net}: {type(e).__name__}: {str(e)[:200]}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--root", default=None, help="data directory (default: $KDBENCH_DATA or ./data)")
     ap.add_argument("--ref-steps", type=int, default=None, help="time only N reference steps and extrapolate")
     ap.add_argument("--out", default="results/bench/engine.csv")
+    ap.add_argument("--candidate-steps", type=int, default=40, help="timed steps of each training-step candidate")
     args = ap.parse_args(argv)
     device = pick_device(args.device)
     root = kdata.fetch("mnist", args.root)
@@ -137,6 +199,9 @@ def main(argv=None):
         bat = kdbench_epoch(scfg, list(range(5)), tmp / "batched", root, device)
         add("kdbench_kd_student_5seeds_batched", bat, "kdbench_kd_student_5seeds_sequential", seq)
         add("kdbench_kd_student_5seeds_batched_vs_reference", bat / 5, "reference_kd_student_T20", ref_s)
+
+        step_candidates(add, "teacher", tcfg, root, device, args.candidate_steps)
+        step_candidates(add, "kd_student_T20", scfg, root, device, args.candidate_steps)
 
     out = Path(args.out)
     write_csv(pd.DataFrame(rows), out)

@@ -62,6 +62,10 @@ def _cmd_train(args) -> int:
         print(f"kdbench: error: cannot read the training config {args.config or '--config-json'}: {e}",
               file=sys.stderr)
         return 2
+    device_error = _device_error(args.device)
+    if device_error:
+        print(f"kdbench: error: --device {args.device}: {device_error}", file=sys.stderr)
+        return 2
     try:
         if args.cluster_file:  # a specialist: its cluster's classes and a dustbin become the outputs
             from kdbench import specialists
@@ -85,6 +89,24 @@ def _cmd_train(args) -> int:
         print(f"{r['name']} seed {r['seed']}: {r['test_errors']} test errors "
               f"({100 * r['test_accuracy']:.2f}% accuracy), {r['wall_seconds']:.1f} s")
     return 0
+
+
+def _device_error(device: str) -> str | None:
+    """Why `device` cannot train here, or None: an unknown name, or CUDA on a machine without a usable GPU."""
+    import torch
+    if device == "auto":
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        return "not a device torch knows. Fix: use auto, cpu, cuda or cuda:N"
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        return "this machine has no usable CUDA GPU. Fix: use --device auto (a GPU when there is one) or cpu"
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        return f"this machine has {torch.cuda.device_count()} GPU(s). Fix: use cuda:0 .. cuda:{torch.cuda.device_count() - 1}"
+    if dev.type not in ("cpu", "cuda", "mps"):
+        return f"kdbench trains on cpu or cuda, not {dev.type}. Fix: use auto, cpu or cuda"
+    return None
 
 
 def _cmd_teacher_logits(args) -> int:
@@ -141,11 +163,13 @@ def _cmd_choose_temperature(args) -> int:
 def _cmd_plan(args) -> int:
     import json
 
-    import yaml
-
-    from kdbench import plan
-    cfg = yaml.safe_load(Path(args.configfile).read_text())
-    jobs = plan.jobs(cfg)
+    from kdbench import profile
+    from kdbench.config import ConfigError
+    try:
+        jobs = profile.check(profile.load(args.configfile))
+    except (profile.ProfileError, ConfigError, ValueError) as e:
+        print(f"kdbench: error: {args.configfile}: {e}", file=sys.stderr)
+        return 1
     for job in jobs.values():
         line = f"{job.name}  seeds={list(job.seeds)}"
         print(line + (f"  {json.dumps(job.config, sort_keys=True)}" if args.configs else ""))
@@ -213,20 +237,29 @@ def _data_commands(sub) -> None:
 
 
 def _training_commands(sub) -> None:
-    t = sub.add_parser("train", help="train the seeds of one config together")
-    t.add_argument("--config", help="YAML file of training keys (see kdbench.train.DEFAULTS)")
+    t = sub.add_parser(
+        "train", help="train the seeds of one config together",
+        description="Train one config's seeds together as one batched model; every key is checked before anything "
+                    "loads. Keys and defaults: kdbench.config.DEFAULTS (python -c 'from kdbench.config import "
+                    "DEFAULTS; print(DEFAULTS)').",
+        epilog="example: kdbench train --config-json '{\"widths\": [784, 800, 800, 10], \"epochs\": 20}' "
+               "--seeds 0 1 2 --out runs/baseline --root data",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("--config", help="YAML file of training keys (see kdbench.config.DEFAULTS)")
     t.add_argument("--config-json", help="the same keys as one JSON object (what the workflow passes)")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     t.add_argument("--temperature-from", default=None,
                    help="JSON file with a chosen 'temperature', set if the variant takes one")
     t.add_argument("--cluster-file", default=None, help="clusters.json: train a specialist for one of its clusters")
     t.add_argument("--cluster-index", type=int, default=0)
-    t.add_argument("--seeds", type=int, nargs="+", default=[0])
-    t.add_argument("--out", required=True)
-    t.add_argument("--name", default=None)
-    t.add_argument("--root", default=None)
-    t.add_argument("--device", default="auto")
-    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="distinct seeds, one member each, trained together (default: 0)")
+    t.add_argument("--out", required=True,
+                   help="the run's folder: config.json, model.pt, logits.pt, seed<S>/metrics.json")
+    t.add_argument("--name", default=None, help="the run's name in its records (default: the --out folder)")
+    t.add_argument("--root", default=None, help="data directory (default: $KDBENCH_DATA or ./data)")
+    t.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=_cmd_train)
 
     lg = sub.add_parser("teacher-logits", help="cache a trained model's logits on the training split")

@@ -55,7 +55,11 @@ DEFAULTS = dict(
     init_members=None,          # which member of init_from starts each seed (default: 0, 1, ...)
     eval_batch_size=4096,
     check_every=50,             # steps between non-finite loss checks
+    precision="fp32",           # "fp32", or "bf16": the nets' forward and backward under bfloat16 autocast, with fp32
+                                # master weights, optimizer state, losses and evaluation (worth it on GPUs and CPUs
+                                # with native bf16 matrix units; results/bench/engine.csv measures it)
 )
+PRECISIONS = ("fp32", "bf16")
 MAX_JITTER = 8  # pixels of a 28x28 image; the paper's teacher uses 2
 
 
@@ -117,6 +121,7 @@ RULES = {
     "init_members": (lambda v: v is None or _ints(v), "null or a list of member positions"),
     "eval_batch_size": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
     "check_every": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
+    "precision": (lambda v: v in PRECISIONS, "'fp32' or 'bf16'"),
 }
 assert set(RULES) == set(DEFAULTS)
 

@@ -15,6 +15,11 @@ import torch
 from torch import nn
 
 
+# a single member's layer as one `addmm` on 2-D tensors instead of a `baddbmm` over a batch of one (benchmarks/engine.py
+# measures both and this is the faster on the CPU it was measured on)
+SINGLE_MEMBER_MM = True
+
+
 class MLP(nn.Module):
     def __init__(self, widths: list[int], members: int = 1, seeds: list[int] | None = None,
                  dropout_input: float = 0.0, dropout_hidden: float = 0.0, max_norm: float | None = None):
@@ -57,8 +62,9 @@ class MLP(nn.Module):
             x = x.unsqueeze(0).expand(self.members, -1, -1)
         x = self._dropout(x, self.dropout_input)
         last, h = len(self.weights) - 1, x
+        single = SINGLE_MEMBER_MM and self.members == 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            x = torch.baddbmm(b.unsqueeze(1), x, w)
+            x = torch.addmm(b[0], x[0], w[0]).unsqueeze(0) if single else torch.baddbmm(b.unsqueeze(1), x, w)
             if i < last:
                 h = torch.relu(x)
                 x = self._dropout(h, self.dropout_hidden)

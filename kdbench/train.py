@@ -14,6 +14,7 @@ and `logits.pt` (validation and test logits of every member, for bias correction
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -161,6 +162,14 @@ class Engine:
     loss_fn: Callable
     opt: optim.SGD
     steps_per_epoch: int
+    device: torch.device = torch.device("cpu")
+
+    def nets(self):
+        """The context the nets' forward passes run in: bfloat16 autocast for `precision: bf16` (the weights stay
+        fp32 masters; autocast casts each once per step), nothing for fp32."""
+        if self.cfg["precision"] == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def step(self, data: RunData, idx: torch.Tensor) -> tuple[list[str], torch.Tensor]:
         """One SGD step on the examples idx (K, B); returns the loss terms' names and values (terms, K)."""
@@ -168,11 +177,14 @@ class Engine:
         mix = mixup(xb, self.cfg["mixup"]) if self.cfg["mixup"] else None
         if mix is not None:
             xb, lam, partner = mix
-        if self.variant.features:
-            logits, hidden = self.student.model(xb, hidden=True)
-            feats = {"student": hidden, "teacher": self.teacher.features(xb), **self.student.own}
-        else:
-            logits, feats = self.student.model(xb), None
+        with self.nets():
+            if self.variant.features:
+                logits, hidden = self.student.model(xb, hidden=True)
+                feats = {"student": hidden.float(), "teacher": self.teacher.features(xb).float(),
+                         **self.student.own}
+            else:
+                logits, feats = self.student.model(xb), None
+        logits = logits.float()  # the losses in fp32 whatever the precision
         t = self.teacher.batch(idx, xb)
         terms = self.loss_fn(logits, yb, t, feats)
         if mix is not None:  # mixup's criterion, lam * loss(y) + (1 - lam) * loss(partner's y): for cross-entropy the
@@ -216,7 +228,7 @@ def build_engine(cfg: dict, seeds: list[int], data: RunData, device: torch.devic
     total = steps * cfg["epochs"]
     opt = optim.SGD(student.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], nesterov=cfg["nesterov"],
                     weight_decay=cfg["weight_decay"], schedule=lambda s: _lr_factor(cfg, s, total, steps))
-    return Engine(cfg, list(seeds), student, teacher, variant, loss_fn, opt, steps)
+    return Engine(cfg, list(seeds), student, teacher, variant, loss_fn, opt, steps, device)
 
 
 def run_epoch(eng: Engine, data: RunData, name: str, epoch: int) -> tuple[list[str], torch.Tensor]:
@@ -351,7 +363,8 @@ def write_records(eng: Engine, data: RunData, history: dict, best, out_dir: Path
               "versions": package_versions(), "device": device_description(facts["device"]),
               "wall_seconds": facts["wall"], "members_trained_together": len(seeds),
               "variant_module_sha256": facts["module_hashes"], "epochs": cfg["epochs"],
-              "train_examples": data.sampler.epoch_size, "resumed_after_epoch": facts["start_epoch"],
+              "precision": cfg["precision"], "train_examples": data.sampler.epoch_size,
+              "resumed_after_epoch": facts["start_epoch"],
               "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "val_examples": int(len(data.val_idx)),
               "epoch_seconds": history["epoch_seconds"]}
     subset = ({} if data.subset is None else {"subset_natural_fraction": data.subset["natural_fraction"],

@@ -4,6 +4,7 @@ import os
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -41,6 +42,7 @@ GOOD = dict(widths=[784, 16, 10], epochs=1, train_fraction=0.02, val_size=500)
     ({"keep_best": True, "val_size": 0}, r"keep_best needs a validation split"),
     ({"teacher_pairing": "pairs"}, r"teacher_pairing must be"),
     ({"momentum": 0.0}, r"nesterov needs momentum > 0"),  # nesterov is on by default
+    ({"precision": "fp16"}, r"precision must be 'fp32' or 'bf16', got 'fp16'"),
 ])
 def test_a_bad_training_config_is_refused_with_its_key_and_the_fix(bad, message):
     with pytest.raises(config.ConfigError, match=message) as err:
@@ -118,3 +120,57 @@ def test_written_files_follow_the_umask(tmp_path, umask, mode):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "m.json").stat().st_mode) == mode
+
+
+def _profile_with(tmp_path, edit) -> str:
+    import yaml
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "quick.yaml").read_text())
+    edit(cfg)
+    path = tmp_path / "profile.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def _rename_seeds(c):
+    c["seed"] = c.pop("seeds")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_rename_seeds, r"unknown key\(s\) 'seed' \(did you mean 'seeds'\?\)"),
+    (lambda c: c.pop("specialists"), r"'specialists' is a required property"),
+    (lambda c: c["mnist"]["teacher"].update(epocs=3), r"mnist.teacher: unknown key\(s\) 'epocs' \(did you mean 'epochs'"),
+    (lambda c: c["mnist"]["sweep"].update(temperatures=[-1, 2]), r"mnist.sweep.temperatures.0: -1 is wrong"),
+])
+def test_kdbench_plan_validates_the_profile_in_a_few_lines(tmp_path, edit, message):
+    import re
+    r = _kdbench("plan", _profile_with(tmp_path, edit), cwd=tmp_path)
+    assert r.returncode == 1 and re.search(message, r.stderr), r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.splitlines()) <= 12
+
+
+def test_a_learning_rate_in_e_notation_is_a_number(tmp_path):
+    from kdbench import profile
+    path = tmp_path / "p.yaml"
+    path.write_text("mnist:\n  teacher: {lr: 5e-2, dropout_input: 1e-1, jitter: 2}\n  name: hinton\n")
+    cfg = profile.load(path)
+    assert cfg["mnist"]["teacher"] == {"lr": 0.05, "dropout_input": 0.1, "jitter": 2}
+    assert cfg["mnist"]["name"] == "hinton"
+    good = profile.load(_profile_with(tmp_path, lambda c: c["mnist"]["baseline"].update(lr="5e-2")))
+    assert good["mnist"]["baseline"]["lr"] == 0.05
+    profile.validate(good)
+
+
+@pytest.mark.parametrize("device, message", [
+    ("gpu", r"--device gpu: not a device torch knows"),
+    ("cuda", r"--device cuda: this machine has no usable CUDA GPU"),
+])
+def test_kdbench_train_refuses_a_device_it_cannot_use_before_writing(tmp_path, device, message):
+    import re
+
+    import torch
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    r = _kdbench("train", "--config-json", json.dumps(GOOD), "--out", str(tmp_path / "run"), "--device", device,
+                 cwd=tmp_path)
+    assert r.returncode == 2 and re.search(message, r.stderr), r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "run").exists()
