@@ -177,6 +177,11 @@ def _cmd_plan(args) -> int:
     return 0
 
 
+def _cmd_check(args) -> int:
+    from kdbench import check
+    return check.main(args.configfile)
+
+
 def _cmd_clusters(args) -> int:
     import json
 
@@ -308,6 +313,10 @@ def _table_commands(sub) -> None:
     pl.add_argument("configfile", help="a profile, e.g. config/quick.yaml")
     pl.add_argument("--configs", action="store_true", help="also print each job's training config")
     pl.set_defaults(func=_cmd_plan)
+
+    ck = sub.add_parser("check", help="is every committed result what the current plan trains, from committed code?")
+    ck.add_argument("--configfile", required=True, help="the profile whose results/<profile>/ to check")
+    ck.set_defaults(func=_cmd_check)
 
     sm = sub.add_parser("summary", help="concatenate section summaries into summary.csv")
     sm.add_argument("parts", nargs="+")

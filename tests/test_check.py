@@ -1,0 +1,105 @@
+"""`kdbench check` finds every way a committed result can stop being what the current plan trains."""
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from kdbench import check, config, layout, plan
+from workflow_helpers import REPO, SMOKE
+
+HEAD = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture
+def results(tmp_path):
+    """A copy of a smoke profile's results made as the workflow would: two planned jobs' records, a table's
+    provenance citing them, a benchmark file of the training rule; clean by construction."""
+    if len(HEAD) != 40:
+        pytest.skip("not a git checkout")
+    cfg = yaml.safe_load(SMOKE.read_text())
+    jobs = plan.jobs(cfg)
+    runs = tmp_path / layout.runs(cfg["profile"])
+    rows = []
+    for name in ("teacher", "baseline"):
+        for seed in cfg["seeds"]:
+            path = runs / name / f"seed{seed}" / "metrics.json"
+            path.parent.mkdir(parents=True)
+            path.write_text(json.dumps({"config": config.resolve(jobs[name].config), "git_commit": HEAD,
+                                        "test_errors": 100}))
+            rows.append(f"mnist,sec3,{name},test_errors,{seed},100,{layout.metrics(layout.runs(cfg['profile']), name, seed)}")
+    res = tmp_path / layout.results(cfg["profile"])
+    (res / "mnist_provenance.csv").write_text("section,table,system,metric,seed,value,source\n" + "\n".join(rows) + "\n")
+    (res / "benchmarks" / "train").mkdir(parents=True)
+    (res / "benchmarks" / "train" / "teacher.tsv").write_text("s\n1\n")
+    return cfg, tmp_path
+
+
+def _record(root, cfg, job="teacher", seed=0):
+    return root / layout.metrics(layout.runs(cfg["profile"]), job, seed)
+
+
+def _edit(path, **changes):
+    rec = json.loads(path.read_text())
+    rec.update(changes)
+    path.write_text(json.dumps(rec))
+
+
+def test_clean_results_pass(results):
+    cfg, root = results
+    assert check.problems(cfg, root) == []
+
+
+def test_an_edited_run_config_fails(results):
+    cfg, root = results
+    path = _record(root, cfg)
+    rec = json.loads(path.read_text())
+    _edit(path, config={**rec["config"], "lr": 0.5})
+    found = check.problems(cfg, root)
+    assert any("teacher/seed0/metrics.json: its config is not the plan's" in p and "lr" in p for p in found), found
+
+
+def test_a_dirty_record_fails(results):
+    cfg, root = results
+    _edit(_record(root, cfg, "baseline", 1), git_commit=HEAD + "-dirty")
+    found = check.problems(cfg, root)
+    assert any("baseline/seed1/metrics.json: made from a dirty tree" in p for p in found), found
+    assert any("mnist_provenance.csv: cites" in p and "baseline/seed1" in p for p in found), found
+
+
+def test_an_unknown_commit_fails(results):
+    cfg, root = results
+    _edit(_record(root, cfg), git_commit="0123456789abcdef0123456789abcdef01234567")
+    found = check.problems(cfg, root)
+    assert any("not in this repository's history" in p for p in found), found
+
+
+def test_an_orphan_file_fails(results):
+    cfg, root = results
+    orphan = root / layout.results(cfg["profile"]) / "benchmarks" / "train_mnist" / "teacher.tsv"
+    orphan.parent.mkdir(parents=True)
+    orphan.write_text("s\n1\n")
+    found = check.problems(cfg, root)
+    assert any("benchmarks/train_mnist/: files of rule 'train_mnist'" in p for p in found), found
+    stale = _record(root, cfg, "sweep_w999_T3")
+    stale.parent.mkdir(parents=True)
+    stale.write_text(json.dumps({"config": {}, "git_commit": HEAD}))
+    assert any("the plan has no job 'sweep_w999_T3'" in p for p in check.problems(cfg, root))
+
+
+def test_a_table_built_from_a_replaced_run_fails(results):
+    cfg, root = results
+    _record(root, cfg, "baseline", 0).unlink()  # the run the table cites was replaced (or deleted)
+    found = check.problems(cfg, root)
+    assert any("cites" in p and "baseline/seed0/metrics.json, which does not exist" in p for p in found), found
+
+
+def test_kdbench_check_exits_non_zero_naming_the_file(results):
+    cfg, root = results
+    _edit(_record(root, cfg), git_commit=HEAD + "-dirty")
+    profile = root / "profile.yaml"
+    profile.write_text(SMOKE.read_text())
+    r = subprocess.run([sys.executable, "-m", "kdbench.cli", "check", "--configfile", str(profile)], cwd=root,
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "teacher/seed0/metrics.json: made from a dirty tree" in r.stdout, r.stdout + r.stderr
