@@ -111,7 +111,23 @@ def device_description(device: torch.device | str) -> str:
     device = torch.device(device)
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
-    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    return f"cpu: {cpu_model()}, {torch.get_num_threads()} threads"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux) and the widest vector unit torch uses, e.g. 'AMD EPYC (AVX2)'."""
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        return f"{name} ({torch.backends.cpu.get_cpu_capability()})"
+    except AttributeError:
+        return name
 
 
 def speed_row(case: str, device: str, seconds: float, steps: int, ref_case: str | None = None,
