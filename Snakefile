@@ -15,6 +15,13 @@ min_version("8.0")
 if not config:
     configfile: "config/config.yaml"
 
+    import sys as _sys
+
+    print("kdbench: no --configfile given, so this is the paper profile (config/config.yaml): on a 2-core CPU its "
+          "MNIST section alone is hours of training, and its other sections are planned for a GPU. For a first run "
+          "use --configfile .test/config.yaml (the smoke run, minutes) or config/quick.yaml (every section at "
+          "budget scale); see the README.", file=_sys.stderr)
+
 
 # YAML 1.2 numbers ('lr: 5e-2'), then the schema with one short line per bad key (kdbench.profile); snakemake's own
 # validation after it only fills in the schema's defaults
