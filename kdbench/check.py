@@ -43,11 +43,11 @@ def _commit_known(sha: str, cache: dict) -> bool:
     return cache[sha]
 
 
-def _planned_config(job, defaults: dict) -> dict:
+def _planned_config(job, root: Path) -> dict:
     from kdbench.config import resolve
     cfg = resolve(job.config, where=f"job {job.name!r}")
-    if job.temperature_from and Path(job.temperature_from).exists():
-        chosen = json.loads(Path(job.temperature_from).read_text())["temperature"]
+    if job.temperature_from and (root / job.temperature_from).exists():
+        chosen = json.loads((root / job.temperature_from).read_text())["temperature"]
         cfg["variant_params"] = {**cfg["variant_params"], "temperature": chosen}
     return cfg
 
@@ -82,7 +82,7 @@ def problems(cfg: dict, root: Path | str = ".") -> list[str]:
         elif not re.fullmatch(r"[0-9a-f]{40}", commit) or not _commit_known(commit, commits):
             found.append(f"{where}: made from commit {commit!r}, which is not in this repository's history")
         if job_name in jobs:
-            diff = _config_differences(rec.get("config", {}), _planned_config(jobs[job_name], DEFAULTS), DEFAULTS)
+            diff = _config_differences(rec.get("config", {}), _planned_config(jobs[job_name], root), DEFAULTS)
             if diff:
                 found.append(f"{where}: its config is not the plan's for job {job_name!r}: " + "; ".join(diff[:4]))
         elif not job_name.startswith("specialists/"):
