@@ -5,7 +5,8 @@ the string YAML 1.1 makes of it); `numbers(cfg)` does the same for a config snak
 checks it against `workflow/schemas/config.schema.yaml` and raises `ProfileError` with one line per problem, naming
 the key's path, what is wrong and, for a misspelt key, the known keys beside it (not the whole schema and config,
 which is what snakemake's own validation prints); `check(cfg)` adds the job plan with every job's training config
-resolved by `kdbench.config.resolve`. The Snakefile and `kdbench plan` both call `check`.
+resolved by `kdbench.config.resolve` (`planned_jobs`, the workflow's job plan). The Snakefile validates and
+plans with these; `kdbench plan` calls `check`, which does both.
 """
 from __future__ import annotations
 
@@ -90,11 +91,38 @@ def validate(cfg: dict) -> None:
                            + "\n  ".join(lines) + more)
 
 
-def check(cfg: dict) -> dict:
-    """Validate the profile and plan it, resolving every job's training config; returns the plan's jobs."""
-    from kdbench import plan, train
-    validate(cfg)
+def planned_jobs(cfg: dict) -> dict:
+    """Build the job plan of a schema-valid profile and resolve every job's training config now, with the same
+    validation `kdbench train` uses, so a bad value, variant or variant parameter stops the workflow (or `kdbench
+    plan`) before any job, naming the job and key; returns the plan's jobs. The workflow's `PLAN`."""
+    from kdbench import ensembles, losses, plan, specialists, train
+    try:
+        losses.load_modules(cfg.get("variant_modules", []))
+    except (OSError, SyntaxError, ImportError, ValueError) as e:
+        raise ValueError(f"config: variant_modules: {e}") from None
+    if cfg["variant_experiments"]["mnist_bestT_width"] not in cfg["mnist"]["sweep"]["widths"]:
+        raise ValueError(f"config: variant_experiments.mnist_bestT_width must be one of the sweep's widths "
+                         f"{cfg['mnist']['sweep']['widths']}")
+    for name in cfg["variants"]:
+        try:
+            losses.get(name)
+        except KeyError as e:
+            raise ValueError(f"config: variants: {e.args[0]}") from None
+    for name in cfg.get("variant_params", {}):
+        if name not in cfg["variants"]:
+            raise ValueError(f"config: variant_params: {name!r} is not one of the variants run, "
+                             f"{cfg['variants']}. Fix: correct the name, or add it to variants")
+    for ds in specialists.datasets(cfg):
+        if ds not in ensembles.datasets(cfg):
+            raise ValueError(f"config: specialists.datasets: {ds!r} has no generalist; add it to ensembles.datasets")
+        train.resolve(plan.specialist_example(cfg, ds), where=f"config: job 'specialists/{ds}/spec0'")
     jobs = plan.jobs(cfg)
     for job in jobs.values():
         train.resolve(job.config, where=f"config: job {job.name!r}")
     return jobs
+
+
+def check(cfg: dict) -> dict:
+    """`validate` and then `planned_jobs`: everything the workflow checks when it starts (what `kdbench plan` runs)."""
+    validate(cfg)
+    return planned_jobs(cfg)

@@ -77,17 +77,17 @@ def git_commit(where: Path | str | None = None) -> str:
     configuration (`STAMPED_PATHS`) differ from that commit; changes under results/ or docs/ don't count."""
     here = Path(where) if where else Path(__file__).resolve().parent
     try:
-        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=here, capture_output=True, text=True,
-                             timeout=10)
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
-        if sha.returncode != 0 or top.returncode != 0:
+        head = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], cwd=here, capture_output=True,
+                              text=True, timeout=10)
+        if head.returncode != 0:
             return "unknown"
-        root = Path(top.stdout.strip())
+        top, sha = head.stdout.splitlines()
+        root = Path(top)
         paths = [p for p in STAMPED_PATHS if (root / p).exists()]
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=normal", "--", *paths], cwd=root,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         dirty = "\n".join(line for line in dirty.splitlines() if not line.endswith("__pycache__/"))
-        return sha.stdout.strip() + ("-dirty" if dirty else "")
+        return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 

@@ -6,7 +6,8 @@ import re
 import shlex
 from pathlib import Path
 
-from kdbench import ensembles, layout, losses, plan, specialists, train
+from kdbench import ensembles, layout, plan, specialists
+from kdbench import profile as kdprofile
 
 RESULTS = layout.results(config["profile"])
 RUNS = layout.runs(config["profile"])
@@ -38,36 +39,7 @@ def one_of(names):
     return "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)) or "(?!)"
 
 
-def check_train_configs():
-    """Build the job plan and resolve every job's training config now, with the same validation `kdbench train`
-    uses, so a bad value, variant or variant parameter stops the workflow before any job, naming the job and key."""
-    try:
-        losses.load_modules(config.get("variant_modules", []))
-    except (OSError, SyntaxError, ImportError, ValueError) as e:
-        raise ValueError(f"config: variant_modules: {e}") from None
-    if config["variant_experiments"]["mnist_bestT_width"] not in config["mnist"]["sweep"]["widths"]:
-        raise ValueError(f"config: variant_experiments.mnist_bestT_width must be one of the sweep's widths "
-                         f"{config['mnist']['sweep']['widths']}")
-    for name in config["variants"]:
-        try:
-            losses.get(name)
-        except KeyError as e:
-            raise ValueError(f"config: variants: {e.args[0]}") from None
-    for name in config.get("variant_params", {}):
-        if name not in config["variants"]:
-            raise ValueError(f"config: variant_params: {name!r} is not one of the variants run, "
-                             f"{config['variants']}. Fix: correct the name, or add it to variants")
-    for ds in specialists.datasets(config):
-        if ds not in ensembles.datasets(config):
-            raise ValueError(f"config: specialists.datasets: {ds!r} has no generalist; add it to ensembles.datasets")
-        train.resolve(plan.specialist_example(config, ds), where=f"config: job 'specialists/{ds}/spec0'")
-    jobs = plan.jobs(config)
-    for job in jobs.values():
-        train.resolve(job.config, where=f"config: job {job.name!r}")
-    return jobs
-
-
-PLAN = check_train_configs()
+PLAN = kdprofile.planned_jobs(config)
 TEACHERS = plan.teachers(config, PLAN)
 
 
