@@ -2,8 +2,12 @@
 mean, beside the paper's number), provenance rows (every seed's value and the file it came from), and the paper's
 numbers file.
 
-A derived claim (the share of a gain kept, of a gap recovered, a relative gain, a variant's difference to hinton) is
-computed per seed from that seed's own runs before it is averaged, so its interval is the paired one."""
+A share (the MNIST student's share of the teacher-baseline gap, the share of an ensemble's gain a distilled net keeps,
+the share of the 3%-vs-100% gap soft targets recover) is one thing, computed by `share_cell`: the ratio of the
+seed-mean gains, with a paired delta-method 95% interval over seeds, so every seed counts and no seed's own tiny
+denominator can blow it up. Other derived claims (a gain in points, a relative gain, a variant's difference to
+hinton) are computed per seed from that seed's own runs before they are averaged, so their interval is the paired
+one."""
 from __future__ import annotations
 
 import json
@@ -93,6 +97,49 @@ class Cell:
     def provenance(self) -> list[dict]:
         return [{"section": self.section, "table": self.table, "system": self.system, "metric": self.metric,
                  "seed": s, "value": v, "source": src} for s, v, src in self.values]
+
+
+@dataclass
+class ShareCell(Cell):
+    """A share in percent: how far `value` gets from `low` to `high`, as the ratio of their seed means,
+    100 * (mean(value) - mean(low)) / (mean(high) - mean(low)). Its std and 95% interval are the paired delta method's
+    (the ratio estimator's): each seed's linearised share d_s = 100 * (a_s - R b_s) / mean(b), with a_s = value_s -
+    low_s and b_s = high_s - low_s, has mean 0 and sample std `std`; the interval is R +- t(n-1) std / sqrt(n).
+    `values` (the provenance) keeps each seed's own share; `parts` the (seed, value, low, high) it comes from."""
+    parts: list[tuple[int, float, float, float]] = field(default_factory=list)
+
+    def summary(self, paper: dict) -> dict:
+        row = super().summary(paper)
+        ratio, std = share_of_means(self.parts)
+        low, high = ci95(ratio, std, len(self.parts))
+        return {**row, "mean": ratio, "std": std, "ci95_low": low, "ci95_high": high}
+
+
+def share_of_means(parts: list[tuple[int, float, float, float]]) -> tuple[float, float]:
+    """(ratio of seed means in percent, std of its per-seed linearisation) of (seed, value, low, high) tuples; NaN
+    where the mean gap is zero, std NaN for fewer than two seeds."""
+    n = len(parts)
+    a = [v - lo for _, v, lo, _ in parts]
+    b = [hi - lo for _, _, lo, hi in parts]
+    mean_b = sum(b) / n if n else 0.0
+    if mean_b == 0:
+        return math.nan, math.nan
+    ratio = sum(a) / n / mean_b
+    d = [100.0 * (ai - ratio * bi) / mean_b for ai, bi in zip(a, b)]
+    return 100.0 * ratio, mean_std(d)[1]
+
+
+def share_of_gap(value: float, low: float, high: float) -> float:
+    """One seed's share in percent of the way from `low` to `high` that `value` gets (NaN where low == high)."""
+    return 100.0 * (value - low) / (high - low) if high != low else math.nan
+
+
+def share_cell(section: str, table: str, system: str, metric: str,
+               per_seed: list[tuple[int, float, float, float, str]]) -> ShareCell:
+    """The suite's one share: (seed, value, low, high, source) per seed -> a ShareCell (see there)."""
+    return ShareCell(section, table, system, metric, "pct",
+                     [(s, share_of_gap(v, lo, hi), src) for s, v, lo, hi, src in per_seed],
+                     [(s, v, lo, hi) for s, v, lo, hi, _ in per_seed])
 
 
 def tables(cells: list[Cell], paper: dict) -> tuple[pd.DataFrame, pd.DataFrame]:

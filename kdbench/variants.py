@@ -13,9 +13,9 @@ its students. The experiments are every distillation experiment of the suite:
 A variant's parameters are the experiment's `temperature` and `hard_weight` where the variant takes them, then the
 profile's `variant_params[name]`. A `teacher="self"` variant (born-again) learns from the experiment's `hard` run,
 a trained copy of its own architecture; a feature variant (`fitnets`) also reads the hidden features of its seed's
-teacher net. Where an experiment mixes its inputs (`mixup`: the Table 5 nets when the profile sets
-`ensembles.fraction.mixup`), every variant's student mixes them too and its teacher net runs on the mixed inputs
-(`teacher_model`) instead of a cache. The tables give mean ± std over seeds and the paired difference to `hinton`
+teacher net. The Table 5 experiment is the paper-protocol pair (`soft3`, no mixup). Where an experiment mixes its
+inputs (`mixup` in its base config), every variant's student mixes them too and its teacher net runs on the mixed
+inputs (`teacher_model`) instead of a cache. The tables give mean ± std over seeds and the paired difference to `hinton`
 on the same seeds with a 95% interval and a paired t-test note.
 """
 from __future__ import annotations

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from kdbench import ensembles, specialists, train
+from kdbench import aggregate, ensembles, specialists, train
 from kdbench.models import MLP
 
 
@@ -87,9 +87,43 @@ def test_the_dustbin_shift_raises_the_dustbin_by_exactly_its_odds():
 
 @pytest.mark.parametrize("value, low, high, share", [(60.0, 50.0, 70.0, 50.0), (70.0, 50.0, 70.0, 100.0),
                                                       (45.0, 50.0, 70.0, -25.0), (1.0, 1.0, 1.0, math.nan)])
-def test_share_recovered(value, low, high, share):
-    got = ensembles.share_recovered(value, low, high)
+def test_one_seeds_share_of_a_gap(value, low, high, share):
+    got = aggregate.share_of_gap(value, low, high)
     assert (math.isnan(got) and math.isnan(share)) or got == pytest.approx(share)
+
+
+def test_a_share_is_the_ratio_of_seed_means_with_the_delta_method_interval():
+    """Seed 0 closes 1 of a 1-point gap, seed 1 9 of a 19-point gap: the ratio of means is 10/20 = 50% (the mean of
+    the per-seed shares, 73.7%, would let the tiny gap dominate). Its interval is the ratio estimator's."""
+    parts = [(0, 2.0, 1.0, 2.0), (1, 19.0, 10.0, 29.0)]
+    cell = aggregate.share_cell("d", "t", "s", "m", [(*p, f"src{p[0]}") for p in parts])
+    row = cell.summary({})
+    assert row["mean"] == pytest.approx(50.0)
+    d = [100 * ((2 - 1) - 0.5 * 1) / 10, 100 * ((19 - 10) - 0.5 * 19) / 10]  # a_s - R b_s over mean(b)
+    std = math.sqrt(sum(x * x for x in d) / 1)  # their mean is 0
+    assert row["std"] == pytest.approx(std)
+    half = aggregate.t_crit(1) * std / math.sqrt(2)
+    assert (row["ci95_low"], row["ci95_high"]) == (pytest.approx(50 - half), pytest.approx(50 + half))
+    assert [v for _, v, _ in cell.values] == [pytest.approx(100.0), pytest.approx(100 * 9 / 19)]
+    assert [src for _, _, src in cell.values] == ["src0", "src1"]
+    assert math.isnan(aggregate.share_cell("d", "t", "s", "m", [(0, 1.0, 1.0, 1.0, "x")]).summary({})["mean"])
+
+
+@pytest.mark.parametrize("errors, pooled, chosen", [
+    ({1.0: 10.0, 2.0: 10.5, 5.0: 12.0}, 1000, 2.0),   # 2 is within one SE (0.95) of the best: the paper's T
+    ({1.0: 10.0, 2.0: 11.0, 5.0: 12.0}, 1000, 1.0),   # 2 is 1 point off, beyond one SE: the best
+    ({1.0: 10.0, 2.0: 10.5, 5.0: 12.0}, 100000, 1.0),  # many examples: the SE shrinks to 0.09
+    ({1.0: 12.0, 5.0: 10.0, 10.0: 10.2}, 1000, 5.0),  # no T=2 candidate: the tied one nearest it on a log scale
+])
+def test_the_temperature_goes_to_the_papers_only_inside_the_validation_noise(errors, pooled, chosen):
+    assert ensembles.pick_temperature(errors, pooled) == chosen
+
+
+def test_table1s_main_row_is_the_paper_split_row_whose_ensemble_gains_most_on_validation():
+    cfg = {"ensembles": {"datasets": {"speech": {}, "narrow": {"data": "speech"}, "other": {}}}}
+    assert ensembles.main_row(cfg, {"speech": [1.0, 1.2], "narrow": [2.0, 0.0], "other": [9.0, 9.0]}) == "speech"
+    assert ensembles.main_row(cfg, {"speech": [1.0, 1.2], "narrow": [2.0, 0.6], "other": [9.0, 9.0]}) == "narrow"
+    assert ensembles.main_row({"ensembles": {"datasets": {"other": {}}}}, {"other": [1.0]}) is None
 
 
 def _predicting(correct: list[int], n: int = 10) -> torch.Tensor:
@@ -100,15 +134,18 @@ def _predicting(correct: list[int], n: int = 10) -> torch.Tensor:
     return z
 
 
-@pytest.mark.parametrize("hard, no_gap", [([50, 60], []), ([80, 60], [0])])
-def test_table5_gives_a_share_of_the_gap_only_where_every_seed_has_a_gap(tmp_path, hard, no_gap):
-    """Seed s: the 100% net (member 0 of its ensemble) 80%, soft targets 70%, the 3% hard net `hard[s]`%. Where a
-    seed's hard net is as good as its 100% net there is no gap, and no share of it is claimed."""
+@pytest.mark.parametrize("mixup", [False, True])
+def test_table5_gives_every_seed_its_share_and_keeps_mixup_rows_apart(tmp_path, mixup):
+    """Seed s: the 100% net (member 0 of its ensemble) 80%, soft targets 70%, the 3% hard net 50% / 80%. Seed 1 has
+    no gap, and still counts: the share is the ratio of seed means, (70 - 65) / (80 - 65) = 33.3%. With mixup in the
+    profile its pair of 3% nets gets rows of its own and the paper-protocol rows stay what they were."""
     import json
     from kdbench import layout
-    cfg = {"seeds": [0, 1], "ensembles": {"members": 2}}
+    cfg = {"seeds": [0, 1], "ensembles": {"members": 2, "distilled": {"temperatures": [1]},
+                                          "fraction": {"mixup": 1.0} if mixup else {}}}
     labels = torch.zeros(10, dtype=torch.long)
-    for run, correct in (("base3", [h // 10 for h in hard]), ("soft3", [7, 7])):
+    runs = [("base3", [5, 8]), ("soft3", [7, 7])] + ([("base3_mixup", [6, 6]), ("soft3_mixup", [8, 8])] if mixup else [])
+    for run, correct in runs:
         path = layout.logits(tmp_path, ensembles.job("d", run))
         path.parent.mkdir(parents=True)
         torch.save({"test": _predicting(correct)}, path)
@@ -123,11 +160,11 @@ def test_table5_gives_a_share_of_the_gap_only_where_every_seed_has_a_gap(tmp_pat
     ens = {"test": _predicting([8, 5, 8, 5])}  # member 0 of each seed's ensemble: 80%
     cells = []
     evaluate = lambda z: {"test_accuracy_pct": ensembles.accuracy_pct(z, labels)}  # noqa: E731
-    facts = ensembles._table5(cfg, tmp_path, "d", ens, evaluate,
-                              lambda table, system, metric, values, unit="pct": cells.append((system, metric, values)))
-    shares = [[v for _, v, _ in values] for system, metric, values in cells if metric == "gap_recovered_pct"]
-    assert facts["no_gap_seeds"] == no_gap
-    if no_gap:
-        assert shares == []
-    else:
-        assert shares == [[pytest.approx(100 * (70 - 50) / (80 - 50)), pytest.approx(100 * (70 - 60) / (80 - 60))]]
+    ensembles._table5(cfg, tmp_path, "d", ens, evaluate, ensembles.Adder(cells, "d"))
+    shares = {c.system: c.summary({}) for c in cells if c.metric == "gap_recovered_pct"}
+    assert shares["soft_3"]["mean"] == pytest.approx(100 * (70 - 65) / (80 - 65))
+    assert shares["soft_3"]["n_seeds"] == 2
+    assert {c.system for c in cells} == ({"baseline_100", "baseline_3", "soft_3"}
+                                         | ({"baseline_3_mixup", "soft_3_mixup"} if mixup else set()))
+    if mixup:
+        assert shares["soft_3_mixup"]["mean"] == pytest.approx(100 * (80 - 60) / (80 - 60))

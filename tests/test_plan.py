@@ -69,8 +69,8 @@ def test_a_recipe_change_changes_exactly_the_jobs_that_use_it():
     differ = sorted(n for n in base if base[n] != changed[n])
     # the Table 5 soft-target nets and every variant's run in the Table 5 experiments that takes a temperature
     assert differ and all("soft3" in n for n in differ)
-    assert {n for n in differ if n.startswith("ensembles/")} == {f"ensembles/{ds}/soft3" for ds in
-                                                                 ROWS}
+    assert {n for n in differ if n.startswith("ensembles/")} == {f"ensembles/{ds}/{s}" for ds in ROWS
+                                                                 for s in ("soft3", "soft3_mixup")}
     assert not any(n.endswith("/hard") for n in differ)
 
 
@@ -168,19 +168,19 @@ def test_a_rows_bootstrap_bags_its_ensembles_members_only():
     assert jobs["ensembles/fashion_mnist/ensemble"].config == plan.jobs(SMOKE)["ensembles/fashion_mnist/ensemble"].config
 
 
-def test_mixup_on_the_3pct_nets_runs_their_teachers_live_and_changes_only_those_jobs():
-    """`ensembles.fraction.mixup`: both 3% nets mix their inputs; the soft-target net (and every Table 5 variant that
-    needs a teacher) reads the teacher's model.pt, not a cache; no other job changes, and without the key no job's
-    config gains it."""
+def test_mixup_adds_its_own_pair_of_3pct_nets_and_changes_no_paper_protocol_job():
+    """`ensembles.fraction.mixup` adds `base3_mixup` / `soft3_mixup` per row: both mix their inputs, the soft one
+    reads its teacher's model.pt (it runs live on the mixed inputs), not a cache. Every job of the profile without
+    the key (the paper-protocol `base3` / `soft3` and the Table 5 variants' students among them) stays as it was."""
     off = copy.deepcopy(SMOKE)
     off["ensembles"]["fraction"].pop("mixup", None)
     base = plan.jobs(off)
     jobs = plan.jobs(_with(off, **{"ensembles.fraction.mixup": 0.4}))
-    differ = {n for n in base if base[n] != jobs[n]}
-    assert differ == {n for n in base if n.endswith(("/base3", "/soft3")) or "_soft3/" in n}
+    assert all(jobs[n] == base[n] for n in base)
+    assert set(jobs) - set(base) == {f"ensembles/{ds}/{s}_mixup" for ds in ROWS for s in ("base3", "soft3")}
     assert not any("mixup" in j.config for j in base.values())
     for ds in ROWS:
-        soft, hard = jobs[f"ensembles/{ds}/soft3"], jobs[f"ensembles/{ds}/base3"]
+        soft, hard = jobs[f"ensembles/{ds}/soft3_mixup"], jobs[f"ensembles/{ds}/base3_mixup"]
         assert soft.config["mixup"] == hard.config["mixup"] == 0.4
         assert soft.teacher is None and soft.teacher_model == str(layout.model(layout.runs("smoke"),
                                                                                f"ensembles/{ds}/ensemble"))
@@ -188,10 +188,9 @@ def test_mixup_on_the_3pct_nets_runs_their_teachers_live_and_changes_only_those_
         n_seeds = len(SMOKE["ensembles"].get("seeds") or SMOKE["seeds"])
         assert soft.config["teacher_members"] == [i * m for i in range(n_seeds)]
         assert soft.teacher_model in soft.inputs()
+        paper = jobs[f"ensembles/{ds}/soft3"]
+        assert "mixup" not in paper.config and paper.teacher.endswith(f"{ds}/teacher_single.pt")
+        assert {k: v for k, v in soft.config.items() if k not in ("mixup", "teacher_model", "teacher_members")} == {
+            k: v for k, v in paper.config.items() if k != "teacher_logits"}
     for name, job in jobs.items():
         train.resolve(job.config, where=name)
-        if name.startswith("variants/") and "_soft3/" in name:
-            assert job.config["mixup"] == 0.4 and job.teacher is None, name
-    born = plan.jobs(_with(off, variants=["hinton", "born_again"], **{"ensembles.fraction.mixup": 0.4}))
-    ba = born[f"variants/{ROWS[0]}_soft3/born_again"]
-    assert ba.teacher_model == str(layout.model(layout.runs("smoke"), f"variants/{ROWS[0]}_soft3/hard"))

@@ -97,10 +97,10 @@ def test_every_distillation_experiment_has_its_teacher_and_recipe():
     assert hint["variant_params"] == {"temperature": 1.0, "hard_weight": 0.5}  # T set later from the choice
     soft = variants.train_config(SMOKE, t5, "soft_only")
     assert soft["train_fraction"] == 0.03 and soft["teacher_pairing"] == "paired" and soft["epochs"] == 3
-    # the smoke profile's 3% nets mix their inputs, so their teacher (member 0 of each seed's ensemble) runs live
-    assert soft["mixup"] == 1.0 and "teacher_logits" not in soft and not soft["keep_best"]
-    assert soft["teacher_model"].endswith("ensembles/fashion_mnist/ensemble/model.pt")
-    assert soft["teacher_members"] == [0, 3, 6]
+    # Table 5's experiment is the paper's protocol: the 3% as they are, the cached logits of member 0 of each
+    # seed's ensemble (the mixup pair is the section's addition, not a distillation experiment of the variants)
+    assert "mixup" not in soft and soft["teacher_logits"].endswith("fashion_mnist/teacher_single.pt")
+    assert not soft["keep_best"]
     assert variants.job_name(t5, "hinton") == "ensembles/fashion_mnist/soft3"
     assert variants.train_config(SMOKE, t5, "hinton")["variant_params"] == {"temperature": 2.0, "hard_weight": 0.0}
     assert t1.metric == "test_accuracy_pct" and exps["mnist_w30_bestT"].metric == "test_errors"
