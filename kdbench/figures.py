@@ -64,31 +64,37 @@ def transfer(panels: list[tuple[str, list[dict]]], path: Path | str) -> None:
     _save(fig, path)
 
 
+PANEL_TITLES = {"mnist": "MNIST students (section 3): test errors of 10,000, lower is better",
+                "table1": "Students of the ensembles (Table 1): test accuracy %, higher is better",
+                "table5": "3% nets learning from the 100%-data net (Table 5): test accuracy %, higher is better"}
+
+
 def variants(df, path: Path | str) -> None:
     """Each KD variant's metric (mean ± std over seeds), one panel per group of experiments (MNIST errors, Table 1
-    and Table 5 accuracies), one group of bars per experiment."""
+    and Table 5 accuracies) stacked in a column of page width, each panel titled, one legend for all above them.
+    Points with error bars, not bars: the y axis holds the values' range, which a bar from zero would hide."""
     groups = list(dict.fromkeys(df.table)) if "table" in df else [None]
     names = list(dict.fromkeys(df.variant))
-    n_exp = max(len(set(df[df.table == g].experiment)) if g else len(set(df.experiment)) for g in groups)
-    fig, axes = plt.subplots(1, len(groups), figsize=(len(groups) * (1.5 + 0.45 * len(names) * n_exp), 4.2),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(groups), 1, figsize=(12, 3.2 * len(groups) + 0.6), squeeze=False)
     width = 0.8 / len(names)
-    for ax, g in zip(axes[0], groups):
+    for ax, g in zip(axes[:, 0], groups):
         sub_g = df if g is None else df[df.table == g]
         exps = list(dict.fromkeys(sub_g.experiment))
         for i, v in enumerate(names):
-            sub = sub_g[sub_g.variant == v].set_index("experiment").loc[exps]
-            ax.bar(np.arange(len(exps)) + (i - (len(names) - 1) / 2) * width, sub["mean"], width,
-                   yerr=np.nan_to_num(sub["std"].to_numpy(dtype=float)), capsize=2, label=v)
+            sub = sub_g[sub_g.variant == v].set_index("experiment").reindex(exps)
+            ax.errorbar(np.arange(len(exps)) + (i - (len(names) - 1) / 2) * width, sub["mean"],
+                        yerr=np.nan_to_num(sub["std"].to_numpy(dtype=float)), fmt="o", capsize=2, color=f"C{i}",
+                        label=v)
         ax.set_xticks(np.arange(len(exps)))
-        ax.set_xticklabels(exps, fontsize=7, rotation=15)
+        ax.set_xticklabels(exps, fontsize=8)
+        ax.set_xlim(-0.6, len(exps) - 0.4)
         metric = sub_g.metric.iloc[0] if "metric" in sub_g else "test_errors"
-        ax.set_ylabel("test errors (of 10,000)" if metric == "test_errors" else "test accuracy (%)")
-        if metric != "test_errors":
-            lo = float((sub_g["mean"] - sub_g["std"].fillna(0)).min())
-            ax.set_ylim(max(0.0, lo - 2.0), None)
-    axes[0][0].set_title("KD variants, mean ± std over seeds", loc="left")
-    axes[0][-1].legend(fontsize=7, ncol=2)
+        ax.set_ylabel("test errors" if metric == "test_errors" else "test accuracy %")
+        ax.grid(axis="y", linewidth=0.4, alpha=0.6)
+        ax.set_title(PANEL_TITLES.get(g, "KD variants") + ", mean ± std over seeds", fontsize=10)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=min(len(names), 8), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / (3.2 * len(groups) + 0.6)))
     _save(fig, path)
 
 
@@ -121,16 +127,18 @@ def _claims(ax, summary, ds: str) -> None:
 def ensembles(summary, facts: dict, dataset_names: list[str], path: Path | str) -> None:
     """Per dataset: Table 1 bars (baseline, ensembles, distilled), Table 5 bars (100%, 3% hard, 3% soft) with
     mean ± std error bars, test accuracy against ensemble size, and the derived claims with 95% intervals."""
-    fig, axes = plt.subplots(len(dataset_names), 4, figsize=(20, 3.8 * len(dataset_names)), squeeze=False)
+    fig, axes = plt.subplots(len(dataset_names), 4, figsize=(18, 3.8 * len(dataset_names)), squeeze=False)
     for row, ds in zip(axes, dataset_names):
         acc = summary[(summary.section == ds) & (summary.metric == "test_accuracy_pct")].set_index(["table", "system"])
         for ax, table, systems, title in (
                 (row[0], "table1", ["baseline", "ensemble_arithmetic", "ensemble_geometric", "distilled"],
                  "Table 1 analog"),
-                (row[1], "table5", ["baseline_100", "baseline_3", "soft_3"], "Table 5 analog")):
+                (row[1], "table5", [x for x in ("baseline_100", "baseline_3", "soft_3", "baseline_3_mixup",
+                                                 "soft_3_mixup") if ("table5", x) in acc.index],
+                 "Table 5 analog (mixup: beyond the paper)")):
             m = [acc.loc[(table, s), "mean"] for s in systems]
             s = np.nan_to_num([acc.loc[(table, s_), "std"] for s_ in systems])
-            ax.bar(range(len(systems)), m, yerr=s, capsize=4, color=["C0", "C1", "C2", "C3"][:len(systems)])
+            ax.bar(range(len(systems)), m, yerr=s, capsize=4, color=[f"C{i}" for i in range(len(systems))])
             lo = min(m) - 3 * max(max(s), 0.5)
             ax.set_ylim(max(0.0, lo), min(100.0, max(m) + 3 * max(max(s), 0.5)))
             ax.set_xticks(range(len(systems)))
@@ -141,6 +149,7 @@ def ensembles(summary, facts: dict, dataset_names: list[str], path: Path | str) 
         for seed, vals in curve.items():
             if seed != "sizes":
                 row[2].plot(curve["sizes"], vals, marker="o", label=f"ensemble of seed {seed}")
+        row[2].set_xticks(curve["sizes"])  # whole members: integer ticks
         row[2].set_xlabel("members averaged (arithmetic mean)")
         row[2].set_ylabel("test accuracy %")
         row[2].set_title(f"{ds}: accuracy vs ensemble size", fontsize=9)

@@ -96,6 +96,14 @@ KNOWN_MISSES = {
 }
 
 
+# The committed results/quick ensembles section predates issue 23's code: its Table 5 rows trained on mixup, its
+# shares are means of per-seed ratios, it has 2 seeds and no validation gains. Until the workflow regenerates it (36
+# training jobs, about 2 h of this 2-core CPU), the tests that need the regenerated section are strict xfails: the
+# day it is regenerated they pass or fail on their own bars, and this entry must go.
+STALE = "results/quick's ensembles section is from before issue 23 (mixup Table 5 rows, 2 seeds); not yet regenerated"
+KNOWN_MISSES[("quick", "ensembles", "stale")] = STALE
+
+
 def _known_miss(request, profile, key, claim):
     reason = KNOWN_MISSES.get((profile, key, claim))
     if reason:
@@ -124,8 +132,10 @@ def test_the_distilled_net_keeps_at_least_half_of_the_ensembles_gain(summary, se
 
 
 @pytest.mark.parametrize("section", CLAIM_DATASETS)
-def test_soft_targets_recover_at_least_half_of_the_3pct_gap(summary, section):
-    _, s = summary  # paper: 87%
+def test_soft_targets_recover_at_least_half_of_the_3pct_gap(summary, section, request):
+    profile, s = summary  # paper: 87%
+    _known_miss(request, profile, "ensembles", "stale")
+    _assert_paper_protocol(profile, s)
     assert _cell(s, section, "soft_3", "gap_recovered_pct") >= 50.0
 
 
@@ -139,7 +149,15 @@ def test_specialists_do_not_hurt_the_generalist(summary, dataset, request):
 
 
 # ---- issue 12: every claim with its interval, and analogs that can show the paper's effects
-TABLE1_MAIN = "speech_narrow"  # the documented split with nets limited by their width: where 10 nets gain ~2 points
+def table1_main(s) -> str:
+    """Table 1's main row by the rule of docs/DEVIATIONS.md (kdbench.ensembles.main_row), read back from the
+    summary: of the rows that stand beside the paper's Table 1 gain, the one whose ensemble gains most over its
+    members on validation."""
+    beside = s[(s.table == "table1") & (s.system == "ensemble_arithmetic") & (s.metric == "gain_over_members_pct")
+               & s.paper.notna()].section
+    val = s[(s.table == "table1") & (s.metric == "val_gain_over_members_pct") & s.section.isin(beside)]
+    assert len(val), "no validation gains of the rows beside the paper's Table 1"
+    return str(val.sort_values(["mean", "section"]).section.iloc[-1])
 
 
 def _row(s, section, system, metric):
@@ -159,15 +177,40 @@ def test_every_pct_row_carries_its_95pct_interval(summary, request):
 
 def test_table1_main_row_ensemble_gains_a_point_and_the_distilled_net_keeps_60pct(summary, request):
     profile, s = summary  # paper: 2.2 points gained, 86% of it kept
-    _known_miss(request, profile, TABLE1_MAIN, "table1_main")
-    gain = _row(s, TABLE1_MAIN, "ensemble_arithmetic", "gain_over_members_pct")
+    _known_miss(request, profile, "ensembles", "stale")
+    main = table1_main(s)
+    _known_miss(request, profile, main, "table1_main")
+    gain = _row(s, main, "ensemble_arithmetic", "gain_over_members_pct")
     assert gain["mean"] >= 1.0 and gain["ci95_low"] > 0
-    assert _row(s, TABLE1_MAIN, "distilled", "gain_recovered_pct")["mean"] >= 60.0
+    assert _row(s, main, "distilled", "gain_recovered_pct")["mean"] >= 60.0
+
+
+def test_every_row_beside_a_paper_number_follows_the_papers_protocol(summary, request):
+    """Issue 23: no run behind a cell that stands beside the paper's number trained on mixup (or any other
+    addition recorded in its config); the mixup rows exist apart, without a paper number."""
+    profile, s = summary
+    _known_miss(request, profile, "ensembles", "stale")
+    _assert_paper_protocol(profile, s)
+
+
+def _assert_paper_protocol(profile, s):
+    import json
+    prov = pd.read_csv(REPO / "results" / profile / "provenance.csv")
+    beside = s[s.paper.notna()][["section", "table", "system", "metric"]]
+    sources = prov.merge(beside, on=["section", "table", "system", "metric"]).source.unique()
+    assert len(sources)
+    for src in sources:
+        run = next(p for p in (REPO / src).parents if (p / "config.json").exists())
+        assert "mixup" not in json.loads((run / "config.json").read_text()), f"{src}: a paper row trained on mixup"
+    mixup = s[s.system.str.endswith("_mixup")]
+    assert mixup.paper.isna().all()
 
 
 def test_soft_targets_recover_70pct_of_the_speech_gap(summary, request):
     profile, s = summary  # paper: 87%
     _known_miss(request, profile, "speech", "table5_70")
+    _known_miss(request, profile, "ensembles", "stale")
+    _assert_paper_protocol(profile, s)
     assert _row(s, "speech", "soft_3", "gap_recovered_pct")["mean"] >= 70.0
 
 
@@ -187,17 +230,30 @@ def test_table4_has_rows_for_0_1_and_2plus_covering_specialists(summary, request
         assert 0 in counts and 1 in counts and max(counts) >= 2, f"{dataset}: Table 4 rows {sorted(counts)}"
 
 
-def test_the_committed_mnist_section_passes_kdbench_check():
-    """Issue 23: every run record of results/quick's MNIST table (the section's systems) is what the current plan
-    trains, from a clean commit in this history, and mnist_provenance.csv cites only such runs. The variants'
-    students and the other sections' records (made from dirty trees, or from the teacher the MNIST table replaced)
-    are a known miss until they are regenerated; `kdbench check --configfile config/quick.yaml` lists them."""
+def _check_problems(*, jobs: list[str], files: tuple[str, ...]) -> list[str]:
+    """`kdbench check` on results/quick, the problems naming one of `jobs`' run folders or one of `files`."""
     import subprocess
 
-    from kdbench import check, mnist, profile
+    from kdbench import check, profile
     if subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True).returncode != 0:
         pytest.skip("not a git checkout")
     cfg = profile.load(REPO / "config" / "quick.yaml")
-    jobs = [f"runs/{s}/" for s in mnist.systems(cfg)]
-    found = [p for p in check.problems(cfg, REPO) if "mnist_provenance" in p or any(j in p for j in jobs)]
+    return [p for p in check.problems(cfg, REPO) if any(t in p for t in files) or any(j in p for j in jobs)]
+
+
+def test_the_committed_mnist_section_passes_kdbench_check():
+    """Issue 23: every run record of results/quick's MNIST table (the section's systems) is what the current plan
+    trains, from a clean commit in this history, and mnist_provenance.csv cites only such runs. The variants'
+    students and the other sections' records are checked by the tests below or known misses until they are
+    regenerated; `kdbench check --configfile config/quick.yaml` lists them."""
+    from kdbench import mnist, profile
+    cfg = profile.load(REPO / "config" / "quick.yaml")
+    found = _check_problems(jobs=[f"runs/{s}/" for s in mnist.systems(cfg)], files=("mnist_provenance",))
+    assert found == [], "\n".join(found[:10])
+
+
+def test_the_committed_ensembles_section_passes_kdbench_check(request):
+    """Issue 23: the same for the ensembles section (Tables 1 and 5): its runs and ensembles_provenance.csv."""
+    _known_miss(request, "quick", "ensembles", "stale")
+    found = _check_problems(jobs=["runs/ensembles/"], files=("ensembles_provenance", "ensembles_summary"))
     assert found == [], "\n".join(found[:10])

@@ -402,3 +402,25 @@ def test_a_changed_recipe_retrains_its_jobs(smoke_run, all_data_root, tmp_path):
         f"results/smoke/runs/variants/{ds}_distilled_bestT/hard/train_logits.pt"
         for ds in ROWS}, planned
     assert not any("soft3" in out or "/variants/mnist_" in out for out in trained), planned
+
+
+@pytest.mark.parametrize("deleted, job", [
+    ("runs/baseline", "baseline"),                                           # a whole run folder (MNIST)
+    ("runs/ensembles/speech/base3/seed1/metrics.json", "ensembles/speech/base3"),  # one record (ensembles)
+    ("runs/specialists/speech/generalist", "specialists/speech/generalist"),  # the specialists' generalist
+])
+def test_a_deleted_run_is_planned_again_with_what_reads_it(smoke_run, all_data_root, tmp_path, deleted, job):
+    """Issue 25: deleting a run folder or one metrics.json makes a dry run plan that job again (and the rules that
+    read it), never "Nothing to be done" while a table still cites the missing record."""
+    import re
+    import shutil
+    work = tmp_path / "copy"
+    shutil.copytree(smoke_run.parents[1], work, symlinks=True)  # keeps mtimes: the copy is as finished as the run
+    target = work / "results" / "smoke" / deleted
+    assert target.exists(), target
+    shutil.rmtree(target) if target.is_dir() else target.unlink()
+    r = snakemake(work, "-n", data_root=all_data_root, configfile=work / "config.yaml")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "Nothing to be done" not in out, out[-2000:]
+    trained = set(re.findall(r"^\s+wildcards: job=(\S+)", out, re.M))
+    assert job in trained, out[-3000:]
