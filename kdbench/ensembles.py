@@ -303,12 +303,12 @@ def _table5(cfg: dict, runs: Path, ds: str, ens: dict, ev: "_Eval", add: Adder) 
     (`baseline_3`, `soft_3`) and, where the profile adds mixup, on mixup (`baseline_3_mixup`, `soft_3_mixup`); each
     pair's share of the 3% -> 100% gap its soft-target net recovers, as a ratio of seed means for every seed."""
     sds, t5, facts = seeds(cfg), {}, {}
-    rows = [("baseline_100", "ensemble", single_teacher_members(cfg)), ("baseline_3", "base3", None),
-            ("soft_3", "soft3", None)]
-    if f"soft3{MIXUP}" in systems(cfg):
-        rows += [(f"baseline_3{MIXUP}", f"base3{MIXUP}", None), (f"soft_3{MIXUP}", f"soft3{MIXUP}", None)]
+    suffixes = ("", MIXUP) if f"soft3{MIXUP}" in systems(cfg) else ("",)
+    own = list(range(len(sds)))  # a 3% run's member k is seed k
+    rows = [("baseline_100", "ensemble", single_teacher_members(cfg))]
+    rows += [(f"{name}{x}", f"{run}{x}", own) for x in suffixes for name, run in (("baseline_3", "base3"),
+                                                                                  ("soft_3", "soft3"))]
     for system, run, members in rows:
-        members = members or list(range(len(sds)))
         blob = ens if run == "ensemble" else _logits(runs, ds, run)
         test = ev(blob["test"][members])["test_accuracy_pct"]
         run_seeds = [ensemble_seeds(cfg)[j] for j in members] if run == "ensemble" else sds
@@ -319,7 +319,7 @@ def _table5(cfg: dict, runs: Path, ds: str, ens: dict, ev: "_Eval", add: Adder) 
         t5[system] = test
         if run.startswith("base3"):
             facts[f"{run}_epochs"] = [r["final_epoch"] for r, _ in recs]
-    for suffix in ("", MIXUP) if f"soft_3{MIXUP}" in t5 else ("",):
+    for suffix in suffixes:
         add.share(TABLE5, f"soft_3{suffix}", "gap_recovered_pct",
                   [(s, s3, b3, b100, _src(runs, ds, f"soft3{suffix}")) for s, s3, b3, b100 in
                    zip(sds, t5[f"soft_3{suffix}"], t5[f"baseline_3{suffix}"], t5["baseline_100"])])
@@ -334,7 +334,7 @@ NAMES = {"baseline": "Baseline (single net)", "ensemble_arithmetic": "{M}x ensem
          "soft_3": "Soft targets (3% of training set)",
          "baseline_3_mixup": "Baseline (3%, mixup)", "soft_3_mixup": "Soft targets (3%, mixup, teacher on each mixed input)"}
 TITLES = {"speech": "Spoken digits, documented split (takes 0-4 of every speaker are the test set)",
-          "speech_narrow": "Spoken digits, documented split, nets limited by their width (Table 1's main row)",
+          "speech_narrow": "Spoken digits, documented split, nets limited by their width",
           "speech_unseen": "Spoken digits, unseen speakers (george and lucas are the test set)",
           "fashion_mnist": "Fashion-MNIST"}
 
@@ -392,9 +392,9 @@ def _table5_markdown(summary: pd.DataFrame, cfg: dict, ds: str, f: dict) -> list
     """Table 5 on the paper's protocol, then (where the profile adds mixup) the mixup pair in a table of its own."""
     def table(systems_, with_paper):
         out = ["| System | Train accuracy % | Test accuracy % |", "|---|---|---|"]
+        pa = fmt_paper if with_paper else (lambda r: "")
         for system in systems_:
             tr, te = (_row(summary, ds, TABLE5, system, m) for m in ("train_accuracy_pct", "test_accuracy_pct"))
-            pa = (lambda r: fmt_paper(r)) if with_paper else (lambda r: "")
             out.append(f"| {NAMES[system]} | {fmt_row(tr, 2)}{pa(tr)} | {fmt_row(te, 2)}{pa(te)} |")
         return out
 
