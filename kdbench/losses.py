@@ -39,6 +39,7 @@ class Variant:
     teacher: str = "teacher"  # "teacher": the experiment's teacher; "self": a trained copy of the student's architecture
     features: bool = False  # also learns from hidden features: fn gets features={"student", "teacher", own params}
     parameters: Callable[..., dict] | None = None  # (student_dim, teacher_dim, generator) -> one member's own tensors
+    source: str | None = None  # the variant file (as listed in variant_modules) that registers it; None: built in
 
     def check_params(self, params: dict) -> None:
         """Raise ValueError naming any key that is not one of the variant's hyperparameters, or a value out of its
@@ -96,6 +97,7 @@ def _same_kind(default):
 
 VARIANTS: dict[str, Variant] = {}
 _LOADED: dict[str, str] = {}  # sha256 of a variant file already imported -> its module name
+_SOURCE: list[str | None] = [None]  # the variant file being imported now, if any
 
 
 def register(name: str, needs_teacher: bool = True, teacher: str = "teacher", features: bool = False,
@@ -116,7 +118,8 @@ def register(name: str, needs_teacher: bool = True, teacher: str = "teacher", fe
         old = VARIANTS.get(name)
         if old is not None and (old.fn.__module__, old.fn.__qualname__) != (fn.__module__, fn.__qualname__):
             raise ValueError(f"a KD variant named {name!r} is already registered")
-        VARIANTS[name] = Variant(name, fn, needs_teacher, dict(defaults), teacher, features, parameters)
+        source = _SOURCE[0] if old is None or old.source is None else old.source
+        VARIANTS[name] = Variant(name, fn, needs_teacher, dict(defaults), teacher, features, parameters, source)
         return fn
     return deco
 
@@ -130,14 +133,24 @@ def load_modules(paths: list[str | Path]) -> dict[str, str]:
             raise FileNotFoundError(f"variant module {path} not found (config key variant_modules)")
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         hashes[str(path)] = digest
-        if digest in _LOADED:  # the same file content registers the same variants: import it once per process
-            continue
-        name = f"kdbench_variant_{path.stem}_{digest[:12]}"
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        _LOADED[digest] = name
+        if digest not in _LOADED:  # the same file content registers the same variants: import it once per process
+            name = f"kdbench_variant_{path.stem}_{digest[:12]}"
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            _SOURCE[0] = str(path)  # what `register` records as the source of the variants the file registers
+            try:
+                spec.loader.exec_module(module)
+            finally:
+                _SOURCE[0] = None
+            _LOADED[digest] = name
     return hashes
+
+
+def modules_of(name: str) -> list[str]:
+    """The variant files a job of variant `name` needs: the one file that registers it, none for a built-in. A
+    variant job's config and inputs carry only this, so adding or editing one user file reruns only its students."""
+    source = get(name).source
+    return [] if source is None else [source]
 
 
 def get(name: str) -> Variant:

@@ -106,7 +106,7 @@ def train_config(cfg: dict, experiment: Experiment, variant: str) -> dict:
     params = {k: exp_params[k] for k in ("temperature", "hard_weight") if k in v.defaults and k in exp_params}
     params.update(cfg.get("variant_params", {}).get(variant, {}))
     out = {**base, "variant": variant, "variant_params": params,
-           "variant_modules": [str(p) for p in cfg.get("variant_modules", [])],
+           "variant_modules": losses.modules_of(variant),
            "teacher_logits": None, "teacher_model": None, "teacher_members": None}
     live = bool(base.get("mixup"))  # mixed inputs: the teacher nets run on them, no cache can serve them
     if v.teacher == "self":

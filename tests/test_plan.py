@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from kdbench import layout, plan, train
 from workflow_helpers import REPO
+
+from kdbench import layout, losses, plan, train
 
 SMOKE = yaml.safe_load((REPO / ".test" / "config.yaml").read_text())
 QUICK = yaml.safe_load((REPO / "config" / "quick.yaml").read_text())
@@ -20,7 +20,8 @@ def test_every_planned_job_resolves_and_reads_only_files_something_makes(cfg):
     runs = layout.runs(cfg["profile"])
     made = {str(layout.train_logits(runs, t)) for t in plan.teachers(cfg, jobs)} | {
         str(layout.model(runs, n)) for n in jobs} | {
-        str(layout.ensemble_teacher(runs, ds, w)) for ds in cfg["ensembles"]["datasets"] for w in ("ensemble", "single")}
+        str(layout.ensemble_teacher(runs, ds, w))
+        for ds in cfg["ensembles"]["datasets"] for w in ("ensemble", "single")}
     for job in jobs.values():
         train.resolve(job.config, where=job.name)
         assert job.dataset == job.config["dataset"]
@@ -54,6 +55,29 @@ def test_adding_a_variant_adds_its_jobs_in_every_distillation_experiment_and_cha
                             for k in ("distilled_bestT", "soft3")])
     born = plan.jobs(_with(SMOKE, variants=["hinton", "soft_only", "born_again"]))
     assert {n.rsplit("/", 1)[-1] for n in set(born) - set(before)} == {"born_again", "hard"}  # its teacher too
+
+
+def test_a_second_variant_file_adds_only_its_variants_jobs_and_each_job_needs_only_its_own_file(tmp_path):
+    """Issue 24: every variant job's config and inputs carry the one file that registers its variant (a built-in
+    none), so adding a second user file leaves the first file's jobs, and every built-in's, exactly as they were."""
+    first, second = tmp_path / "first.py", tmp_path / "second.py"
+    head = "from kdbench.losses import hinton, register\n\n"
+    first.write_text(head + "@register('first_kd', temperature=4.0, hard_weight=0.1)\n"
+                     "def first_kd(s, y, t, temperature, hard_weight):\n"
+                     "    return hinton(s, y, t, temperature, hard_weight, 'arithmetic')\n")
+    second.write_text(head + "@register('second_kd', temperature=4.0, hard_weight=0.2)\n"
+                      "def second_kd(s, y, t, temperature, hard_weight):\n"
+                      "    return hinton(s, y, t, temperature, hard_weight, 'arithmetic')\n")
+    one = _with(SMOKE, variant_modules=[str(first)], variants=["hinton", "hard", "first_kd"])
+    two = _with(SMOKE, variant_modules=[str(first), str(second)], variants=["hinton", "hard", "first_kd", "second_kd"])
+    losses.load_modules([first, second])  # as the workflow's profile check does before it plans
+    before, after = plan.jobs(one), plan.jobs(two)
+    assert {n: j for n, j in after.items() if n in before} == before
+    added = set(after) - set(before)
+    assert added and all(n.endswith("/second_kd") for n in added)
+    for job in after.values():
+        own = [str(first)] if job.name.endswith("/first_kd") else [str(second)] if job.name in added else []
+        assert list(job.modules) == own == job.config.get("variant_modules", []), job.name
 
 
 @pytest.mark.parametrize("change", [{"mnist.omit3.paper_shift": 2.0}, {"mnist.only78.shift_grid": [0, -1]},
@@ -165,7 +189,8 @@ def test_a_rows_bootstrap_bags_its_ensembles_members_only():
         train.resolve(jobs[n].config, where=n)
     assert "bootstrap" not in specialists.train_config(cfg, "speech", [0, 6])
     # the other rows keep their members as they were
-    assert jobs["ensembles/fashion_mnist/ensemble"].config == plan.jobs(SMOKE)["ensembles/fashion_mnist/ensemble"].config
+    ens = "ensembles/fashion_mnist/ensemble"
+    assert jobs[ens].config == plan.jobs(SMOKE)[ens].config
 
 
 def test_mixup_adds_its_own_pair_of_3pct_nets_and_changes_no_paper_protocol_job():
