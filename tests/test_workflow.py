@@ -6,13 +6,12 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import torch
 import pytest
+import torch
 import yaml
+from workflow_helpers import REPO, SMOKE, snakemake
 
 from kdbench import mnist
-
-from workflow_helpers import REPO, SMOKE, snakemake
 
 SHARE_METRICS = ("gap_closed_pct", "gain_recovered_pct", "gap_recovered_pct")  # kdbench.aggregate.share_cell
 
@@ -116,7 +115,8 @@ def test_the_documented_example_variant_gets_its_row_in_every_distillation_exper
     assert rec["config"]["teacher_members"] == [0, 3, 6]  # seed 1's 100%-data net is member 0 of its ensemble
     # the bestT experiment ran at the temperature chosen on validation
     choice = json.loads((smoke_run / "variants" / "mnist_w30_bestT_temperature.json").read_text())
-    assert df[(df.variant == "hinton") & (df.experiment == "mnist_w30_bestT")].temperature.item() == choice["temperature"]
+    hinton = df[(df.variant == "hinton") & (df.experiment == "mnist_w30_bestT")]
+    assert hinton.temperature.item() == choice["temperature"]
 
 
 def test_ensembles_section_rows_tables_and_figure(smoke_run):
@@ -138,7 +138,8 @@ def test_ensembles_section_rows_tables_and_figure(smoke_run):
         assert 0 < base["mean"] <= 100
         t = rows[rows.metric == "chosen_temperature"]["mean"].item()
         assert t in cfg["ensembles"]["distilled"]["temperatures"]
-    assert s[(s.section == "speech") & (s.system == "distilled") & (s.metric == "test_accuracy_pct")].paper.item() == 60.8
+    distilled = s[(s.section == "speech") & (s.system == "distilled") & (s.metric == "test_accuracy_pct")]
+    assert distilled.paper.item() == 60.8
     # the narrow row reads the documented split and stands beside the paper's speech numbers too
     narrow = s[(s.section == "speech_narrow") & (s.system == "ensemble_arithmetic")]
     assert narrow[narrow.metric == "gain_over_members_pct"].paper.item() == 2.2
@@ -152,7 +153,8 @@ def test_ensembles_section_rows_tables_and_figure(smoke_run):
     assert "| 3x ensemble, geometric mean |" in md and "Utterance error %" in md and "## Fashion-MNIST" in md
     assert (smoke_run / "ensembles.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the distilled nets learned from their own seed's ensemble: grouped teachers, one group per seed
-    rec = json.loads((smoke_run / "runs" / "ensembles" / "speech" / "distilled_T2" / "seed1" / "metrics.json").read_text())
+    rec = json.loads((smoke_run / "runs" / "ensembles" / "speech" / "distilled_T2" / "seed1" / "metrics.json")
+                     .read_text())
     assert rec["config"]["teacher_pairing"] == "grouped"
 
 
@@ -164,7 +166,8 @@ def test_specialists_section_one_job_per_cluster_and_both_tables(smoke_run):
         clusters = json.loads((smoke_run / "runs" / "specialists" / ds / "clusters.json").read_text())["clusters"]
         assert clusters and all(2 <= len(c) for c in clusters)
         for i, classes in enumerate(clusters):
-            rec = json.loads((smoke_run / "runs" / "specialists" / ds / f"spec{i}" / "seed0" / "metrics.json").read_text())
+            rec = json.loads((smoke_run / "runs" / "specialists" / ds / f"spec{i}" / "seed0" / "metrics.json")
+                             .read_text())
             assert rec["config"]["class_subset"] == classes and rec["config"]["widths"][-1] == len(classes) + 1
             assert rec["config"]["init_from"].endswith(f"specialists/{ds}/generalist/model.pt")
             assert rec["config"]["init_members"] == list(range(len(cfg["specialists"]["seeds"])))
@@ -205,7 +208,8 @@ def test_a_changed_specialist_recipe_reruns_the_specialists(smoke_run, all_data_
     out = r.stdout + r.stderr
     assert r.returncode == 0 and "train_specialist" in out, out[-2000:]
     import re
-    assert not re.search(r"rule (train|train_members|train_ensembles|train_generalists|teacher_logits|ensemble_teacher_logits):", out)
+    training = "train|train_members|train_ensembles|train_generalists|teacher_logits|ensemble_teacher_logits"
+    assert not re.search(rf"rule ({training}):", out)
 
 
 def _set(path, value):
@@ -341,8 +345,8 @@ def _planned_after(smoke_run, all_data_root, tmp_path, mutate) -> set[str]:
     r = snakemake(work, "-n", data_root=all_data_root, configfile=changed)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-2000:]
-    return {(m.group(1), m.group(2)) for m in re.finditer(r"^(?:local)?rule (\w+):\n(?:    .*\n)*?    output: ([^,\s]+)",
-                                                           out, re.M)} or {("nothing", "")}
+    rule_and_output = r"^(?:local)?rule (\w+):\n(?:    .*\n)*?    output: ([^,\s]+)"
+    return {(m.group(1), m.group(2)) for m in re.finditer(rule_and_output, out, re.M)} or {("nothing", "")}
 
 
 def test_a_table_setting_reruns_only_the_table(smoke_run, all_data_root, tmp_path):
@@ -371,6 +375,37 @@ def test_adding_a_variant_trains_only_its_students_in_every_distillation_experim
     assert {rule for rule, _ in planned} == {"train", "train_ensembles", "aggregate_variants"}, planned
 
 
+def test_a_second_variant_file_trains_only_its_students_and_editing_a_file_retrains_only_its_own(
+        smoke_run, all_data_root, tmp_path):
+    """Issue 24: with the smoke run's user file (my_variants.py: js_kd) trained, adding a second file plans exactly
+    the second variant's students (one per distillation experiment) and the table; editing the first file retrains
+    only js_kd's students."""
+    work = smoke_run.parents[1]
+    first, second = work / "my_variants.py", work / "second_variants.py"
+    second.write_text(first.read_text().replace('"js_kd"', '"js_kd2"').replace("def js_kd(", "def js_kd2("))
+
+    def add(cfg):
+        cfg["variant_modules"] = cfg["variant_modules"] + ["second_variants.py"]
+        cfg["variants"] = cfg["variants"] + ["js_kd2"]
+    try:
+        planned = _planned_after(smoke_run, all_data_root, tmp_path, add)
+    finally:
+        second.unlink()
+    trained = {out for rule, out in planned if rule.startswith("train")}
+    assert trained == {f"results/smoke/runs/variants/{e}/js_kd2/model.pt" for e in EXPERIMENTS}, planned
+    assert {rule for rule, _ in planned} == {"train", "train_ensembles", "aggregate_variants"}, planned
+
+    text, stat = first.read_text(), first.stat()
+    first.write_text(text + "# a comment: the file changed\n")
+    try:
+        planned = _planned_after(smoke_run, all_data_root, tmp_path, lambda cfg: None)
+    finally:
+        first.write_text(text)
+        os.utime(first, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    trained = {out for rule, out in planned if rule.startswith("train")}
+    assert trained == {f"results/smoke/runs/variants/{e}/js_kd/model.pt" for e in EXPERIMENTS}, planned
+
+
 def test_a_moved_checkout_reruns_nothing(tmp_path, mnist_root):
     """A checkout with its results, moved elsewhere (`mv`), plans nothing: no param holds an absolute path."""
     import shutil
@@ -379,7 +414,8 @@ def test_a_moved_checkout_reruns_nothing(tmp_path, mnist_root):
     for item in ("Snakefile", "workflow", "config", "profiles", ".test"):
         copy = shutil.copytree if (REPO / item).is_dir() else shutil.copy2
         copy(REPO / item, checkout / item)
-    cmd = [sys.executable, "-m", "snakemake", "--configfile", ".test/config.yaml", "--config", f"data_root={mnist_root}"]
+    cmd = [sys.executable, "-m", "snakemake", "--configfile", ".test/config.yaml",
+           "--config", f"data_root={mnist_root}"]
     done = subprocess.run(cmd + ["--cores", "2", "mnist_section"], cwd=checkout, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     moved = tmp_path / "b" / "elsewhere"
