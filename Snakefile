@@ -32,7 +32,11 @@ kdprofile.validate(config)
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
+# lint: conda: the rules run the one kdbench package (pip install -e . or environment.yml), so a conda environment
+# per rule would install the same package once per rule
 include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
 include: "workflow/rules/mnist.smk"
 include: "workflow/rules/variants.smk"
 include: "workflow/rules/ensembles.smk"
@@ -91,5 +95,7 @@ rule summary:
         summary=RESULTS / "summary.csv",
         provenance=RESULTS / "provenance.csv",
     localrule: True
+    log:
+        layout.log(RESULTS, "summary", "summary"),
     shell:
-        "exec kdbench summary {input.parts} --out {output.summary}"
+        "exec kdbench summary {input.parts} --out {output.summary} > {log} 2>&1"

@@ -4,13 +4,13 @@ What this file achieves: it times one training epoch on all 60,000 MNIST images 
   (a) the reference, the way most KD repositories do it: `torchvision.datasets.MNIST` with `ToTensor`/`Normalize`
       (and `RandomCrop(28, padding=2)` for the jittered teacher), `DataLoader(batch_size=128, shuffle=True)`, an
       `nn.Module` MLP, and for KD the teacher run forward on every student step;
-  (b) kdbench doing the same work through `kdbench.train.train` (data on the device as tensors, jitter on the
+  (b) kdbench doing the same work through `kdbench.engine.train.train` (data on the device as tensors, jitter on the
       device, teacher logits read from the cache): the 784-1200-1200-10 dropout/max-norm teacher with jitter, the
       784-800-800-10 student distilled at T=20, and 5 seeds of that student trained one after another vs batched.
   (c) candidates for kdbench's training step, each timed as `steps` steps of the engine's real hot path
       (`Engine.step`) and scaled to an epoch, against today's fp32 step of the same net in the same run: bf16
       autocast (`precision: bf16`, fp32 master weights), one `addmm` per layer instead of a `baddbmm` over a batch of
-      one member (`kdbench.models.SINGLE_MEMBER_MM`), one thread instead of two, and `torch.compile` of the net
+      one member (`kdbench.engine.models.SINGLE_MEMBER_MM`), one thread instead of two, and `torch.compile` of the net
       (its compile seconds reported beside it, since a short job pays them once).
 It prints seconds per epoch and the ratio of each case to its reference, and writes results/bench/engine.csv
 (case, device, seconds_per_epoch, ratio_vs_reference, reference_case, steps_timed). No test reads these timings.
@@ -29,11 +29,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from kdbench import data as kdata
-from kdbench.aggregate import write_csv
-from kdbench.losses import distillation_loss
+from kdbench.data import datasets as kdata
+from kdbench.engine.losses import distillation_loss
+from kdbench.engine.train import pick_device, teacher_logits, train
 from kdbench.records import device_description, speed_row
-from kdbench.train import pick_device, teacher_logits, train
+from kdbench.report.aggregate import write_csv
 
 TEACHER = dict(widths=[784, 1200, 1200, 10], dropout_input=0.2, dropout_hidden=0.5, max_norm=3.5, jitter=2)
 STUDENT = dict(widths=[784, 800, 800, 10])
@@ -104,7 +104,7 @@ def engine_epoch(cfg: dict, seeds, root, device, steps: int = 40, threads: int |
                  compiled: bool = False) -> tuple[float, float]:
     """(seconds per epoch, one-time seconds) of kdbench's training step for `cfg`, from `steps` timed steps after
     warm-up ones; the one-time seconds are what the warm-up cost beyond its steps (compilation)."""
-    from kdbench.train import build_engine, load_run_data, resolve
+    from kdbench.engine.train import build_engine, load_run_data, resolve
     cfg = resolve(cfg)
     before = torch.get_num_threads()
     if threads:
@@ -134,7 +134,7 @@ def engine_epoch(cfg: dict, seeds, root, device, steps: int = 40, threads: int |
 
 def step_candidates(add, net: str, cfg: dict, root, device, steps: int) -> None:
     """Rows of the step candidates for one net, each against its fp32 step timed in the same run."""
-    from kdbench import models
+    from kdbench.engine import models
     base, _ = engine_epoch(cfg, [0], root, device, steps)
     ref = f"step_{net}_fp32"
     add(ref, base, steps=steps)
@@ -169,7 +169,9 @@ def main(argv=None):
     desc = device_description(device)
     rows = []
 
-    def add(case, sec, ref_case=None, ref_sec=None, steps=math.ceil(60000 / 128)):
+    epoch_steps = math.ceil(60000 / 128)
+
+    def add(case, sec, ref_case=None, ref_sec=None, steps=epoch_steps):
         rows.append(speed_row(case, desc, sec, steps, ref_case, ref_sec))
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -179,7 +181,7 @@ def main(argv=None):
         kd_teacher = kdbench_epoch(tcfg, [0], tmp / "teacher", root, device)
         teacher_logits(tmp / "teacher" / "model.pt", tmp / "tl.pt", root=root, device=str(device))
         blob = torch.load(tmp / "teacher" / "model.pt", map_location=device, weights_only=False)
-        from kdbench.models import MLP
+        from kdbench.engine.models import MLP
         kt = MLP(**blob["model_config"]).to(device)
         kt.load_state_dict(blob["state_dict"])
         ref_teacher_net = nn.Sequential(nn.Flatten(), kt.member_module(0)).eval()

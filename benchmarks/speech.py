@@ -4,7 +4,7 @@ What this file achieves: on the documented FSDD split (about 104k training frame
 times one epoch of the ensembles section's net (1040-256-256-256-31, hard targets) as
   (a) the reference: a `torch.utils.data.Dataset` whose `__getitem__` slices one 26-frame window out of the frame
       tensor, `DataLoader(batch_size=128, shuffle=True)`, an `nn.Sequential` MLP;
-  (b) kdbench: `kdbench.train.train` (window starts on the device, one gather per batch);
+  (b) kdbench: `kdbench.engine.train.train` (window starts on the device, one gather per batch);
 and a 10-member ensemble trained one member after another vs as one batched model. It writes
 results/bench/speech.csv (case, device, seconds_per_epoch, ratio_vs_reference, reference_case, steps_timed).
 No test reads these timings.
@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kdbench import data as kdata
-from kdbench import speech
+from kdbench.data import datasets as kdata
+from kdbench.data import speech
+from kdbench.engine.train import pick_device, train
 from kdbench.records import device_description, speed_row
-from kdbench.train import pick_device, train
 
 NET = dict(dataset="speech", widths=[1040, 256, 256, 256, 31], batch_size=128, lr=0.05, momentum=0.9,
            nesterov=True, val_size=0, epochs=2, schedule="constant")
@@ -75,7 +75,7 @@ def kdbench_epoch(seeds, out, root, device) -> float:
 def main(argv=None):
     import pandas as pd
 
-    from kdbench.aggregate import write_csv
+    from kdbench.report.aggregate import write_csv
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--root", default=None, help="data directory (default: $KDBENCH_DATA or ./data)")

@@ -15,7 +15,7 @@ import re
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -61,7 +61,7 @@ def main() -> None:
     wall = time.perf_counter() - start
     if rc != 0:
         sys.exit(rc)
-    row = dict(date=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ"), profile=cfg["profile"],
+    row = dict(date=datetime.now(UTC).strftime("%Y-%m-%dT%H:%MZ"), profile=cfg["profile"],
                target=" ".join(a.targets), device=device(cfg, a.cores), cores=a.cores, wall_seconds=round(wall, 1),
                jobs=jobs, commit=commit)
     out = Path(a.out)

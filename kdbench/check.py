@@ -31,8 +31,8 @@ def workflow_rules() -> set[str]:
     names = set()
     for path in RULE_FILES:
         text = path.read_text()
-        names |= set(re.findall(r"^rule (\w+):", text, re.M))
-        names |= set(re.findall(r"^use rule \w+ as (\w+)", text, re.M))
+        names |= set(re.findall(r"^(?:rule|checkpoint) (\w+):", text, re.M))
+        names |= set(re.findall(r"^\s*use rule \w+ as (\w+)", text, re.M))
     return names
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 
 def _cmd_fetch(args) -> int:
-    from kdbench import data, speech
+    from kdbench.data import datasets as data
+    from kdbench.data import speech
     if args.dataset == "fsdd":
         try:
             base = speech.fetch(args.root or data.default_root(), mirror=args.mirror,
@@ -32,7 +33,8 @@ def _cmd_fetch(args) -> int:
 def _cmd_features(args) -> int:
     import torch
 
-    from kdbench import data, speech
+    from kdbench.data import datasets as data
+    from kdbench.data import speech
     try:
         path = speech.build_features(args.root or data.default_root(), args.split, args.out)
     except speech.SpeechDataError as e:
@@ -48,7 +50,9 @@ def _cmd_train(args) -> int:
     import torch
     import yaml
 
-    from kdbench import data, speech, train
+    from kdbench.data import datasets as data
+    from kdbench.data import speech
+    from kdbench.engine import train
     if (args.config is None) == (args.config_json is None):
         print("kdbench: error: give exactly one of --config and --config-json", file=sys.stderr)
         return 2
@@ -68,7 +72,7 @@ def _cmd_train(args) -> int:
         return 2
     try:
         if args.cluster_file:  # a specialist: its cluster's classes and a dustbin become the outputs
-            from kdbench import specialists
+            from kdbench.sections import specialists
             clusters = json.loads(Path(args.cluster_file).read_text())["clusters"]
             if not 0 <= args.cluster_index < len(clusters):
                 raise ValueError(f"{args.cluster_file} has {len(clusters)} clusters, no index {args.cluster_index}")
@@ -103,14 +107,15 @@ def _device_error(device: str) -> str | None:
     if dev.type == "cuda" and not torch.cuda.is_available():
         return "this machine has no usable CUDA GPU. Fix: use --device auto (a GPU when there is one) or cpu"
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        return f"this machine has {torch.cuda.device_count()} GPU(s). Fix: use cuda:0 .. cuda:{torch.cuda.device_count() - 1}"
+        n = torch.cuda.device_count()
+        return f"this machine has {n} GPU(s). Fix: use cuda:0 .. cuda:{n - 1}"
     if dev.type not in ("cpu", "cuda", "mps"):
         return f"kdbench trains on cpu or cuda, not {dev.type}. Fix: use auto, cpu or cuda"
     return None
 
 
 def _cmd_teacher_logits(args) -> int:
-    from kdbench import train
+    from kdbench.engine import train
     logits = train.teacher_logits(args.model, args.out, root=args.root, device=args.device, members=args.members)
     print(f"teacher logits {tuple(logits.shape)} -> {args.out}")
     return 0
@@ -121,8 +126,8 @@ def _cmd_bias(args) -> int:
 
     import torch
 
-    from kdbench import bias
     from kdbench.records import atomic_write_json
+    from kdbench.sections import bias
     blob = torch.load(args.logits, map_location="cpu")
     members = bias.correct(blob, args.classes, json.loads(args.grid_json), args.paper_shift)
     atomic_write_json(args.out, {"logits": str(args.logits), "members": members})
@@ -132,7 +137,8 @@ def _cmd_bias(args) -> int:
     return 0
 
 
-# the sections whose tables and figures `kdbench aggregate SECTION` writes: name -> module with write(cfg, runs, out, ...)
+# the sections whose tables and figures `kdbench aggregate SECTION` writes (a module of kdbench.sections with
+# write(cfg, runs, out, ...))
 SECTIONS = ("mnist", "variants", "ensembles", "specialists")
 
 
@@ -140,7 +146,7 @@ def _cmd_aggregate(args) -> int:
     import importlib
     import json
 
-    from kdbench import aggregate
+    from kdbench.report import aggregate
     section = importlib.import_module(f"kdbench.{args.section}")
     paper = aggregate.load_paper(args.paper) if args.paper else {}
     clusters = dict(item.split("=", 1) for item in args.clusters) if args.clusters else None
@@ -152,8 +158,8 @@ def _cmd_aggregate(args) -> int:
 def _cmd_choose_temperature(args) -> int:
     import json
 
-    from kdbench import variants
     from kdbench.records import atomic_write_json
+    from kdbench.sections import variants
     choice = variants.choose_temperature(json.loads(args.config_json), Path(args.runs))
     atomic_write_json(args.out, choice)
     print(f"{choice['experiment']}: T={choice['temperature']:g} has the fewest validation errors")
@@ -185,8 +191,8 @@ def _cmd_check(args) -> int:
 def _cmd_clusters(args) -> int:
     import json
 
-    from kdbench import specialists
     from kdbench.records import atomic_write_json
+    from kdbench.sections import specialists
     try:
         found = specialists.clusters_for(json.loads(args.config_json), args.dataset, args.generalist_logits)
     except ValueError as e:
@@ -198,7 +204,7 @@ def _cmd_clusters(args) -> int:
 
 
 def _cmd_summary(args) -> int:
-    from kdbench import aggregate
+    from kdbench.report import aggregate
     df = aggregate.concat_summaries(args.parts)
     aggregate.write_csv(df, args.out)
     prov = [str(p).replace("_summary.csv", "_provenance.csv") for p in args.parts]
@@ -297,7 +303,7 @@ def _table_commands(sub) -> None:
     a.set_defaults(func=_cmd_aggregate)
 
     ct = sub.add_parser("choose-temperature", help="the temperature a variants experiment uses, chosen on validation")
-    ct.add_argument("--config-json", required=True, help="the experiment's kdbench.variants.choice_config")
+    ct.add_argument("--config-json", required=True, help="the experiment's kdbench.sections.variants.choice_config")
     ct.add_argument("--runs", required=True)
     ct.add_argument("--out", required=True)
     ct.set_defaults(func=_cmd_choose_temperature)

@@ -14,7 +14,7 @@ import numbers
 
 DEFAULTS = dict(
     dataset="mnist",
-    model="mlp",                # a name in kdbench.models.MODELS
+    model="mlp",                # a name in kdbench.engine.models.MODELS
     widths=[784, 800, 800, 10],
     dropout_input=0.0,
     dropout_hidden=0.0,
@@ -42,7 +42,7 @@ DEFAULTS = dict(
                                 # transfer set: bagging, for ensembles whose members differ in their data
     variant="hard",
     variant_params={},
-    variant_modules=[],         # Python files that register extra KD variants (kdbench.losses.load_modules)
+    variant_modules=[],         # Python files that register extra KD variants (kdbench.engine.losses.load_modules)
     teacher_logits=None,        # path of a cached (M, N_train, C) tensor from `teacher_logits`
     teacher_pairing="ensemble",  # "ensemble": each member distills from all M teacher members; "paired": member k
                                  # from k; "grouped": M = K*G, member k from teacher members k*G .. k*G+G-1
@@ -99,7 +99,8 @@ RULES = {
     "jitter": (lambda v: _int(v) and 0 <= v <= MAX_JITTER, f"an integer number of pixels in [0, {MAX_JITTER}]"),
     "val_size": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
     "val_seed": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
-    "val_speakers": (lambda v: v is None or (isinstance(v, list) and len(v) >= 1 and all(isinstance(x, str) for x in v)),
+    "val_speakers": (lambda v: v is None or (isinstance(v, list) and len(v) >= 1
+                                             and all(isinstance(x, str) for x in v)),
                      "null or a non-empty list of speaker names"),
     "transfer_classes": (lambda v: v is None or (_ints(v) and len(v) >= 1), "null or a non-empty list of classes"),
     "train_fraction": (lambda v: _num(v) and 0 < v <= 1, "a number in (0, 1]"),
@@ -141,7 +142,7 @@ CLASHES = [
 
 def _check_val_speakers(out: dict, where: str) -> None:
     """val_speakers names some training speakers of a speech split, with more utterances than val_size."""
-    from kdbench import speech
+    from kdbench.data import speech
     if out["dataset"] not in speech.SPLITS:
         raise ConfigError(f"{where}: val_speakers applies to speech splits only, not {out['dataset']!r}. Fix: remove "
                           f"val_speakers")
@@ -158,7 +159,9 @@ def _check_val_speakers(out: dict, where: str) -> None:
 
 def resolve(cfg: dict, where: str = "training config") -> dict:
     """Defaults filled in and every key checked (see the module docstring); raises ConfigError."""
-    from kdbench import data, losses, models, speech
+    from kdbench.data import datasets as data
+    from kdbench.data import speech
+    from kdbench.engine import losses, models
 
     if not isinstance(cfg, dict):
         raise ConfigError(f"{where}: expected a mapping of training keys, got {type(cfg).__name__}")

@@ -1,12 +1,12 @@
 """The job plan: one function turns a profile into every training job it runs, each with its exact config.
 
 What this file achieves: `jobs(cfg)` lists every training job of a profile known before anything runs (all but the
-specialists, whose number the clusters decide; their generalists are planned): its name (its folder under `results/<profile>/runs/`, see
-`kdbench.layout`), the seeds it trains together, its dataset, and its complete `kdbench train` config with the
-teacher files it reads filled in, plus the files it waits for (cached teacher logits, a teacher model for feature
-variants, a temperature chosen on validation). The rules take each job's params from here and nothing else, so a
-job reruns exactly when its own config changes: adding a variant adds its jobs and leaves every other job alone, a
-number that only a table uses reruns no training. The job writes its resolved config beside its outputs
+specialists, whose number the clusters decide; their generalists are planned): its name (its folder under
+`results/<profile>/runs/`, see `kdbench.layout`), the seeds it trains together, its dataset, and its complete `kdbench
+train` config with the teacher files it reads filled in, plus the files it waits for (cached teacher logits, a teacher
+model for feature variants, a temperature chosen on validation). The rules take each job's params from here and nothing
+else, so a job reruns exactly when its own config changes: adding a variant adds its jobs and leaves every other job
+alone, a number that only a table uses reruns no training. The job writes its resolved config beside its outputs
 (`config.json`) before it trains. `kdbench plan` prints the plan.
 """
 from __future__ import annotations
@@ -14,7 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kdbench import ensembles, layout, losses, mnist, specialists, speech, variants
+from kdbench import layout
+from kdbench.data import speech
+from kdbench.engine import losses
+from kdbench.sections import ensembles, mnist, specialists, variants
 
 
 @dataclass(frozen=True)

@@ -95,7 +95,9 @@ def planned_jobs(cfg: dict) -> dict:
     """Build the job plan of a schema-valid profile and resolve every job's training config now, with the same
     validation `kdbench train` uses, so a bad value, variant or variant parameter stops the workflow (or `kdbench
     plan`) before any job, naming the job and key; returns the plan's jobs. The workflow's `PLAN`."""
-    from kdbench import ensembles, losses, plan, specialists, train
+    from kdbench import plan
+    from kdbench.engine import losses, train
+    from kdbench.sections import ensembles, specialists
     try:
         losses.load_modules(cfg.get("variant_modules", []))
     except (OSError, SyntaxError, ImportError, ValueError) as e:

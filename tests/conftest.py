@@ -29,13 +29,14 @@ def mirror() -> Path:
 
 @pytest.fixture(scope="session")
 def _root(tmp_path_factory) -> Path:
-    from kdbench import data
+    from kdbench.data import datasets as data
     return tmp_path_factory.mktemp("data") if _mirror() is not None else data.default_root()
 
 
 def _obtain(dataset: str, root: Path) -> Path:
     """Fetch one dataset into root (from the mirror only, where there is one); skip the test if it cannot be had."""
-    from kdbench import data, speech
+    from kdbench.data import datasets as data
+    from kdbench.data import speech
     path = _mirror()
     try:
         if dataset == "fsdd":

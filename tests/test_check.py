@@ -5,9 +5,9 @@ import sys
 
 import pytest
 import yaml
+from workflow_helpers import REPO, SMOKE
 
 from kdbench import check, config, layout, plan
-from workflow_helpers import REPO, SMOKE
 
 HEAD = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
 
@@ -28,9 +28,11 @@ def results(tmp_path):
             path.parent.mkdir(parents=True)
             path.write_text(json.dumps({"config": config.resolve(jobs[name].config), "git_commit": HEAD,
                                         "test_errors": 100}))
-            rows.append(f"mnist,sec3,{name},test_errors,{seed},100,{layout.metrics(layout.runs(cfg['profile']), name, seed)}")
+            source = layout.metrics(layout.runs(cfg["profile"]), name, seed)
+            rows.append(f"mnist,sec3,{name},test_errors,{seed},100,{source}")
     res = tmp_path / layout.results(cfg["profile"])
-    (res / "mnist_provenance.csv").write_text("section,table,system,metric,seed,value,source\n" + "\n".join(rows) + "\n")
+    head = "section,table,system,metric,seed,value,source\n"
+    (res / "mnist_provenance.csv").write_text(head + "\n".join(rows) + "\n")
     (res / "benchmarks" / "train").mkdir(parents=True)
     (res / "benchmarks" / "train" / "teacher.tsv").write_text("s\n1\n")
     return cfg, tmp_path

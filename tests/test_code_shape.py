@@ -1,15 +1,56 @@
-"""The library stays readable top to bottom: no function over 60 lines (issue: one experiment, one definition)."""
+"""The library stays readable top to bottom: no function over 60 lines (issue: one experiment, one definition), and
+its packages are layered: data and report below the engine and the sections, the plan, config and CLI on top."""
 import ast
 
 from workflow_helpers import REPO
 
+# package -> the kdbench packages and top-level modules it may import (besides itself)
+MAY_IMPORT = {
+    "data": {"records"},
+    "report": {"records"},
+    "engine": {"data", "records", "config"},
+    "sections": {"data", "engine", "report", "records", "layout"},
+}
+
+
+def _library_files():
+    return sorted((REPO / "kdbench").rglob("*.py"))
+
 
 def test_no_function_in_the_library_is_over_60_lines():
     long = []
-    for path in sorted((REPO / "kdbench").glob("*.py")):
+    for path in _library_files():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 lines = node.end_lineno - node.lineno + 1
                 if lines > 60:
-                    long.append(f"{path.name}:{node.lineno} {node.name} ({lines} lines)")
+                    long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({lines} lines)")
     assert not long, long
+
+
+def kdbench_imports(path) -> set[str]:
+    """The first part below `kdbench.` of every kdbench module that `path` imports (at any depth of the file)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "kdbench":
+            parts = node.module.split(".")
+            out |= {parts[1]} if len(parts) > 1 else {a.name for a in node.names}
+        elif isinstance(node, ast.Import):
+            out |= {a.name.split(".")[1] for a in node.names if a.name.startswith("kdbench.")}
+    return out
+
+
+def test_each_package_imports_only_the_layers_below_it():
+    wrong = []
+    for pkg, allowed in MAY_IMPORT.items():
+        for path in sorted((REPO / "kdbench" / pkg).glob("*.py")):
+            bad = kdbench_imports(path) - allowed - {pkg, "__version__"}
+            if bad:
+                wrong.append(f"{path.relative_to(REPO)} imports {sorted(bad)}")
+    assert not wrong, wrong
+
+
+def test_the_import_reader_sees_a_forbidden_import(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text("def f():\n    from kdbench.sections import mnist\n    from kdbench import plan, layout\n")
+    assert kdbench_imports(f) == {"sections", "plan", "layout"}

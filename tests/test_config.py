@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from kdbench import config, records, train
-from kdbench.cli import main as cli_main
+from kdbench import config, records
+from kdbench.engine import train
 
 GOOD = dict(widths=[784, 16, 10], epochs=1, train_fraction=0.02, val_size=500)
 
@@ -60,7 +60,7 @@ def test_a_good_config_resolves_to_every_key():
 
 def test_user_variant_parameters_are_checked_by_kind(tmp_path):
     mod = tmp_path / "mine.py"
-    mod.write_text("from kdbench.losses import register, soft_kl\n"
+    mod.write_text("from kdbench.engine.losses import register, soft_kl\n"
                    "@register('scaled_kd', temperature=4.0, scale=1.0, mode='kl')\n"
                    "def scaled_kd(s, y, t, temperature, scale, mode):\n"
                    "    return {'soft': scale * soft_kl(s, t, temperature)}\n")
@@ -138,7 +138,8 @@ def _rename_seeds(c):
 @pytest.mark.parametrize("edit, message", [
     (_rename_seeds, r"unknown key\(s\) 'seed' \(did you mean 'seeds'\?\)"),
     (lambda c: c.pop("specialists"), r"'specialists' is a required property"),
-    (lambda c: c["mnist"]["teacher"].update(epocs=3), r"mnist.teacher: unknown key\(s\) 'epocs' \(did you mean 'epochs'"),
+    (lambda c: c["mnist"]["teacher"].update(epocs=3),
+     r"mnist.teacher: unknown key\(s\) 'epocs' \(did you mean 'epochs'"),
     (lambda c: c["mnist"]["sweep"].update(temperatures=[-1, 2]), r"mnist.sweep.temperatures.0: -1 is wrong"),
 ])
 def test_kdbench_plan_validates_the_profile_in_a_few_lines(tmp_path, edit, message):

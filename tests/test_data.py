@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
-from kdbench import data
 from kdbench.cli import main as cli_main
+from kdbench.data import datasets as data
 
 
 def test_mirror_files_pass_their_checksums(data_root):

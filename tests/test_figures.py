@@ -4,7 +4,7 @@ import matplotlib
 import pandas as pd
 import pytest
 
-from kdbench import figures
+from kdbench.report import figures
 
 matplotlib.use("Agg")
 

@@ -6,8 +6,10 @@ import math
 import pytest
 import torch
 
-from kdbench import aggregate, ensembles, specialists, train
-from kdbench.models import MLP
+from kdbench.engine import train
+from kdbench.engine.models import MLP
+from kdbench.report import aggregate
+from kdbench.sections import ensembles, specialists
 
 
 def test_clipping_scales_each_member_to_the_bound_and_leaves_small_ones_alone():
@@ -140,11 +142,13 @@ def test_table5_gives_every_seed_its_share_and_keeps_mixup_rows_apart(tmp_path, 
     no gap, and still counts: the share is the ratio of seed means, (70 - 65) / (80 - 65) = 33.3%. With mixup in the
     profile its pair of 3% nets gets rows of its own and the paper-protocol rows stay what they were."""
     import json
+
     from kdbench import layout
     cfg = {"seeds": [0, 1], "ensembles": {"members": 2, "distilled": {"temperatures": [1]},
                                           "fraction": {"mixup": 1.0} if mixup else {}}}
     labels = torch.zeros(10, dtype=torch.long)
-    runs = [("base3", [5, 8]), ("soft3", [7, 7])] + ([("base3_mixup", [6, 6]), ("soft3_mixup", [8, 8])] if mixup else [])
+    runs = [("base3", [5, 8]), ("soft3", [7, 7])]
+    runs += [("base3_mixup", [6, 6]), ("soft3_mixup", [8, 8])] if mixup else []
     for run, correct in runs:
         path = layout.logits(tmp_path, ensembles.job("d", run))
         path.parent.mkdir(parents=True)

@@ -3,13 +3,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdbench import losses
-from kdbench.losses import distillation_loss
+from kdbench.engine import losses
+from kdbench.engine.losses import distillation_loss
 
 
 def _logits(n=16, c=10, scale=3.0, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, c, generator=g) * scale, torch.randn(n, c, generator=g) * scale, torch.randint(0, c, (n,), generator=g)
+    student, teacher = torch.randn(n, c, generator=g) * scale, torch.randn(n, c, generator=g) * scale
+    return student, teacher, torch.randint(0, c, (n,), generator=g)
 
 
 def test_softmax_with_temperature_matches_the_paper_example():

@@ -4,10 +4,10 @@ import math
 import pytest
 import torch
 import yaml
-
-from kdbench import bias, mnist
-from kdbench.aggregate import Cell
 from conftest import REPO
+
+from kdbench.report.aggregate import Cell
+from kdbench.sections import bias, mnist
 
 SMOKE = yaml.safe_load((REPO / ".test" / "config.yaml").read_text())
 

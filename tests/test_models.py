@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-from kdbench.models import MLP
+from kdbench.engine.models import MLP
 
 
 def test_batched_forward_matches_separate_members():

@@ -6,7 +6,8 @@ import pytest
 import yaml
 from workflow_helpers import REPO
 
-from kdbench import layout, losses, plan, train
+from kdbench import layout, plan
+from kdbench.engine import losses, train
 
 SMOKE = yaml.safe_load((REPO / ".test" / "config.yaml").read_text())
 QUICK = yaml.safe_load((REPO / "config" / "quick.yaml").read_text())
@@ -61,7 +62,7 @@ def test_a_second_variant_file_adds_only_its_variants_jobs_and_each_job_needs_on
     """Issue 24: every variant job's config and inputs carry the one file that registers its variant (a built-in
     none), so adding a second user file leaves the first file's jobs, and every built-in's, exactly as they were."""
     first, second = tmp_path / "first.py", tmp_path / "second.py"
-    head = "from kdbench.losses import hinton, register\n\n"
+    head = "from kdbench.engine.losses import hinton, register\n\n"
     first.write_text(head + "@register('first_kd', temperature=4.0, hard_weight=0.1)\n"
                      "def first_kd(s, y, t, temperature, hard_weight):\n"
                      "    return hinton(s, y, t, temperature, hard_weight, 'arithmetic')\n")
@@ -100,7 +101,7 @@ def test_a_recipe_change_changes_exactly_the_jobs_that_use_it():
 
 def test_the_smoke_plan_has_every_system_once_with_distinct_seeds():
     """Counts that follow from the config alone, checked without running anything."""
-    from kdbench import ensembles, mnist
+    from kdbench.sections import ensembles, mnist
     jobs = plan.jobs(SMOKE)
     assert len(mnist.sweep_systems(SMOKE)) == 18 and set(mnist.systems(SMOKE)) <= set(jobs)
     seeds = ensembles.ensemble_seeds(SMOKE)
@@ -113,7 +114,7 @@ def test_the_smoke_plan_has_every_system_once_with_distinct_seeds():
 
 
 def test_the_specialists_generalist_is_planned_with_the_sections_seeds_and_its_own_recipe():
-    from kdbench import specialists
+    from kdbench.sections import specialists
     cfg = _with(SMOKE, **{"specialists.seeds": [3, 4, 5], "specialists.generalist": {"epochs": 7}})
     cfg["specialists"]["datasets"]["fashion_mnist"] = {"generalist": {"widths": [784, 16, 10]}}
     job = plan.jobs(cfg)["specialists/fashion_mnist/generalist"]
@@ -127,7 +128,7 @@ def test_the_specialists_generalist_is_planned_with_the_sections_seeds_and_its_o
 
 
 def test_the_ensembles_section_trains_its_own_seeds_and_so_do_the_variants_of_its_experiments():
-    from kdbench import ensembles, variants
+    from kdbench.sections import ensembles, variants
     cfg = _with(SMOKE, **{"ensembles.seeds": [4, 7, 9, 11]})
     jobs = plan.jobs(cfg)
     members = cfg["ensembles"]["members"]
@@ -158,7 +159,7 @@ def test_kdbench_plan_lists_the_jobs(capsys):
 
 
 def test_specialists_with_soft_targets_learn_from_their_generalists_cached_logits():
-    from kdbench import specialists
+    from kdbench.sections import specialists
     soft = {"temperature": 2.0, "hard_weight": 0.5}
     cfg = _with(SMOKE, **{"specialists.soft_targets": soft})
     cfg["specialists"]["datasets"]["speech"] = {**cfg["specialists"]["datasets"]["speech"], "soft_targets": None}
@@ -177,7 +178,7 @@ def test_specialists_with_soft_targets_learn_from_their_generalists_cached_logit
 def test_a_rows_bootstrap_bags_its_ensembles_members_only():
     """`bootstrap` on an ensembles row: the members train on their own resamples; the distilled, 3% and variants'
     nets and the specialists' generalist learn from all their data; every planned config resolves."""
-    from kdbench import specialists
+    from kdbench.sections import specialists
     cfg = copy.deepcopy(SMOKE)
     cfg["ensembles"]["datasets"]["speech"] = {**(cfg["ensembles"]["datasets"]["speech"] or {}), "bootstrap": True}
     jobs = plan.jobs(cfg)

@@ -150,7 +150,7 @@ def test_specialists_do_not_hurt_the_generalist(summary, dataset, request):
 
 # ---- issue 12: every claim with its interval, and analogs that can show the paper's effects
 def table1_main(s) -> str:
-    """Table 1's main row by the rule of docs/DEVIATIONS.md (kdbench.ensembles.main_row), read back from the
+    """Table 1's main row by the rule of docs/DEVIATIONS.md (kdbench.sections.ensembles.main_row), read back from the
     summary: of the rows that stand beside the paper's Table 1 gain, the one whose ensemble gains most over its
     members on validation."""
     beside = s[(s.table == "table1") & (s.system == "ensemble_arithmetic") & (s.metric == "gain_over_members_pct")
@@ -246,7 +246,8 @@ def test_the_committed_mnist_section_passes_kdbench_check():
     trains, from a clean commit in this history, and mnist_provenance.csv cites only such runs. The variants'
     students and the other sections' records are checked by the tests below or known misses until they are
     regenerated; `kdbench check --configfile config/quick.yaml` lists them."""
-    from kdbench import mnist, profile
+    from kdbench import profile
+    from kdbench.sections import mnist
     cfg = profile.load(REPO / "config" / "quick.yaml")
     found = _check_problems(jobs=[f"runs/{s}/" for s in mnist.systems(cfg)], files=("mnist_provenance",))
     assert found == [], "\n".join(found[:10])

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from slurm_cluster import ClusterError, SingleNodeCluster
 from workflow_helpers import REPO, snakemake
 
@@ -52,7 +51,7 @@ def cluster(tmp_path_factory):
 def _files(results: Path) -> dict[str, Path]:
     """Every result file of a run, by its path under results/smoke; job logs and timings (benchmarks/) excluded."""
     return {p.relative_to(results).as_posix(): p for p in sorted(results.rglob("*"))
-            if p.is_file() and not p.relative_to(results).parts[0] in ("logs", "benchmarks")}
+            if p.is_file() and p.relative_to(results).parts[0] not in ("logs", "benchmarks")}
 
 
 def _same_tensors(a, b) -> bool:

@@ -4,8 +4,9 @@ import math
 import pytest
 import torch
 
-from kdbench import specialists, train
-from kdbench.models import MLP
+from kdbench.engine import train
+from kdbench.engine.models import MLP
+from kdbench.sections import specialists
 
 
 def test_kmeans_on_covariance_columns_finds_the_blocks():
@@ -113,7 +114,7 @@ def test_specialist_training_sees_half_cluster_and_corrects_its_dustbin(data_roo
     assert set(blob["test_labels"].unique().tolist()) == {0, 1, 2, 3}  # 3 = dustbin
     assert int((blob["test_labels"] < 3).sum()) == 3000
     # validation (and so early stopping) judges the specialist with its dustbin shift applied, as it is used
-    from kdbench.evaluate import error_summary
+    from kdbench.engine.evaluate import error_summary
     bias = torch.zeros(4)
     bias[-1] = rec["dustbin_logit_shift"]
     shifted = error_summary(blob["val"], blob["val_labels"], bias=bias)[0]["errors"]
@@ -123,7 +124,7 @@ def test_specialist_training_sees_half_cluster_and_corrects_its_dustbin(data_roo
 
 
 def test_collapse_to_subset_is_exact_at_its_temperature():
-    from kdbench.teachers import collapse_to_subset
+    from kdbench.engine.teachers import collapse_to_subset
     z = torch.randn(2, 7, 6) * 3
     classes, t = [4, 1], 2.5
     q = torch.softmax(z / t, -1)
@@ -142,7 +143,7 @@ def test_specialist_learns_from_its_generalists_soft_targets_collapsed_to_its_ou
     """Section 6.1: seed s's specialist reads generalist s's cached logits, collapsed onto its cluster and dustbin
     at the distillation temperature and shifted to its training prior."""
     from kdbench import config as kconfig
-    from kdbench.teachers import Teacher, cache_logits, collapse_to_subset
+    from kdbench.engine.teachers import Teacher, cache_logits, collapse_to_subset
     gen_cfg = dict(widths=[784, 32, 10], epochs=1, train_fraction=0.1, val_size=1000, dataset="fashion_mnist")
     train.train(gen_cfg, [0, 1], tmp_path / "gen", device="cpu", root=data_root, progress=False)
     cached = cache_logits(tmp_path / "gen" / "model.pt", tmp_path / "gen" / "train_logits.pt", root=data_root)

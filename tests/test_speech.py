@@ -5,7 +5,9 @@ import shutil
 import pytest
 import torch
 
-from kdbench import config, data, sampling, speech
+from kdbench import config
+from kdbench.data import datasets as data
+from kdbench.data import sampling, speech
 
 
 @pytest.fixture(scope="session")

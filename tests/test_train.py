@@ -5,7 +5,7 @@ import time
 import pytest
 import torch
 
-from kdbench import train
+from kdbench.engine import train
 
 SMALL = dict(widths=[784, 48, 10], epochs=2, train_fraction=0.08, val_size=1000, lr=0.05, batch_size=100)
 
@@ -97,7 +97,7 @@ def test_unknown_config_key_is_refused():
 
 
 def test_student_learns_from_cached_teacher_logits(mnist_root, tmp_path):
-    teacher = _run({**SMALL, "widths": [784, 128, 10], "epochs": 3}, [0, 1], tmp_path / "teacher", mnist_root)
+    _run({**SMALL, "widths": [784, 128, 10], "epochs": 3}, [0, 1], tmp_path / "teacher", mnist_root)
     logits = train.teacher_logits(tmp_path / "teacher" / "model.pt", tmp_path / "tl.pt", root=mnist_root,
                                   device="cpu")
     assert logits.shape == (2, 60000, 10)
@@ -160,7 +160,8 @@ def test_a_diverged_run_stops_instead_of_writing_a_result(mnist_root, tmp_path):
     """lr 50 with gradient clipping does not produce NaN: the nets end up answering one class. That must not be
     reported as a normal (10% accuracy) result."""
     cfg = {**SMALL, "lr": 50.0, "grad_clip": 1.0}
-    with pytest.raises(train.DivergedError, match=r"run mnist/diverged: the net gives one answer for almost every example"):
+    with pytest.raises(train.DivergedError,
+                       match=r"run mnist/diverged: the net gives one answer for almost every example"):
         train.train(cfg, [0], tmp_path / "d", device="cpu", root=mnist_root, progress=False, name="mnist/diverged")
     assert not (tmp_path / "d" / "seed0" / "metrics.json").exists()
 
@@ -169,7 +170,8 @@ def test_the_chance_check_judges_every_class_not_the_majority(capsys):
     y = torch.tensor([0] * 90 + [1] * 5 + [2] * 5)
     constant = torch.zeros(2, 100, 3)
     constant[..., 0] = 1.0  # always the majority class: 90% accuracy, balanced accuracy 1/3
-    with pytest.raises(train.DivergedError, match="seed 7: 100.00%, seed 8: 100.00% of them; its most frequent class is 90.0%"):
+    with pytest.raises(train.DivergedError,
+                       match="seed 7: 100.00%, seed 8: 100.00% of them; its most frequent class is 90.0%"):
         train._check_learned(constant, y, [7, 8], "r")
     # a specialist biased towards its small classes: accuracy below the majority's 90%, yet it learned
     biased = torch.nn.functional.one_hot(torch.tensor([1] * 30 + [0] * 60 + [1] * 5 + [2] * 5), 3).float()
@@ -220,7 +222,7 @@ def test_a_feature_variant_trains_its_regressor_against_its_paired_teacher_net(m
 
 
 def test_bootstrap_gives_each_member_its_own_resample_and_resumes_it():
-    from kdbench import sampling
+    from kdbench.data import sampling
     tr = torch.arange(100, 1100)
     s = sampling.EpochSampler(tr, [3, 4], bootstrap=True)
     e1, e2 = s.epoch(), s.epoch()
@@ -308,6 +310,7 @@ def test_precision_is_recorded_and_bf16_runs_the_nets_in_bfloat16_with_fp32_mast
 
 def test_a_runs_commit_stamp_ignores_results_and_sees_code(tmp_path):
     import subprocess
+
     from kdbench.records import git_commit
     git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
     git("init", "-q")

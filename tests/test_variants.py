@@ -4,11 +4,12 @@ import re
 
 import pytest
 import torch
-import torch.nn.functional as F
 import yaml
-
 from conftest import REPO
-from kdbench import aggregate, losses, variants
+
+from kdbench.engine import losses
+from kdbench.report import aggregate
+from kdbench.sections import variants
 
 SMOKE = yaml.safe_load((REPO / ".test" / "config.yaml").read_text())
 ROWS = tuple(SMOKE["ensembles"]["datasets"])  # the smoke profile's ensembles rows (speech_narrow reads speech)
@@ -16,7 +17,8 @@ ROWS = tuple(SMOKE["ensembles"]["datasets"])  # the smoke profile's ensembles ro
 
 def _logits(seed=0, n=12, c=10):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, c, generator=g) * 2, torch.randn(n, c, generator=g) * 2, torch.randint(0, c, (n,), generator=g)
+    student, teacher = torch.randn(n, c, generator=g) * 2, torch.randn(n, c, generator=g) * 2
+    return student, teacher, torch.randint(0, c, (n,), generator=g)
 
 
 @pytest.mark.parametrize("name", ["hard", "hinton", "soft_only", "logit_matching", "hinton_geometric", "born_again"])

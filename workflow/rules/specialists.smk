@@ -1,13 +1,9 @@
 # The paper's section 5 (Tables 3 and 4): confusable clusters from the generalist's predictions (a checkpoint: how
 # many specialists there are is known only once it has run), one independent training job per specialist, then
 # the KL combination on the test set and the section's tables and figure.
-import json
-
-from kdbench import specialists
+from kdbench.sections import specialists
 
 SPEC_JOB = specialists.job("{dataset}", "{i}")  # specialists/{dataset}/spec{i}
-SPEC_DATASETS = specialists.datasets(config)
-SPEC_SEEDS = specialists.seeds(config)
 # what these rules see of the config: the generalists' recipe (ensembles) and their own block
 SPEC_CONFIG = config_for("profile", "seeds", "ensembles", "specialists")
 
@@ -23,13 +19,11 @@ checkpoint specialist_clusters:
     params:
         cfg=lambda w: quoted_json(specialists.cluster_config(config, w.dataset)),
     localrule: True
+    log:
+        layout.log(RESULTS, "specialist_clusters", "{dataset}"),
     shell:
         "exec kdbench clusters --config-json {params.cfg} --dataset {wildcards.dataset} --generalist-logits {input} "
-        "--out {output}"
-
-
-def specialist_classes(path):
-    return json.loads(Path(path).read_text())["clusters"]
+        "--out {output} > {log} 2>&1"
 
 
 rule train_specialist:
@@ -60,20 +54,12 @@ rule train_specialist:
         layout.log(RESULTS, "train", SPEC_JOB),
     benchmark:
         layout.benchmark(RESULTS, "train", SPEC_JOB)
+    # lint: config (the device) and DATA (the data root) stay out of params on purpose: a finished run is not
+    # redone when a profile moves to a GPU or the data to another disk
     shell:
         "exec kdbench train --config-json {params.cfg} --cluster-file {input.clusters} --cluster-index {wildcards.i} "
         "--seeds {params.seeds} --out {params.out} --name specialists/{wildcards.dataset}/spec{wildcards.i} --device {config[device]} --root {DATA} "
         "--threads {threads} > {log} 2>&1"
-
-
-def all_specialists(w):
-    """Every specialist's run, once each dataset's clusters are known."""
-    out = []
-    for ds in SPEC_DATASETS:
-        n = len(specialist_classes(checkpoints.specialist_clusters.get(dataset=ds).output[0]))
-        out += [layout.metrics(RUNS, specialists.job(ds, i), s) for i in range(n) for s in SPEC_SEEDS]
-        out += [layout.logits(RUNS, specialists.job(ds, i)) for i in range(n)]
-    return out
 
 
 rule aggregate_specialists:
@@ -89,9 +75,13 @@ rule aggregate_specialists:
         md=report(RESULTS / "specialists.md", caption="../report/specialists.rst", category="Specialists"),
         fig=report(RESULTS / "specialists.png", caption="../report/specialists.rst", category="Specialists"),
     params:
+        runs=RUNS,
+        out=RESULTS,
         cfg=quoted_json(SPEC_CONFIG),
         clusters=" ".join(f"{ds}={layout.clusters(RUNS, ds)}" for ds in SPEC_DATASETS),
     localrule: True
+    log:
+        layout.log(RESULTS, "aggregate_specialists", "specialists"),
     shell:
-        "exec kdbench aggregate specialists --config-json {params.cfg} --runs {RUNS} --paper {input.paper} "
-        "--clusters {params.clusters} --out-dir {RESULTS}"
+        "exec kdbench aggregate specialists --config-json {params.cfg} --runs {params.runs} --paper {input.paper} "
+        "--clusters {params.clusters} --out-dir {params.out} > {log} 2>&1"

@@ -1,8 +1,8 @@
-# KD variants side by side: every distillation experiment (kdbench.variants.experiments: the MNIST students, the
+# KD variants side by side: every distillation experiment (kdbench.sections.variants.experiments: the MNIST students, the
 # ensembles' students of Table 1, the 3% soft-target nets of Table 5) once per variant in config["variants"]. The
 # variants' students are jobs of the plan and train through `rule train`; here are the temperature choices they
 # wait for and the variants' tables.
-from kdbench import variants
+from kdbench.sections import variants
 
 EXPERIMENTS = variants.experiments(config)
 CHOICES = {e.name: variants.choice_config(config, e) for e in EXPERIMENTS if e.choice is not None}
@@ -17,16 +17,13 @@ rule choose_temperature:
     wildcard_constraints:
         experiment=one_of(CHOICES),
     params:
+        runs=RUNS,
         cfg=lambda w: quoted_json(CHOICES[w.experiment]),
     localrule: True
+    log:
+        layout.log(RESULTS, "choose_temperature", "{experiment}"),
     shell:
-        "exec kdbench choose-temperature --config-json {params.cfg} --runs {RUNS} --out {output}"
-
-
-def variant_table_inputs(spec):
-    """Every run record the table reads: each experiment's jobs on that experiment's own seeds."""
-    return [layout.metrics(RUNS, job, s) for e in spec["experiments"] for job in e["jobs"].values()
-            for s in e["seeds"]]
+        "exec kdbench choose-temperature --config-json {params.cfg} --runs {params.runs} --out {output} > {log} 2>&1"
 
 
 VARIANT_TABLES = variants.table_config(config)
@@ -42,10 +39,14 @@ rule aggregate_variants:
         table=report(RESULTS / "variants.md", caption="../report/variants.rst", category="KD variants"),
         figure=report(RESULTS / "variants.png", caption="../report/variants.rst", category="KD variants"),
     params:
+        runs=RUNS,
+        out=RESULTS,
         cfg=quoted_json(VARIANT_TABLES),
     localrule: True
+    log:
+        layout.log(RESULTS, "aggregate_variants", "variants"),
     shell:
-        "exec kdbench aggregate variants --config-json {params.cfg} --runs {RUNS} --out-dir {RESULTS}"
+        "exec kdbench aggregate variants --config-json {params.cfg} --runs {params.runs} --out-dir {params.out} > {log} 2>&1"
 
 
 rule aggregate_variants_mnist:
@@ -57,7 +58,11 @@ rule aggregate_variants_mnist:
         table=RESULTS / "variants_mnist.md",
         figure=RESULTS / "variants_mnist.png",
     params:
+        runs=RUNS,
+        out=RESULTS,
         cfg=quoted_json(VARIANT_TABLES_MNIST),
     localrule: True
+    log:
+        layout.log(RESULTS, "aggregate_variants_mnist", "variants_mnist"),
     shell:
-        "exec kdbench aggregate variants --config-json {params.cfg} --runs {RUNS} --out-dir {RESULTS}"
+        "exec kdbench aggregate variants --config-json {params.cfg} --runs {params.runs} --out-dir {params.out} > {log} 2>&1"

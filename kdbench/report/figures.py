@@ -46,7 +46,7 @@ def sweep(summary, widths: list[int], temperatures: list[float], name_of, path: 
 
 def transfer(panels: list[tuple[str, list[dict]]], path: Path | str) -> None:
     """Errors per true class, mean over seeds: raw, validation-chosen shift, the paper's shift. `panels` holds
-    (title, per-seed records of kdbench.bias.correct)."""
+    (title, per-seed records of kdbench.sections.bias.correct)."""
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 3.8), squeeze=False)
     for ax, (title, members) in zip(axes[0], panels):
         classes = np.arange(len(members[0]["raw"]["per_class_errors"]))

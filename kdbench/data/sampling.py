@@ -1,12 +1,13 @@
 """Which training examples a run sees, and in which order: the transfer set, the validation split, the epoch orders.
 
-What this file achieves: `training_indices` carves a run's transfer set and validation split out of the full
-training split (seeded; whole utterances for speech; only some classes; a seeded fraction). `EpochSampler` gives
-each of the K members its own seeded order every epoch: a permutation of the transfer set, or, for a specialist
-(`class_subset`), every example of its classes plus others drawn afresh so that the subset makes up
-`subset_fraction` of the epoch; with `bootstrap`, each member's epoch is a permutation of its own resample of
-the transfer set (drawn with replacement once, from the member's seed, so a resumed run draws the same). `specialist_labels` maps labels to the specialist's outputs (its classes, then one
-dustbin) without touching the split. Everything stays on the device as index tensors; no per-example Python.
+What this file achieves: `training_indices` carves a run's transfer set and validation split out of the full training
+split (seeded; whole utterances for speech; only some classes; a seeded fraction). `EpochSampler` gives each of the K
+members its own seeded order every epoch: a permutation of the transfer set, or, for a specialist (`class_subset`),
+every example of its classes plus others drawn afresh so that the subset makes up `subset_fraction` of the epoch; with
+`bootstrap`, each member's epoch is a permutation of its own resample of the transfer set (drawn with replacement once,
+from the member's seed, so a resumed run draws the same). `specialist_labels` maps labels to the specialist's outputs
+(its classes, then one dustbin) without touching the split. Everything stays on the device as index tensors; no
+per-example Python.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import math
 
 import torch
 
-from kdbench import data as kdata
+from kdbench.data import datasets as kdata
 
 
 def training_indices(cfg: dict, train_labels: torch.Tensor, groups: torch.Tensor | None = None,
@@ -40,7 +41,7 @@ def training_indices(cfg: dict, train_labels: torch.Tensor, groups: torch.Tensor
 def speaker_split(cfg: dict, groups: torch.Tensor, speakers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(training indices: every frame of the other speakers, validation indices: val_size whole utterances of the
     val_speakers)."""
-    from kdbench import speech
+    from kdbench.data import speech
     if speakers is None:
         raise ValueError("val_speakers needs a speech split (its frames carry their speakers)")
     wanted = torch.tensor([speech.SPEAKERS.index(s) for s in cfg["val_speakers"]])

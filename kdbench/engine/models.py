@@ -14,7 +14,6 @@ import math
 import torch
 from torch import nn
 
-
 # a single member's layer as one `addmm` on 2-D tensors instead of a `baddbmm` over a batch of one (benchmarks/engine.py
 # measures both and this is the faster on the CPU it was measured on)
 SINGLE_MEMBER_MM = True

@@ -4,7 +4,7 @@ become the section's table cells.
 Systems: `teacher` (784-1200-1200-10, dropout, max-norm, jitter), `baseline` (784-800-800-10, hard targets, no
 regularization), `distilled_T20` (the baseline's architecture on the teacher's cached soft targets at T=20),
 `sweep_w{W}_T{T}` (width x temperature), `omit3` (transfer set without any 3) and `only78` (only the 7s and 8s),
-the last two followed by the bias correction of `kdbench.bias`.
+the last two followed by the bias correction of `kdbench.sections.bias`.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 
 from kdbench import layout
-from kdbench.aggregate import Cell, fmt, fmt_claim, read_json, share_cell
+from kdbench.report.aggregate import Cell, fmt, fmt_claim, read_json, share_cell
 
 SECTION, TABLE = "mnist", "sec3"
 OMIT3_CLASSES = [0, 1, 2, 4, 5, 6, 7, 8, 9]
@@ -33,7 +33,7 @@ def systems(cfg: dict) -> list[str]:
 
 
 def train_config(cfg: dict, system: str, teacher_logits: str | None = None) -> dict:
-    """The `kdbench.train` config of one system under the profile `cfg`."""
+    """The `kdbench.engine.train` config of one system under the profile `cfg`."""
     m = cfg["mnist"]
     base = {"dataset": "mnist", "val_size": m["val_size"], "val_seed": m.get("val_seed", 0), **m.get("common", {})}
     if system in ("teacher", "baseline"):
@@ -87,14 +87,16 @@ def cells(cfg: dict, runs: Path) -> list[Cell]:
         for variant, key in (("raw", "raw"), ("bias_val", "val_chosen"), ("bias_paper", "paper")):
             name = f"{system}_{variant}"
             if system == "omit3":
-                out.append(cell(name, "test_errors", "count", [(r["seed"], r[key]["errors"], str(path)) for r in per_seed]))
+                out.append(cell(name, "test_errors", "count",
+                                [(r["seed"], r[key]["errors"], str(path)) for r in per_seed]))
                 out.append(cell(name, "test_errors_on_3", "count",
                                 [(r["seed"], r[key]["per_class_errors"][3], str(path)) for r in per_seed]))
             else:
                 out.append(cell(name, "test_error_pct", "pct",
                                 [(r["seed"], 100.0 * (1 - r[key]["accuracy"]), str(path)) for r in per_seed]))
             if variant == "bias_val":
-                out.append(cell(name, "bias_shift", "logit", [(r["seed"], r["val_shift"], str(path)) for r in per_seed]))
+                out.append(cell(name, "bias_shift", "logit",
+                                [(r["seed"], r["val_shift"], str(path)) for r in per_seed]))
     return out
 
 
@@ -160,8 +162,8 @@ def markdown(summary, cfg: dict, profile: str, facts: dict | None = None) -> str
 
 def write(cfg: dict, runs: Path, out: Path, paper: dict, **_) -> str:
     """The section's outputs: mnist_summary.csv, its provenance, mnist.md, mnist_sweep.png, mnist_transfer.png."""
-    from kdbench import aggregate, figures
     from kdbench.records import atomic_write_bytes
+    from kdbench.report import aggregate, figures
     summary = aggregate.write_tables(cells(cfg, runs), paper, out, "mnist")
     atomic_write_bytes(out / "mnist.md", markdown(summary, cfg, cfg["profile"], run_facts(cfg, runs)).encode())
     sw = cfg["mnist"]["sweep"]

@@ -20,9 +20,9 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +36,7 @@ class Variant:
     fn: Callable[..., dict]
     needs_teacher: bool
     defaults: dict = field(default_factory=dict)
-    teacher: str = "teacher"  # "teacher": the experiment's teacher; "self": a trained copy of the student's architecture
+    teacher: str = "teacher"  # "teacher": the experiment's teacher; "self": a trained copy of the student's net
     features: bool = False  # also learns from hidden features: fn gets features={"student", "teacher", own params}
     parameters: Callable[..., dict] | None = None  # (student_dim, teacher_dim, generator) -> one member's own tensors
     source: str | None = None  # the variant file (as listed in variant_modules) that registers it; None: built in

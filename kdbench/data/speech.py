@@ -3,8 +3,8 @@
 What this file achieves: the Free Spoken Digit Dataset (3000 recordings, 6 speakers x 10 digits x 50 takes, 8 kHz)
 arrives verified in `ROOT/FSDD/recordings/` (local copy, `$KDBENCH_MIRROR/FSDD`, else the dataset's public release
 archive at a pinned commit), every file checked against the sha256 list the project ships
-(`kdbench/checksums/fsdd.sha256`, taken from the mirror's SHA256SUMS). From them `build_features` makes one cache file
-per split:
+(`kdbench/data/checksums/fsdd.sha256`, taken from the mirror's SHA256SUMS). From them `build_features` makes one cache
+file per split:
 
 - features: 40 log-mel filterbank coefficients per 25 ms Hamming window with a 10 ms advance (256-point FFT power
   spectrum and an HTK mel filterbank over 0-4 kHz, written here in torch: torchaudio's newest release pins an older
@@ -18,7 +18,7 @@ per split:
 
 Splits: `speech` is the dataset's documented one (takes 0-4 of every speaker and digit are the test set);
 `speech_unseen` tests on every take of george and lucas and trains on the other four speakers. The validation split
-(kdbench.sampling) takes whole utterances out of the training pool, or, with `val_speakers`, whole speakers: their
+(kdbench.data.sampling) takes whole utterances out of the training pool, or, with `val_speakers`, whole speakers: their
 utterances leave training and validation draws from them only, so a speaker-independent test is validated on voices
 the net never heard. `utterance_errors` turns frame log-probabilities into the
 analog of word error: each digit's score sums, over the utterance's frames, log(p(silence) + sum of p(its 3 states)).
@@ -62,7 +62,7 @@ class SpeechDataError(RuntimeError):
 
 def checksums() -> dict[str, str]:
     """{'recordings/<digit>_<speaker>_<take>.wav': sha256} for all 3000 recordings."""
-    text = resources.files("kdbench").joinpath("checksums/fsdd.sha256").read_text()
+    text = resources.files("kdbench.data").joinpath("checksums/fsdd.sha256").read_text()
     return {name: h for h, name in (line.split() for line in text.splitlines() if line.strip())}
 
 

@@ -2,13 +2,13 @@
 
 What this file achieves: `SGD` applies exactly torch.optim.SGD's update (weight decay added to the gradient, the
 momentum buffer started from the first gradient, Nesterov's look-ahead, the same tensor operations in the same order,
-so the numbers are bit-identical) and sets its learning rate for every step from `kdbench.train`'s schedule.
+so the numbers are bit-identical) and sets its learning rate for every step from `kdbench.engine.train`'s schedule.
 Why not torch.optim: constructing any torch.optim optimizer imports torch._dynamo, 1.7 s of every job on a CPU, about
 half the wall time of a small workflow job; a job of the smoke profile trains for about a second.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

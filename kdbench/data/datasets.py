@@ -286,7 +286,7 @@ MEAN_STD = {"mnist": (0.1307, 0.3081), "fashion_mnist": (0.2860, 0.3530)}
 @dataclass
 class Split:
     """Images as uint8 (N, 28, 28) and labels as int64 (N,), both on one device. Speech splits have the same
-    interface (`kdbench.speech.FrameSplit`): `x`, `y`, `groups`, `inputs(idx, max_shift)`."""
+    interface (`kdbench.data.speech.FrameSplit`): `x`, `y`, `groups`, `inputs(idx, max_shift)`."""
     x: torch.Tensor
     y: torch.Tensor
     dataset: str = "mnist"
@@ -312,7 +312,7 @@ def load(dataset: str, train: bool, root: Path | str | None = None, device: str 
     """Verified split of `dataset` on `device`: images as uint8 tensors (read once through torchvision.datasets);
     the speech splits (`speech`, `speech_unseen`) as frame windows from their feature cache."""
     root = Path(root) if root is not None else default_root()
-    from kdbench import speech
+    from kdbench.data import speech
     if dataset in speech.SPLITS:
         return speech.load(dataset, train, root, device)
     if fetch_missing:
@@ -341,7 +341,7 @@ def read_idx(path: Path) -> torch.Tensor:
 
 def input_output_dims(dataset: str) -> tuple[int, int]:
     """(input size, number of classes) of a net on `dataset`."""
-    from kdbench import speech
+    from kdbench.data import speech
     if dataset in speech.SPLITS:
         return speech.CONTEXT * speech.N_MELS, speech.NUM_CLASSES
     _spec(dataset)
@@ -350,7 +350,7 @@ def input_output_dims(dataset: str) -> tuple[int, int]:
 
 def train_units(dataset: str) -> tuple[int, str]:
     """(size, unit) of the training split as `val_size` counts it: images, or whole utterances for speech."""
-    from kdbench import speech
+    from kdbench.data import speech
     if dataset in speech.SPLITS:
         return speech.train_utterances(dataset), "utterances"
     _spec(dataset)

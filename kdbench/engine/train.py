@@ -1,16 +1,16 @@
 """The training loop: K seeds of one configuration trained together, hard or soft targets, resumable.
 
-What this file achieves: `train(cfg, seeds, out_dir)` trains one batched model (`kdbench.models`, the MLP today)
-whose K members are the K seeds of a configuration. The data sit on the device as tensors (`load_run_data`); each
-member draws its own epoch order (`kdbench.sampling`); a step gathers (K, B) examples, jitters them on the device if
-asked, and evaluates the chosen KD variant per member (torch.func.vmap over members) against teacher logits read
-from a cache computed once (`kdbench.teachers`), never from a teacher forward pass, except the hidden features a
-feature variant asks for and a `mixup` run's teacher (its inputs are mixed afresh each step). SGD with (Nesterov)
-momentum (`kdbench.optim`), optional warmup and cosine decay per step, optional per-member gradient clipping and
-max-norm. Every epoch writes an atomic checkpoint, so an interrupted run resumes where it stopped and ends with the
-same numbers; a non-finite loss stops the run with a message naming it. The job writes its resolved config
-(`config.json`) before it trains; at the end each seed gets `seed<S>/metrics.json`, and the job keeps `model.pt`
-and `logits.pt` (validation and test logits of every member, for bias corrections and ensembles).
+What this file achieves: `train(cfg, seeds, out_dir)` trains one batched model (`kdbench.engine.models`, the MLP today)
+whose K members are the K seeds of a configuration. The data sit on the device as tensors (`load_run_data`); each member
+draws its own epoch order (`kdbench.data.sampling`); a step gathers (K, B) examples, jitters them on the device if
+asked, and evaluates the chosen KD variant per member (torch.func.vmap over members) against teacher logits read from a
+cache computed once (`kdbench.engine.teachers`), never from a teacher forward pass, except the hidden features a feature
+variant asks for and a `mixup` run's teacher (its inputs are mixed afresh each step). SGD with (Nesterov) momentum
+(`kdbench.engine.optim`), optional warmup and cosine decay per step, optional per-member gradient clipping and max-norm.
+Every epoch writes an atomic checkpoint, so an interrupted run resumes where it stopped and ends with the same numbers;
+a non-finite loss stops the run with a message naming it. The job writes its resolved config (`config.json`) before it
+trains; at the end each seed gets `seed<S>/metrics.json`, and the job keeps `model.pt` and `logits.pt` (validation and
+test logits of every member, for bias corrections and ensembles).
 """
 from __future__ import annotations
 
@@ -18,23 +18,31 @@ import contextlib
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from kdbench import data as kdata
-from kdbench import losses, models, optim, sampling, teachers
-from kdbench.config import DEFAULTS, ConfigError, resolve  # noqa: F401  (kdbench.train.DEFAULTS, .resolve)
-from kdbench.evaluate import error_summary
-from kdbench.models import init_from_model, predict_split  # noqa: F401  (kdbench.train.init_from_model, ...)
-from kdbench.sampling import training_indices  # noqa: F401
-from kdbench.teachers import teacher_batch  # noqa: F401
-from kdbench.records import (atomic_torch_save, atomic_write_json, config_hash, device_description, git_commit,
-                             package_versions)
+from kdbench.config import DEFAULTS, ConfigError, resolve  # noqa: F401  (kdbench.engine.train.DEFAULTS, .resolve)
+from kdbench.data import datasets as kdata
+from kdbench.data import sampling
+from kdbench.data.sampling import training_indices  # noqa: F401
+from kdbench.engine import losses, models, optim, teachers
+from kdbench.engine.evaluate import error_summary
+from kdbench.engine.models import init_from_model, predict_split  # noqa: F401  (kdbench.engine.train.init_from_model, ...)
+from kdbench.engine.teachers import teacher_batch  # noqa: F401
+from kdbench.records import (
+    atomic_torch_save,
+    atomic_write_json,
+    config_hash,
+    device_description,
+    git_commit,
+    package_versions,
+)
+
 
 class NonFiniteLossError(RuntimeError):
     pass
@@ -399,11 +407,11 @@ def _keep_best(model: nn.Module, best: dict, val_err: list[int], epoch: int) -> 
 
 
 def _check_learned(logits: torch.Tensor, y: torch.Tensor, seeds, name) -> list[bool]:
-    """A member that gives one answer for 99% of its transfer set (whose classes are more mixed) has diverged: stop the run
-    before its numbers can enter a table as a normal result. A member whose balanced accuracy there (the mean recall
-    over the classes present) is within 2 points of a constant answer's, 1/classes, is returned as at chance: its
-    record says so and the log warns (tiny smoke budgets get there without diverging). Balanced, so that a
-    specialist trained on a resampled transfer set is judged on every class, not on its dustbin's share."""
+    """A member that gives one answer for 99% of its transfer set (whose classes are more mixed) has diverged: stop the
+    run before its numbers can enter a table as a normal result. A member whose balanced accuracy there (the mean recall
+    over the classes present) is within 2 points of a constant answer's, 1/classes, is returned as at chance: its record
+    says so and the log warns (tiny smoke budgets get there without diverging). Balanced, so that a specialist trained
+    on a resampled transfer set is judged on every class, not on its dustbin's share."""
     classes = torch.unique(y)
     pred = logits.argmax(-1).to(y.device)  # (K, N)
     hits = (pred == y).float()
@@ -438,5 +446,5 @@ def _check_finite(sums: torch.Tensor, term_names: list[str], seeds, name, epoch,
 def teacher_logits(model_path: Path | str, out_path: Path | str, root: Path | str | None = None,
                    device: str | None = None, batch_size: int = 4096, members: list[int] | None = None
                    ) -> torch.Tensor:
-    """`kdbench.teachers.cache_logits` on the chosen device (what `kdbench teacher-logits` runs)."""
+    """`kdbench.engine.teachers.cache_logits` on the chosen device (what `kdbench teacher-logits` runs)."""
     return teachers.cache_logits(model_path, out_path, root, pick_device(device), batch_size, members)

@@ -15,9 +15,9 @@ classification, `fashion_mnist` images) it defines the training configs of
     net's teacher labelling every mixed input live: the suite's addition, in rows of their own;
 
 and from the runs' logits it computes the tables: mean +- std over seeds of test accuracy (frame accuracy for
-speech), utterance error for speech (kdbench.speech.utterance_errors), arithmetic and geometric ensemble means,
+speech), utterance error for speech (kdbench.data.speech.utterance_errors), arithmetic and geometric ensemble means,
 the share of the ensemble's gain a distilled net keeps, and the share of the 3%-vs-100% gap soft targets recover
-(both `kdbench.aggregate.share_cell`: ratios of seed means with a paired interval).
+(both `kdbench.report.aggregate.share_cell`: ratios of seed means with a paired interval).
 
 Choices are made on validation only: the distillation temperature (`choose_temperature`: the lowest validation
 error pooled over seeds, where candidates within one binomial standard error of the best tie and the tie goes to
@@ -32,8 +32,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from kdbench import layout, speech
-from kdbench.aggregate import Cell, fmt_claim, fmt_paper, fmt_row, read_json, share_cell
+from kdbench import layout
+from kdbench.data import speech
+from kdbench.report.aggregate import Cell, fmt_claim, fmt_paper, fmt_row, read_json, share_cell
 
 TABLE1, TABLE5 = "table1", "table5"
 SPEECH = tuple(speech.SPLITS)
@@ -95,7 +96,7 @@ def teacher_logits_of(system: str) -> str | None:
 
 def train_config(cfg: dict, dataset: str, system: str, teacher_logits: str | None,
                  teacher_model: str | None = None) -> dict:
-    """The `kdbench.train` config of one system on one dataset. The `*_mixup` 3% nets train on mixed inputs
+    """The `kdbench.engine.train` config of one system on one dataset. The `*_mixup` 3% nets train on mixed inputs
     (`fraction.mixup`), and the soft-target one's teacher (member 0 of the seed's ensemble, `teacher_model`) runs on
     them instead of its cached logits; `base3` and `soft3` train on the 3% as they are, as the paper's did."""
     e = cfg["ensembles"]
@@ -246,7 +247,7 @@ def cells(cfg: dict, runs: Path | str, root: Path | str | None = None) -> tuple[
 
 class Adder:
     """Collects one row's cells: `add(table, system, metric, [(seed, value, source)])`, and `add.share(table,
-    system, metric, [(seed, value, low, high, source)])` for a share (`kdbench.aggregate.share_cell`)."""
+    system, metric, [(seed, value, low, high, source)])` for a share (`kdbench.report.aggregate.share_cell`)."""
 
     def __init__(self, out: list, section: str):
         self.out, self.section = out, section
@@ -258,7 +259,7 @@ class Adder:
         self.out.append(share_cell(self.section, table, system, metric, list(per_seed)))
 
 
-def _table1(cfg: dict, runs: Path, ds: str, ens: dict, ev: "_Eval", add) -> dict:
+def _table1(cfg: dict, runs: Path, ds: str, ens: dict, ev: _Eval, add) -> dict:
     """Single nets, arithmetic and geometric ensembles, the distilled net at the T chosen on validation."""
     m_count, sds = cfg["ensembles"]["members"], seeds(cfg)
     ens_src = _src(runs, ds, "ensemble")
@@ -298,7 +299,7 @@ def _table1(cfg: dict, runs: Path, ds: str, ens: dict, ev: "_Eval", add) -> dict
     return {"chosen_temperature": t_best, "val_error_pct_by_T": val_err, "size_curve": curves, "val_gain": gain_val}
 
 
-def _table5(cfg: dict, runs: Path, ds: str, ens: dict, ev: "_Eval", add: Adder) -> dict:
+def _table5(cfg: dict, runs: Path, ds: str, ens: dict, ev: _Eval, add: Adder) -> dict:
     """Train and test accuracy of the 100%-data net (member 0 of each ensemble), the 3% nets on the paper's protocol
     (`baseline_3`, `soft_3`) and, where the profile adds mixup, on mixup (`baseline_3_mixup`, `soft_3_mixup`); each
     pair's share of the 3% -> 100% gap its soft-target net recovers, as a ratio of seed means for every seed."""
@@ -332,7 +333,8 @@ NAMES = {"baseline": "Baseline (single net)", "ensemble_arithmetic": "{M}x ensem
          "ensemble_geometric": "{M}x ensemble, geometric mean", "distilled": "Distilled single net",
          "baseline_100": "Baseline (100% of training set)", "baseline_3": "Baseline (3% of training set)",
          "soft_3": "Soft targets (3% of training set)",
-         "baseline_3_mixup": "Baseline (3%, mixup)", "soft_3_mixup": "Soft targets (3%, mixup, teacher on each mixed input)"}
+         "baseline_3_mixup": "Baseline (3%, mixup)",
+         "soft_3_mixup": "Soft targets (3%, mixup, teacher on each mixed input)"}
 TITLES = {"speech": "Spoken digits, documented split (takes 0-4 of every speaker are the test set)",
           "speech_narrow": "Spoken digits, documented split, nets limited by their width",
           "speech_unseen": "Spoken digits, unseen speakers (george and lucas are the test set)",
@@ -351,7 +353,7 @@ def markdown(summary: pd.DataFrame, cfg: dict, facts: dict) -> str:
              f"Mean ± std over {n_seeds} seeds (the baseline row: over all {n_seeds * m_count} single nets); derived "
              "claims also carry [their 95% interval]: a gain in points is each seed's own (paired t interval), a "
              "share is the ratio of the seed means with the paired delta-method interval "
-             "(kdbench.aggregate.share_cell); "
+             "(kdbench.report.aggregate.share_cell); "
              "the paper's number in parentheses where it has one (speech frames from a 2012 Android voice-search "
              "set; ours are spoken digits, see docs/DEVIATIONS.md). Accuracy of speech systems is frame accuracy; "
              "utterance error is the analog of WER.", ""]
@@ -420,8 +422,8 @@ def _table5_markdown(summary: pd.DataFrame, cfg: dict, ds: str, f: dict) -> list
 
 def write(cfg: dict, runs: Path, out: Path, paper: dict, root: Path | str | None = None, **_) -> str:
     """The section's outputs: ensembles_summary.csv, its provenance, ensembles.md, ensembles.png."""
-    from kdbench import aggregate, figures
     from kdbench.records import atomic_write_bytes
+    from kdbench.report import aggregate, figures
     cells_, facts = cells(cfg, runs, root=root)
     summary = aggregate.write_tables(cells_, paper, out, "ensembles")
     atomic_write_bytes(out / "ensembles.md", markdown(summary, cfg, facts).encode())

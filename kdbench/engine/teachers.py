@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from kdbench import data as kdata
-from kdbench import losses, models
+from kdbench.data import datasets as kdata
+from kdbench.engine import losses, models
 from kdbench.records import atomic_torch_save, config_hash
 
 
@@ -37,7 +37,7 @@ def collapse_to_subset(logits: torch.Tensor, classes: list[int], temperature: fl
     """Teacher logits (..., C) -> (..., n+1) over a specialist's outputs (its n classes, the dustbin last), exact at
     `temperature`: softmax(out / T) gives each class of the subset the teacher's tempered probability and the dustbin
     the sum of every other class's. The dustbin logit is lowered by `dustbin_shift`, the log of the factor by which
-    the specialist's training draws under-represent its dustbin (`kdbench.sampling.dustbin_shift`), so the soft
+    the specialist's training draws under-represent its dustbin (`kdbench.data.sampling.dustbin_shift`), so the soft
     targets carry the prior the specialist trains under, as its hard targets do; at use its dustbin is raised by
     the same shift."""
     keep = torch.tensor(classes, device=logits.device)

@@ -14,7 +14,7 @@ task, not by its data; one per seed of the section's own `seeds`), and with it
    cluster plus one dustbin class, half of each epoch comes from its cluster and half is drawn afresh from the rest;
    its dustbin logit is then raised by log(natural odds / training odds) of the dustbin (train.py records it);
    with `soft_targets` (the paper's section 6.1) it also learns from its generalist's soft targets, collapsed onto
-   its cluster and dustbin (`kdbench.teachers.collapse_to_subset`), on every example it sees;
+   its cluster and dustbin (`kdbench.engine.teachers.collapse_to_subset`), on every example it sees;
 3. combines them at test time as the paper's eq. 5: for each test case the generalist's top-n classes pick the
    active specialists, and q = softmax(z) minimizes KL(p_g || q) + sum over active m of KL(p_m || q_m), where q_m
    lumps q's non-cluster classes into the dustbin; z is found by L-BFGS on all test cases at once;
@@ -30,8 +30,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from kdbench import ensembles, layout
-from kdbench.aggregate import Cell, fmt_claim, fmt_paper, fmt_row, read_json
+from kdbench import layout
+from kdbench.report.aggregate import Cell, fmt_claim, fmt_paper, fmt_row, read_json
+from kdbench.sections import ensembles
 
 TABLE3, TABLE4 = "table3", "table4"
 
@@ -82,7 +83,7 @@ def generalist_job(dataset: str) -> str:
 
 
 def generalist_config(cfg: dict, dataset: str) -> dict:
-    """The generalist's `kdbench.train` config: the ensembles section's recipe for the dataset, then the
+    """The generalist's `kdbench.engine.train` config: the ensembles section's recipe for the dataset, then the
     specialists' common and per-dataset `generalist` keys."""
     sp = cfg["specialists"]
     own = (sp["datasets"][dataset] or {}).get("generalist", {})
@@ -110,8 +111,8 @@ def correlation(cov: torch.Tensor) -> torch.Tensor:
 
 
 def find_clusters(cov: torch.Tensor, ks: list[int], min_size: int, max_size: int, seed: int) -> list[list[int]]:
-    """k-means on the columns of a (covariance or correlation) matrix for each k; clusters of min_size..max_size classes, deduplicated,
-    in order of first appearance."""
+    """k-means on the columns of a (covariance or correlation) matrix for each k; clusters of min_size..max_size
+    classes, deduplicated, in order of first appearance."""
     from sklearn.cluster import KMeans
 
     cols = cov.double().numpy()
@@ -166,7 +167,7 @@ def teacher_logits(cfg: dict, dataset: str) -> str | None:
 
 
 def with_cluster(base: dict, classes: list[int]) -> dict:
-    """A specialist's `kdbench.train` config: its cluster plus a dustbin as outputs."""
+    """A specialist's `kdbench.engine.train` config: its cluster plus a dustbin as outputs."""
     return {**base, "widths": base["widths"][:-1] + [len(classes) + 1], "class_subset": list(classes)}
 
 
@@ -289,7 +290,7 @@ def cells(cfg: dict, runs: Path | str, cluster_files: dict[str, Path]) -> tuple[
         facts[ds] = ev
         src = str(layout.run(runs, f"specialists/{ds}"))
 
-        def add(table, system, metric, values, unit="pct"):
+        def add(table, system, metric, values, unit="pct", ds=ds):
             c = Cell("specialists", table, f"{ds}/{system}", metric, unit)
             c.values = list(values)
             out.append(c)
@@ -309,7 +310,7 @@ def cells(cfg: dict, runs: Path | str, cluster_files: dict[str, Path]) -> tuple[
 
 def _names(dataset: str) -> list[str]:
     if dataset == "fashion_mnist":
-        from kdbench.data import DATASETS
+        from kdbench.data.datasets import DATASETS
         return DATASETS["fashion_mnist"]["classes"]
     if dataset in ensembles.SPEECH:
         return ["sil"] + [f"{d}.{s}" for d in range(10) for s in range(3)]
@@ -345,8 +346,8 @@ def markdown(summary: pd.DataFrame, cfg: dict, facts: dict) -> str:
             t = row(ds, TABLE3, system, "test_accuracy_pct")
             lines.append(f"| {label} | {fmt_row(c, 2)}{fmt_paper(c)} | {fmt_row(t, 2)}{fmt_paper(t)} |")
         g = row(ds, TABLE3, "with_specialists", "relative_gain_pct")
-        lines += ["", f"Relative change of test accuracy: **{fmt_claim(g, 2)}%**{fmt_paper(g)} (mean ± std [95% interval] "
-                      "over seeds, each seed against its own generalist).", "",
+        lines += ["", f"Relative change of test accuracy: **{fmt_claim(g, 2)}%**{fmt_paper(g)} "
+                      "(mean ± std [95% interval] over seeds, each seed against its own generalist).", "",
                   "### Table 4 analog: by the number of specialists covering the correct class", "",
                   "| # specialists covering | # test cases | Δ correct | Relative accuracy change % |",
                   "|---|---|---|---|"]
@@ -361,8 +362,8 @@ def markdown(summary: pd.DataFrame, cfg: dict, facts: dict) -> str:
 
 def write(cfg: dict, runs: Path, out: Path, paper: dict, clusters: dict[str, Path] | None = None, **_) -> str:
     """The section's outputs: specialists_summary.csv, its provenance, specialists.md, specialists.png."""
-    from kdbench import aggregate, figures
     from kdbench.records import atomic_write_bytes
+    from kdbench.report import aggregate, figures
     files = clusters or {ds: layout.clusters(runs, ds) for ds in datasets(cfg)}
     cells_, facts = cells(cfg, runs, files)
     summary = aggregate.write_tables(cells_, paper, out, "specialists")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from kdbench.evaluate import error_summary
+from kdbench.engine.evaluate import error_summary
 
 
 def shift_vector(num_classes: int, classes: list[int], shift: float) -> torch.Tensor:

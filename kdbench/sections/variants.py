@@ -26,8 +26,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from kdbench import ensembles, layout, losses, mnist
-from kdbench.aggregate import ci95, fmt, mean_std, paired_note, read_json
+from kdbench import layout
+from kdbench.engine import losses
+from kdbench.report.aggregate import ci95, fmt, mean_std, paired_note, read_json
+from kdbench.sections import ensembles, mnist
+
 
 # two-sided 95% critical values of Student's t, by degrees of freedom (1..10); larger df use 1.96
 @dataclass(frozen=True)
@@ -99,7 +102,7 @@ def teacher_job(experiment: Experiment, variant: str) -> str | None:
 
 
 def train_config(cfg: dict, experiment: Experiment, variant: str) -> dict:
-    """The `kdbench.train` config of one variant in one experiment."""
+    """The `kdbench.engine.train` config of one variant in one experiment."""
     v = losses.get(variant)
     base = experiment.base
     exp_params = base.get("variant_params", {})
@@ -242,8 +245,8 @@ def markdown(df: pd.DataFrame, cfg: dict) -> str:
 
 def write(spec: dict, runs: Path, out: Path, **_) -> str:
     """The section's outputs from `table_config`'s spec: <name>.csv, <name>.md, <name>.png (name: variants)."""
-    from kdbench import aggregate, figures
     from kdbench.records import atomic_write_bytes
+    from kdbench.report import aggregate, figures
     df, name = table(spec, runs), spec.get("name", "variants")
     aggregate.write_csv(df, out / f"{name}.csv")
     atomic_write_bytes(out / f"{name}.md", markdown(df, spec).encode().replace(b"(variants.png)",

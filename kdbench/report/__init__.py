@@ -1,0 +1,1 @@
+"""What the workflow reports: summary and provenance tables with their intervals (`aggregate`) and figures."""

@@ -1,0 +1,87 @@
+# The one training rule every planned job goes through (kdbench.plan), its variants for the sections' own seed
+# lists, and the teacher-logits cache.
+
+
+rule train:
+    """Train every seed of one planned job together (a section's system, an ensemble, a variant's student); its
+    config, teacher files and chosen temperature come from the job plan (kdbench.plan)."""
+    input:
+        unpack(job_inputs),
+    output:
+        model=RUNS / "{job}" / "model.pt",
+        logits=RUNS / "{job}" / "logits.pt",
+        metrics=[RUNS / "{job}" / f"seed{s}" / "metrics.json" for s in SEEDS],
+    wildcard_constraints:
+        job=one_of(n for n, j in PLAN.items() if list(j.seeds) == SEEDS),
+    params:
+        cfg=lambda w: quoted_json(PLAN[w.job].config),
+        temperature=lambda w: f"--temperature-from {PLAN[w.job].temperature_from}" if PLAN[w.job].temperature_from else "",
+        seeds=lambda w: " ".join(str(s) for s in PLAN[w.job].seeds),
+        out=lambda w: RUNS / w.job,
+    threads: config["threads"]
+    resources:
+        gpu=GPU,
+    log:
+        layout.log(RESULTS, "train", "{job}"),
+    benchmark:
+        layout.benchmark(RESULTS, "train", "{job}")
+    # lint: config (the device) and DATA (the data root) stay out of params on purpose: a finished run is not
+    # redone when a profile moves to a GPU or the data to another disk
+    shell:
+        "exec kdbench train --config-json {params.cfg} {params.temperature} --seeds {params.seeds} --out {params.out} "
+        "--name {wildcards.job} --device {config[device]} --root {DATA} --threads {threads} > {log} 2>&1"
+
+
+
+
+use rule train as train_members with:
+    output:
+        model=RUNS / "{job}" / "model.pt",
+        logits=RUNS / "{job}" / "logits.pt",
+        metrics=[RUNS / "{job}" / f"seed{s}" / "metrics.json" for s in MEMBER_SEEDS],
+    wildcard_constraints:
+        job=one_of(n for n, j in PLAN.items() if list(j.seeds) == MEMBER_SEEDS),
+
+
+if ENSEMBLES_SEEDS != SEEDS:
+
+    use rule train as train_ensembles with:
+        output:
+            model=RUNS / "{job}" / "model.pt",
+            logits=RUNS / "{job}" / "logits.pt",
+            metrics=[RUNS / "{job}" / f"seed{s}" / "metrics.json" for s in ENSEMBLES_SEEDS],
+        wildcard_constraints:
+            job=one_of(n for n, j in PLAN.items() if list(j.seeds) == ENSEMBLES_SEEDS),
+
+
+if GENERALIST_SEEDS not in (SEEDS, MEMBER_SEEDS, ENSEMBLES_SEEDS):
+
+    use rule train as train_generalists with:
+        output:
+            model=RUNS / "{job}" / "model.pt",
+            logits=RUNS / "{job}" / "logits.pt",
+            metrics=[RUNS / "{job}" / f"seed{s}" / "metrics.json" for s in GENERALIST_SEEDS],
+        wildcard_constraints:
+            job=one_of(n for n, j in PLAN.items() if list(j.seeds) == GENERALIST_SEEDS),
+
+
+rule teacher_logits:
+    """A teacher's logits on the whole un-jittered training split, computed once; every student reads them. The
+    teacher is the MNIST section's teacher, or for born-again variants an experiment's `hard` run."""
+    input:
+        model=RUNS / "{teacher}" / "model.pt",
+        data=lambda w: plan.dataset_files(DATA, PLAN[w.teacher].dataset),
+    output:
+        RUNS / "{teacher}" / "train_logits.pt",
+    wildcard_constraints:
+        teacher=one_of(TEACHERS),
+    threads: config["threads"]
+    resources:
+        gpu=GPU,
+    log:
+        layout.log(RESULTS, "teacher_logits", "{teacher}"),
+    # lint: config (the device) and DATA (the data root) stay out of params on purpose: a finished run is not
+    # redone when a profile moves to a GPU or the data to another disk
+    shell:
+        "exec kdbench teacher-logits --model {input.model} --out {output} --root {DATA} --device {config[device]} "
+        "> {log} 2>&1"
