@@ -46,6 +46,20 @@ include: "workflow/rules/specialists.smk"
 report: "workflow/report/workflow.rst"
 
 
+onstart:
+    # one live run per working directory, even after `snakemake --unlock` (kdbench.records.hold_run_lock)
+    if not workflow.remote_exec:
+        import sys as _sys
+
+        from kdbench import records as _records
+
+        try:
+            _records.hold_run_lock()
+        except _records.RunningElsewhere as e:
+            print(f"kdbench: {e}", file=_sys.stderr)
+            _sys.exit(1)
+
+
 rule all:
     input:
         RESULTS / "summary.csv",

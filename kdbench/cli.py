@@ -338,7 +338,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if argv is None:  # run as a command, not called from Python
         _exit_with_parent()
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback; every write is atomic and a run resumes
+        print(f"kdbench {args.command}: interrupted (Ctrl-C); nothing half-written is left. Rerun the same command "
+              f"(or snakemake) to go on: a training run resumes from its last epoch checkpoint", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

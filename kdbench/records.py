@@ -9,6 +9,7 @@ import os
 import platform
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -51,6 +52,39 @@ def file_lock(path: Path | str):
             yield
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+_RUN_LOCK: list = []  # the open lock file of this process's workflow run, held until the process ends
+
+
+class RunningElsewhere(RuntimeError):
+    pass
+
+
+def hold_run_lock(workdir: Path | str = ".") -> None:
+    """Lock the working directory for this workflow run until the process ends (the kernel drops the lock when it
+    exits, even on kill -9), so a second run started beside a live one stops at once with what to do, even after
+    `snakemake --unlock` removed snakemake's own lock (which does not stop the first run)."""
+    if _RUN_LOCK:
+        return
+    path = Path(workdir) / ".snakemake" / "kdbench-run.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise RunningElsewhere(
+            f"another workflow run ({holder}) is still working in {Path(workdir).resolve()}. Fix: wait for it to "
+            f"finish, or stop it (Ctrl-C in its terminal, or kill its pid) and then rerun; `snakemake --unlock` "
+            f"only removes snakemake's lock, it does not stop that run") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    f.flush()
+    _RUN_LOCK.append(f)
 
 
 def atomic_write_json(path: Path | str, obj) -> None:

@@ -321,6 +321,44 @@ def test_a_killed_workflow_leaves_no_orphan_and_resumes_to_the_uninterrupted_num
             assert a[key] == b[key], key
 
 
+def test_unlock_beside_a_live_run_stops_the_second_run_and_ctrl_c_stops_the_first_in_one_line(tmp_path,
+                                                                                                  mnist_root):
+    """Issue 25 items 8 and 9: `--unlock` while a run trains, then the same command again: the second run stops at once,
+    naming the live run's pid, and the first trains on. Ctrl-C (SIGINT to the run's process group, as a terminal sends
+    it) then stops the first: its training job says so in one line, with no traceback and no half-written file."""
+    import signal
+    import time
+    cfg = yaml.safe_load(SMOKE.read_text())
+    cfg["mnist"]["teacher"]["epochs"] = 200
+    configfile = tmp_path / "config.yaml"
+    configfile.write_text(yaml.safe_dump(cfg))
+    target = "results/smoke/runs/teacher/model.pt"
+    work = tmp_path / "work"
+    work.mkdir()
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work), "--configfile",
+           str(configfile), "--config", f"data_root={mnist_root}", "--cores", "2", target]
+    first = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    try:
+        ckpt = work / "results" / "smoke" / "runs" / "teacher" / "checkpoint.pt"
+        deadline = time.time() + 300
+        while not ckpt.exists() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert ckpt.exists(), "the teacher never wrote a checkpoint"
+        assert snakemake(work, "--unlock", target, data_root=mnist_root, configfile=configfile).returncode == 0
+        second = snakemake(work, target, data_root=mnist_root, configfile=configfile)
+        out = second.stdout + second.stderr
+        assert second.returncode != 0 and f"another workflow run (pid {first.pid}," in out, out[-2000:]
+        assert "snakemake --unlock` only removes snakemake's lock" in out and "Traceback" not in out
+        assert first.poll() is None, "the live run died when a second one was started beside it"
+    finally:
+        os.killpg(first.pid, signal.SIGINT)
+        first.wait(timeout=120)
+    log = (work / "results" / "smoke" / "logs" / "train" / "teacher.log").read_text()
+    assert "kdbench train: interrupted (Ctrl-C)" in log and "Traceback" not in log, log[-2000:]
+    assert not list(work.rglob("*.tmp")) and not (work / target).exists()
+
+
 def test_the_mnist_section_target_needs_mnist_alone(tmp_path):
     """What runs where only the package index is reachable: the target plans MNIST jobs and nothing that reads
     Fashion-MNIST or the spoken digits."""
