@@ -142,12 +142,17 @@ def _cmd_bias(args) -> int:
 SECTIONS = ("mnist", "variants", "ensembles", "specialists")
 
 
-def _cmd_aggregate(args) -> int:
+def section_module(name: str):
+    """The module of kdbench.sections that writes section `name`'s tables and figures."""
     import importlib
+    return importlib.import_module(f"kdbench.sections.{name}")
+
+
+def _cmd_aggregate(args) -> int:
     import json
 
     from kdbench.report import aggregate
-    section = importlib.import_module(f"kdbench.{args.section}")
+    section = section_module(args.section)
     paper = aggregate.load_paper(args.paper) if args.paper else {}
     clusters = dict(item.split("=", 1) for item in args.clusters) if args.clusters else None
     print(section.write(json.loads(args.config_json), Path(args.runs), Path(args.out_dir), paper=paper,

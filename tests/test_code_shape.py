@@ -54,3 +54,10 @@ def test_the_import_reader_sees_a_forbidden_import(tmp_path):
     f = tmp_path / "m.py"
     f.write_text("def f():\n    from kdbench.sections import mnist\n    from kdbench import plan, layout\n")
     assert kdbench_imports(f) == {"sections", "plan", "layout"}
+
+
+def test_every_section_the_cli_aggregates_is_a_module_of_the_sections_package_with_write():
+    from kdbench import cli
+    for name in cli.SECTIONS:
+        module = cli.section_module(name)
+        assert module.__name__ == f"kdbench.sections.{name}" and callable(module.write), name
