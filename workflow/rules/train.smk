@@ -54,15 +54,15 @@ if ENSEMBLES_SEEDS != SEEDS:
             job=one_of(n for n, j in PLAN.items() if list(j.seeds) == ENSEMBLES_SEEDS),
 
 
-if GENERALIST_SEEDS not in (SEEDS, MEMBER_SEEDS, ENSEMBLES_SEEDS):
+if SPEC_SEEDS not in (SEEDS, MEMBER_SEEDS, ENSEMBLES_SEEDS):
 
     use rule train as train_generalists with:
         output:
             model=RUNS / "{job}" / "model.pt",
             logits=RUNS / "{job}" / "logits.pt",
-            metrics=[RUNS / "{job}" / f"seed{s}" / "metrics.json" for s in GENERALIST_SEEDS],
+            metrics=[RUNS / "{job}" / f"seed{s}" / "metrics.json" for s in SPEC_SEEDS],
         wildcard_constraints:
-            job=one_of(n for n, j in PLAN.items() if list(j.seeds) == GENERALIST_SEEDS),
+            job=one_of(n for n, j in PLAN.items() if list(j.seeds) == SPEC_SEEDS),
 
 
 rule teacher_logits:
