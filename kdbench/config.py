@@ -43,6 +43,7 @@ DEFAULTS = dict(
     variant="hard",
     variant_params={},
     variant_modules=[],         # Python files that register extra KD variants (kdbench.engine.losses.load_modules)
+    extensions=[],              # Python files that register the job's dataset or model (kdbench.registry.load_files)
     teacher_logits=None,        # path of a cached (M, N_train, C) tensor from `teacher_logits`
     teacher_pairing="ensemble",  # "ensemble": each member distills from all M teacher members; "paired": member k
                                  # from k; "grouped": M = K*G, member k from teacher members k*G .. k*G+G-1
@@ -111,6 +112,8 @@ RULES = {
     "variant_params": (lambda v: isinstance(v, dict), "a mapping of the variant's hyperparameters"),
     "variant_modules": (lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v),
                         "a list of Python file paths"),
+    "extensions": (lambda v: isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v),
+                   "a list of Python file paths"),
     "teacher_logits": (lambda v: v is None or isinstance(v, str), "null or the path of a teacher-logits cache"),
     "teacher_pairing": (lambda v: v in ("ensemble", "paired", "grouped"), "'ensemble', 'paired' or 'grouped'"),
     "teacher_model": (lambda v: v is None or isinstance(v, str), "null or the path of the teacher's model.pt"),
@@ -157,11 +160,27 @@ def _check_val_speakers(out: dict, where: str) -> None:
                           f"{out['val_speakers']} it is drawn from. Fix: set val_size below {n}")
 
 
+def _dataset_and_model(out: dict, where: str):
+    """Import the job's `extensions`, check that its dataset and model are registered; the dataset's entry."""
+    from kdbench import registry
+    from kdbench.data import registry as data_registry
+    from kdbench.engine import models
+    try:
+        registry.load_files(out["extensions"])
+    except (OSError, SyntaxError, ImportError, ValueError) as e:
+        raise ConfigError(f"{where}: extensions: {e}") from None
+    if out["model"] not in models.MODELS:
+        raise ConfigError(f"{where}: model: unknown model {out['model']!r}. Fix: choose one of "
+                          f"{models.MODELS.names()}, or list the file that registers it under extensions")
+    if out["dataset"] not in data_registry.DATASETS:
+        raise ConfigError(f"{where}: dataset: unknown dataset {out['dataset']!r}. Fix: choose one of "
+                          f"{data_registry.names()}, or list the file that registers it under extensions")
+    return data_registry.get(out["dataset"])
+
+
 def resolve(cfg: dict, where: str = "training config") -> dict:
     """Defaults filled in and every key checked (see the module docstring); raises ConfigError."""
-    from kdbench.data import datasets as data
-    from kdbench.data import speech
-    from kdbench.engine import losses, models
+    from kdbench.engine import losses
 
     if not isinstance(cfg, dict):
         raise ConfigError(f"{where}: expected a mapping of training keys, got {type(cfg).__name__}")
@@ -174,12 +193,8 @@ def resolve(cfg: dict, where: str = "training config") -> dict:
         if not ok(out[key]):
             raise ConfigError(f"{where}: {key} must be {what}, got {out[key]!r}. Fix: set {key} to {what}")
 
-    if out["model"] not in models.MODELS:
-        raise ConfigError(f"{where}: model: unknown model {out['model']!r}. Fix: choose one of {sorted(models.MODELS)}")
-    known = sorted(data.DATASETS) + sorted(speech.SPLITS)
-    if out["dataset"] not in known:
-        raise ConfigError(f"{where}: dataset: unknown dataset {out['dataset']!r}. Fix: choose one of {known}")
-    dims = data.input_output_dims(out["dataset"])
+    entry = _dataset_and_model(out, where)
+    dims = (entry.input_dim, entry.num_classes)
     n_classes = dims[1]
     for key in ("transfer_classes", "class_subset"):
         if out[key] is not None and not all(0 <= c < n_classes for c in out[key]):
@@ -190,7 +205,7 @@ def resolve(cfg: dict, where: str = "training config") -> dict:
     if (out["widths"][0], out["widths"][-1]) != dims:
         raise ConfigError(f"{where}: widths {out['widths']} do not fit {out['dataset']}: its nets need widths "
                           f"[{dims[0]}, ..., {dims[1]}]. Fix: start widths with {dims[0]} and end them with {dims[1]}")
-    units, unit_name = data.train_units(out["dataset"])
+    units, unit_name = entry.train_size, entry.unit
     if out["val_speakers"] is not None:
         _check_val_speakers(out, where)
     elif out["val_size"] >= units:

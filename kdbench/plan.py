@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kdbench import layout
-from kdbench.data import speech
+from kdbench.data import registry as data_registry
 from kdbench.engine import losses
 from kdbench.sections import ensembles, mnist, specialists, variants
 
@@ -37,8 +37,19 @@ class Job:
 
 
 def _job(name: str, seeds, config: dict, temperature_from: str | None = None) -> Job:
+    config = with_extensions(config)
     return Job(name, tuple(seeds), config["dataset"], config, config.get("teacher_logits"),
-               config.get("teacher_model"), temperature_from, tuple(config.get("variant_modules", [])))
+               config.get("teacher_model"), temperature_from,
+               tuple(config.get("variant_modules", [])) + tuple(config.get("extensions", [])))
+
+
+def with_extensions(config: dict) -> dict:
+    """The config with `extensions` naming the user files that register its dataset and model, if any: a job
+    depends on those files alone (a built-in dataset and model add nothing, so the config stays as it was)."""
+    from kdbench.engine import models
+    files = [f for f in (data_registry.DATASETS.source(config["dataset"]),
+                         models.MODELS.source(config.get("model", "mlp"))) if f]
+    return {**config, "extensions": sorted(set(files))} if files else config
 
 
 def _mnist_jobs(cfg: dict) -> list[Job]:
@@ -104,10 +115,6 @@ def specialist_example(cfg: dict, dataset: str) -> dict:
 
 
 def dataset_files(data_root: Path | str, dataset: str) -> list[Path]:
-    """The files a job on `dataset` reads: the verified image files, or the speech split's feature cache."""
-    root = Path(data_root)
-    if dataset in speech.SPLITS:
-        return [root / "FSDD" / "features" / f"{dataset}.pt"]
-    folder = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}[dataset]
-    return [root / folder / "raw" / f for f in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                                               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")]
+    """The files a job on `dataset` reads (its registry entry's `files`: the verified image files, the speech
+    split's feature cache, ...)."""
+    return data_registry.get(dataset).files(Path(data_root))

@@ -95,13 +95,22 @@ def planned_jobs(cfg: dict) -> dict:
     """Build the job plan of a schema-valid profile and resolve every job's training config now, with the same
     validation `kdbench train` uses, so a bad value, variant or variant parameter stops the workflow (or `kdbench
     plan`) before any job, naming the job and key; returns the plan's jobs. The workflow's `PLAN`."""
-    from kdbench import plan
+    from kdbench import plan, registry
+    from kdbench.data import registry as data_registry
     from kdbench.engine import losses, train
     from kdbench.sections import ensembles, specialists
-    try:
-        losses.load_modules(cfg.get("variant_modules", []))
-    except (OSError, SyntaxError, ImportError, ValueError) as e:
-        raise ValueError(f"config: variant_modules: {e}") from None
+    for key in ("variant_modules", "extensions"):
+        try:
+            registry.load_files(cfg.get(key, []), key)
+        except (OSError, SyntaxError, ImportError, ValueError) as e:
+            raise ValueError(f"config: {key}: {e}") from None
+    for row in ensembles.datasets(cfg):
+        data = ensembles.data_of(cfg, row)
+        if data not in data_registry.DATASETS:
+            fix = (f"set `data` to one of {data_registry.names()}" if data == row
+                   else f"choose `data` from {data_registry.names()}")
+            raise ValueError(f"config: ensembles.datasets.{row}: {data!r} is not a registered dataset. Fix: {fix}, "
+                             f"or list the file that registers it under extensions")
     if cfg["variant_experiments"]["mnist_bestT_width"] not in cfg["mnist"]["sweep"]["widths"]:
         raise ValueError(f"config: variant_experiments.mnist_bestT_width must be one of the sweep's widths "
                          f"{cfg['mnist']['sweep']['widths']}")

@@ -39,7 +39,7 @@ def test_corrupt_file_fails_with_a_clear_message(mnist_root, tmp_path, capsys):
     with pytest.raises(data.DataError) as err:
         data.verify(tmp_path, "mnist")
     msg = str(err.value)
-    assert str(victim) in msg and data.DATASETS["mnist"]["files"]["t10k-labels-idx1-ubyte"] in msg
+    assert str(victim) in msg and data.IMAGE_SETS["mnist"]["files"]["t10k-labels-idx1-ubyte"] in msg
     assert "got " in msg and "kdbench data fetch" in msg
     # the CLI says the same and exits non-zero
     assert cli_main(["data", "fetch", "--dataset", "mnist", "--root", str(tmp_path), "--no-download"]) != 0
@@ -132,7 +132,7 @@ def test_pickle_conversion_gives_the_reference_idx_files(mnist_root):
     obj = ((f(tr.x[:50000]), y(tr.y[:50000])), (f(tr.x[50000:]), y(tr.y[50000:])), (f(te.x), y(te.y)))
     files = data.mnist_from_pickle(gzip.compress(pickle.dumps(obj, protocol=4), compresslevel=1))
     for name, payload in files.items():
-        assert hashlib.sha256(payload).hexdigest() == data.DATASETS["mnist"]["files"][name], name
+        assert hashlib.sha256(payload).hexdigest() == data.IMAGE_SETS["mnist"]["files"][name], name
 
 
 def _pip_index_reachable() -> bool:

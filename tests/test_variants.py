@@ -62,7 +62,7 @@ def test_the_documented_example_variant_loads_from_a_file_and_trains(tmp_path):
     assert set(terms) == {"hard", "soft"}
     # JS is symmetric and zero when the student equals the teacher
     assert float(losses.get("js_kd")(v, y, v, hard_weight=0.0)["soft"]) == pytest.approx(0.0, abs=1e-6)
-    with pytest.raises(FileNotFoundError, match="variant module .* not found"):
+    with pytest.raises(FileNotFoundError, match="missing.py not found .config key variant_modules"):
         losses.load_modules([tmp_path / "missing.py"])
 
 

@@ -368,8 +368,8 @@ def test_the_mnist_section_target_needs_mnist_alone(tmp_path):
     import re
     planned = set(re.findall(r"^rule (\w+):", out, re.M))
     assert {"fetch_mnist", "train", "teacher_logits", "aggregate_mnist", "aggregate_variants_mnist"} <= planned
-    assert not planned & {"fetch_fashion_mnist", "speech_features", "train_members", "train_ensembles",
-                          "train_specialist"}, planned
+    assert not planned & {"fetch_fashion_mnist", "fetch_speech", "fetch_speech_unseen", "train_members",
+                          "train_ensembles", "train_specialist"}, planned
 
 
 def _planned_after(smoke_run, all_data_root, tmp_path, mutate) -> set[str]:

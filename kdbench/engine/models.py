@@ -14,6 +14,8 @@ import math
 import torch
 from torch import nn
 
+from kdbench.registry import Registry
+
 # a single member's layer as one `addmm` on 2-D tensors instead of a `baddbmm` over a batch of one (benchmarks/engine.py
 # measures both and this is the faster on the CPU it was measured on)
 SINGLE_MEMBER_MM = True
@@ -99,16 +101,34 @@ class MLP(nn.Module):
                     dropout_hidden=self.dropout_hidden, max_norm=self.max_norm)
 
 
-# the model registry: a training config's `model` names the class that builds its K members from the config
-MODELS = {"mlp": MLP}
+    @classmethod
+    def build(cls, cfg: dict, seeds: list[int]) -> MLP:
+        """The model of a resolved training config, one member per seed."""
+        return cls(cfg["widths"], members=len(seeds), seeds=seeds, dropout_input=cfg["dropout_input"],
+                   dropout_hidden=cfg["dropout_hidden"], max_norm=cfg["max_norm"])
+
+
+# the model registry: a training config's `model` names the family whose `build(cfg, seeds)` makes its K members.
+# A family is an nn.Module class with: `build(cfg, seeds)` (a classmethod), `forward(x, hidden=False)` on flat inputs
+# (K, B, D) or (B, D) (reshape to `kdbench.data.registry.get(cfg["dataset"]).input_shape` inside if it needs to),
+# `config()` (the keyword arguments that rebuild it), `members`, `widths` (widths[0] the input size, widths[-1] the
+# classes), `feature_dim` and `apply_max_norm()`. A user's file registers one with `@register("name")`.
+MODELS = Registry("model")
+
+
+def register(name: str):
+    def deco(cls):
+        MODELS.add(name, cls)
+        return cls
+    return deco
+
+
+register("mlp")(MLP)
 
 
 def build(cfg: dict, seeds: list[int]) -> nn.Module:
     """The batched model of a resolved training config, one member per seed."""
-    if cfg["model"] not in MODELS:
-        raise ValueError(f"unknown model {cfg['model']!r}; registered: {sorted(MODELS)}")
-    return MODELS[cfg["model"]](cfg["widths"], members=len(seeds), seeds=seeds, dropout_input=cfg["dropout_input"],
-                                dropout_hidden=cfg["dropout_hidden"], max_norm=cfg["max_norm"])
+    return MODELS.get(cfg["model"]).build(cfg, seeds)
 
 
 def load(path, members: list[int] | None = None, device: torch.device | str = "cpu") -> nn.Module:
@@ -126,7 +146,7 @@ def from_saved(blob: dict, members: list[int] | None = None, device: torch.devic
             raise ValueError(f"{where} has {model_config['members']} members, no member {max(idx)}")
         model_config.update(members=len(idx), seeds=[model_config["seeds"][i] for i in idx])
         state = {k: v[idx] for k, v in state.items()}
-    cls = MODELS[blob.get("model", "mlp")]
+    cls = MODELS.get(blob.get("model", "mlp"))
     model = cls(**model_config)
     model.load_state_dict(state)
     return model.to(device)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from kdbench.data import datasets as kdata
+from kdbench.data import registry as data_registry
 from kdbench.engine import losses, models
 from kdbench.records import atomic_torch_save, config_hash
 
@@ -147,7 +147,7 @@ def cache_logits(model_path: Path | str, out_path: Path | str, root: Path | str 
     blob = torch.load(model_path, map_location="cpu", weights_only=False)
     model = models.from_saved(blob, members, device, where=model_path)
     dataset = blob["train_config"]["dataset"]
-    split = kdata.load(dataset, train=True, root=root, device=device)
+    split = data_registry.load(dataset, train=True, root=root, device=device)
     logits = models.predict_split(model, split, torch.arange(len(split), device=device), batch_size).cpu()
     atomic_torch_save(out_path, {"logits": logits, "dataset": dataset, "source": str(model_path), "members": members,
                                  "train_config_hash": config_hash(blob["train_config"])})

@@ -27,7 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from kdbench.config import DEFAULTS, ConfigError, resolve  # noqa: F401  (kdbench.engine.train.DEFAULTS, .resolve)
-from kdbench.data import datasets as kdata
+from kdbench.data import registry as data_registry
 from kdbench.data import sampling
 from kdbench.data.sampling import training_indices  # noqa: F401
 from kdbench.engine import losses, models, optim, teachers
@@ -118,8 +118,8 @@ def _member_loss_fn(variant: losses.Variant, params: dict, has_teacher: bool, en
 class RunData:
     """The splits on the device and what the run sees of them: its transfer set, validation split, labels (a
     specialist's relabelled to its outputs, the splits untouched) and epoch sampler."""
-    train: kdata.Split
-    test: kdata.Split
+    train: object  # a split (kdbench.data.registry)
+    test: object
     tr_idx: torch.Tensor
     val_idx: torch.Tensor
     y_train: torch.Tensor
@@ -129,8 +129,8 @@ class RunData:
 
 
 def load_run_data(cfg: dict, seeds: list[int], root, device: torch.device) -> RunData:
-    train_split = kdata.load(cfg["dataset"], train=True, root=root, device=device)
-    test_split = kdata.load(cfg["dataset"], train=False, root=root, device=device)
+    train_split = data_registry.load(cfg["dataset"], train=True, root=root, device=device)
+    test_split = data_registry.load(cfg["dataset"], train=False, root=root, device=device)
     tr_idx, val_idx = sampling.training_indices(cfg, train_split.y, train_split.groups,
                                                 train_split.speakers)
     tr_idx, val_idx = tr_idx.to(device), val_idx.to(device)

@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 
 from kdbench import layout
+from kdbench.data import registry as data_registry
 from kdbench.data import speech
 from kdbench.report.aggregate import Cell, fmt_claim, fmt_paper, fmt_row, read_json, share_cell
 
@@ -335,10 +336,14 @@ NAMES = {"baseline": "Baseline (single net)", "ensemble_arithmetic": "{M}x ensem
          "soft_3": "Soft targets (3% of training set)",
          "baseline_3_mixup": "Baseline (3%, mixup)",
          "soft_3_mixup": "Soft targets (3%, mixup, teacher on each mixed input)"}
-TITLES = {"speech": "Spoken digits, documented split (takes 0-4 of every speaker are the test set)",
-          "speech_narrow": "Spoken digits, documented split, nets limited by their width",
-          "speech_unseen": "Spoken digits, unseen speakers (george and lucas are the test set)",
-          "fashion_mnist": "Fashion-MNIST"}
+ROW_TITLES = {"speech_narrow": "Spoken digits, documented split, nets limited by their width"}
+
+
+def title(row: str) -> str:
+    """A row's heading: its own title, else its dataset's (a row named after a dataset), else its name."""
+    if row in ROW_TITLES:
+        return ROW_TITLES[row]
+    return data_registry.get(row).title if row in data_registry.DATASETS else row
 
 
 def _row(summary: pd.DataFrame, ds: str, table: str, system: str, metric: str) -> pd.Series | None:
@@ -360,7 +365,7 @@ def markdown(summary: pd.DataFrame, cfg: dict, facts: dict) -> str:
     for ds in datasets(cfg):
         sp = data_of(cfg, ds) in SPEECH
         acc = "Test frame accuracy %" if sp else "Test accuracy %"
-        lines += [f"## {TITLES.get(ds, ds)}", "", "### Table 1 analog: ensemble -> distilled single net", "",
+        lines += [f"## {title(ds)}", "", "### Table 1 analog: ensemble -> distilled single net", "",
                   f"| System | {acc} |" + (" Utterance error % |" if sp else ""),
                   "|---|---|" + ("---|" if sp else "")]
         for system in ("baseline", "ensemble_arithmetic", "ensemble_geometric", "distilled"):

@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 
 from kdbench import layout
+from kdbench.data import registry as data_registry
 from kdbench.report.aggregate import Cell, fmt_claim, fmt_paper, fmt_row, read_json
 from kdbench.sections import ensembles
 
@@ -309,12 +310,7 @@ def cells(cfg: dict, runs: Path | str, cluster_files: dict[str, Path]) -> tuple[
 
 
 def _names(dataset: str) -> list[str]:
-    if dataset == "fashion_mnist":
-        from kdbench.data.datasets import DATASETS
-        return DATASETS["fashion_mnist"]["classes"]
-    if dataset in ensembles.SPEECH:
-        return ["sil"] + [f"{d}.{s}" for d in range(10) for s in range(3)]
-    return [str(i) for i in range(10)]
+    return list(data_registry.get(dataset).classes)
 
 
 def markdown(summary: pd.DataFrame, cfg: dict, facts: dict) -> str:
@@ -330,7 +326,7 @@ def markdown(summary: pd.DataFrame, cfg: dict, facts: dict) -> str:
         ev = facts[ds]
         names = _names(ensembles.data_of(cfg, ds))
         s = settings(cfg, ds)
-        lines += [f"## {ensembles.TITLES.get(ds, ds)}", "",
+        lines += [f"## {ensembles.title(ds)}", "",
                   "Clusters (k-means on the columns of the generalists' prediction covariance scaled to "
                   f"correlations, k={s['clusters']['k']}, "
                   f"{s['clusters']['min_size']}-{s['clusters']['max_size']} classes), one specialist each:", ""]

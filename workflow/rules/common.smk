@@ -7,6 +7,7 @@ import shlex
 from pathlib import Path
 
 from kdbench import layout, plan
+from kdbench.data import registry as data_registry
 from kdbench.sections import ensembles, specialists
 from kdbench import profile as kdprofile
 
@@ -19,7 +20,12 @@ PAPER = Path(config["paper_numbers"])
 PAPER = Path(os.path.relpath(PAPER if PAPER.is_absolute() else Path(workflow.basedir) / PAPER))
 # every job that trains or runs a net asks the scheduler for one GPU when the config trains on CUDA (SLURM: --gpus)
 GPU = 1 if config["device"].startswith("cuda") else 0
-MNIST_FILES = plan.dataset_files(DATA, "mnist")
+
+
+def data_extensions(dataset):
+    """The user file that registers `dataset` (its fetch rule's input), none for a built-in."""
+    source = data_registry.DATASETS.source(dataset)
+    return [source] if source else []
 
 
 def config_for(*keys):
@@ -62,7 +68,6 @@ assert all(list(j.seeds) in (SEEDS, MEMBER_SEEDS, ENSEMBLES_SEEDS, SPEC_SEEDS) f
 # what the sections' rules share (snakemake --lint: functions live here, rules in the rule files)
 ENS_DATASETS = ensembles.datasets(config)
 SPEC_DATASETS = specialists.datasets(config)
-FASHION_FILES = plan.dataset_files(DATA, "fashion_mnist")
 
 
 def ensembles_metrics(dataset):

