@@ -177,10 +177,11 @@ def _cmd_choose_temperature(args) -> int:
 def _cmd_plan(args) -> int:
     import json
 
-    from kdbench import profile
+    from kdbench import estimate, layout, profile
     from kdbench.config import ConfigError
     try:
-        jobs = profile.check(profile.load(args.configfile))
+        cfg = profile.load(args.configfile)
+        jobs = profile.check(cfg)
     except (profile.ProfileError, ConfigError, ValueError) as e:
         print(f"kdbench: error: {args.configfile}: {e}", file=sys.stderr)
         return 1
@@ -188,6 +189,8 @@ def _cmd_plan(args) -> int:
         line = f"{job.name}  seeds={list(job.seeds)}"
         print(line + (f"  {json.dumps(job.config, sort_keys=True)}" if args.configs else ""))
     print(f"{len(jobs)} training jobs (plus the specialists, once their clusters are known)")
+    note = estimate.message(cfg, estimate.not_run(jobs, layout.runs(cfg["profile"])))
+    print(note or "every planned job has a run record")
     return 0
 
 
@@ -335,10 +338,38 @@ def _table_commands(sub) -> None:
     ck.add_argument("--configfile", required=True, help="the profile whose results/<profile>/ to check")
     ck.set_defaults(func=_cmd_check)
 
+    rp = sub.add_parser("report", help="snakemake --report, with one line for the files made elsewhere",
+                        epilog="example: kdbench report --configfile config/quick.yaml --out report.html")
+    rp.add_argument("--configfile", required=True, help="the profile of the run (the same as the run's)")
+    rp.add_argument("--out", default="report.html", help="the report file (.html, or .zip for a large one)")
+    rp.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="more snakemake arguments, after --")
+    rp.set_defaults(func=_cmd_report)
+
     sm = sub.add_parser("summary", help="concatenate section summaries into summary.csv")
     sm.add_argument("parts", nargs="+")
     sm.add_argument("--out", required=True)
     sm.set_defaults(func=_cmd_summary)
+
+
+def _cmd_report(args) -> int:
+    """`snakemake --report`, its output passed through except one warning per result file that has no snakemake
+    metadata here (every committed result in a fresh clone: hundreds of lines), which becomes one line."""
+    import subprocess
+    extra = [a for a in args.snakemake_args if a != "--"]
+    cmd = [sys.executable, "-m", "snakemake", "--report", args.out, "--configfile", args.configfile, *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    missing = 0
+    for line in proc.stdout:
+        if line.startswith("Missing metadata for file"):
+            missing += 1
+        else:
+            sys.stdout.write(line)
+    rc = proc.wait()
+    if missing:
+        print(f"kdbench report: {missing} result files have no snakemake metadata in this checkout (they were made "
+              f"in another one, like the committed results); the report shows them without their job's command and "
+              f"runtime, which their run records (metrics.json) keep.")
+    return rc
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,7 @@
 """The smoke profile runs the whole DAG end to end in a temporary directory; bad config stops before any job."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,6 @@ ROWS = tuple(yaml.safe_load(SMOKE.read_text())["ensembles"]["datasets"])  # spee
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory, all_data_root):
     """The smoke profile plus the example variant of docs/adding-a-variant.md, copied into a temporary file."""
-    import re
     work = tmp_path_factory.mktemp("smoke")
     example = re.search(r"```python\n(# my_variants.py.*?)```",
                         (REPO / "docs" / "adding-a-variant.md").read_text(), re.S).group(1)
@@ -207,7 +207,6 @@ def test_a_changed_specialist_recipe_reruns_the_specialists(smoke_run, all_data_
     r = snakemake(work, "-n", data_root=all_data_root, configfile=changed)
     out = r.stdout + r.stderr
     assert r.returncode == 0 and "train_specialist" in out, out[-2000:]
-    import re
     training = "train|train_members|train_ensembles|train_generalists|teacher_logits|ensemble_teacher_logits"
     assert not re.search(rf"rule ({training}):", out)
 
@@ -240,7 +239,6 @@ def _set(path, value):
     (_set(["mnist", "sweep", "train", "jitter"], 30), r"jitter"),
 ])
 def test_bad_config_stops_before_any_job(tmp_path, mutate, message):
-    import re
     bad = yaml.safe_load(SMOKE.read_text())
     mutate(bad)
     cfg = tmp_path / "bad.yaml"
@@ -365,7 +363,6 @@ def test_the_mnist_section_target_needs_mnist_alone(tmp_path):
     r = snakemake(tmp_path / "w", "mnist_section", "-n", data_root=tmp_path / "no-data")
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-2000:]
-    import re
     planned = set(re.findall(r"^rule (\w+):", out, re.M))
     assert {"fetch_mnist", "train", "teacher_logits", "aggregate_mnist", "aggregate_variants_mnist"} <= planned
     assert not planned & {"fetch_fashion_mnist", "fetch_speech", "fetch_speech_unseen", "train_members",
@@ -374,7 +371,6 @@ def test_the_mnist_section_target_needs_mnist_alone(tmp_path):
 
 def _planned_after(smoke_run, all_data_root, tmp_path, mutate) -> set[str]:
     """The rules a dry run plans on the finished smoke run once `mutate` has changed its config."""
-    import re
     work = smoke_run.parents[1]
     cfg = yaml.safe_load((work / "config.yaml").read_text())
     mutate(cfg)
@@ -491,7 +487,6 @@ def test_a_changed_recipe_retrains_its_jobs(smoke_run, all_data_root, tmp_path):
 def test_a_deleted_run_is_planned_again_with_what_reads_it(smoke_run, all_data_root, tmp_path, deleted, job):
     """Issue 25: deleting a run folder or one metrics.json makes a dry run plan that job again (and the rules that
     read it), never "Nothing to be done" while a table still cites the missing record."""
-    import re
     import shutil
     work = tmp_path / "copy"
     shutil.copytree(smoke_run.parents[1], work, symlinks=True)  # keeps mtimes: the copy is as finished as the run
@@ -503,3 +498,18 @@ def test_a_deleted_run_is_planned_again_with_what_reads_it(smoke_run, all_data_r
     assert r.returncode == 0 and "Nothing to be done" not in out, out[-2000:]
     trained = set(re.findall(r"^\s+wildcards: job=(\S+)", out, re.M))
     assert job in trained, out[-3000:]
+
+
+def test_report_on_results_made_elsewhere_says_so_in_one_line(smoke_run, all_data_root, tmp_path):
+    """Issue 25: `kdbench report` on results made in another checkout (a fresh clone's committed results) prints
+    one line about their missing snakemake metadata, not one warning per file."""
+    import shutil
+    copy = tmp_path / "clone"
+    shutil.copytree(smoke_run.parents[1], copy, ignore=shutil.ignore_patterns(".snakemake"))
+    r = subprocess.run([sys.executable, "-m", "kdbench.cli", "report", "--configfile", str(copy / "config.yaml"),
+                        "--out", str(tmp_path / "report.html"), "--", "-s", str(REPO / "Snakefile"), "-d", str(copy),
+                        "--config", f"data_root={all_data_root}"], capture_output=True, text=True, cwd=REPO)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and (tmp_path / "report.html").stat().st_size > 10_000, out[-3000:]
+    assert "Missing metadata" not in out
+    assert len(re.findall(r"^kdbench report: \d+ result files have no snakemake metadata", out, re.M)) == 1, out

@@ -1,0 +1,106 @@
+"""How long the training a workflow run is about to do should take on this machine, from measured epochs.
+
+What this file achieves: every finished run records the seconds of each of its epochs (`metrics.json`,
+`epoch_seconds`) with its config and the machine it ran on. `measured` collects, per dataset, the epoch time and the
+work of every job recorded on this kind of device (work: members x multiply-adds of one example's forward pass x the
+share of the training split an epoch draws). `expected_seconds` gives each job its epochs x its work x the seconds per
+unit of work of the measured jobs on its dataset near it in work (the median over those within a factor 2). The
+Snakefile's `onstart` applies it to the training jobs snakemake's DAG is about to run, so the workflow says before the
+first job how long it expects, and says it loudly when that is hours (the paper profile on a CPU). A dataset with no
+measured run here is named as not estimated, never guessed. Epoch times are wall-clock: on a shared or paused machine
+they, and so the estimate, run long.
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+from kdbench import layout
+
+LONG = 2 * 3600  # seconds above which the message says the run is long and how to choose a smaller one
+
+
+def work(cfg: dict, members: int) -> float:
+    """Units of one epoch of a job: members x multiply-adds per example x the share of the split an epoch draws."""
+    widths = cfg.get("widths", [])
+    macs = sum(a * b for a, b in zip(widths[:-1], widths[1:]))
+    return members * macs * cfg.get("train_fraction", 1.0)
+
+
+def device_kind(device: str) -> str:
+    """What a run record's `device` starts with on this machine for `device` (auto: CUDA when there is one)."""
+    import torch
+
+    from kdbench.records import cpu_model
+    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
+        return f"cuda: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "cuda"
+    return f"cpu: {cpu_model()}"
+
+
+def measured(results_root: Path | str, kind: str) -> dict[str, list[tuple[float, float]]]:
+    """{dataset: [(units of work of one epoch, median seconds of one epoch)]}, one per job recorded under
+    results_root on this kind of device."""
+    out: dict[str, list[tuple[float, float]]] = {}
+    for path in Path(results_root).glob("*/runs/**/metrics.json"):
+        if path.parent.name != min(p.name for p in path.parent.parent.glob("seed*")):
+            continue  # one record per job (its seeds share the timing)
+        try:
+            rec = json.loads(path.read_text())
+            seconds = statistics.median(rec["epoch_seconds"])
+            units = work(rec["config"], rec["members_trained_together"])
+        except (OSError, ValueError, KeyError, TypeError, statistics.StatisticsError):
+            continue
+        if str(rec.get("device", "")).startswith(kind) and units > 0:
+            out.setdefault(rec["config"]["dataset"], []).append((units, seconds))
+    return out
+
+
+def not_run(jobs: dict, runs_dir: Path | str) -> list:
+    """The planned jobs whose first seed has no run record yet."""
+    return [job for job in jobs.values() if not layout.metrics(runs_dir, job.name, job.seeds[0]).exists()]
+
+
+def expected_seconds(jobs: list, runs: dict[str, list[tuple[float, float]]]) -> tuple[float, list[str]]:
+    """(seconds, datasets without a measured run) of training `jobs` (kdbench.plan.Job): each job's epochs x its
+    work x the median seconds per unit of work of the measured jobs on its dataset within a factor 2 of its work
+    (else of the closest one)."""
+    from kdbench.config import DEFAULTS
+    seconds, unknown = 0.0, set()
+    for job in jobs:
+        cfg = {**DEFAULTS, **job.config}
+        units = work(cfg, len(job.seeds))
+        if job.dataset not in runs or units <= 0:
+            unknown.add(job.dataset)
+            continue
+        near = [s / u for u, s in runs[job.dataset] if abs(math.log(units / u)) <= math.log(2)]
+        if not near:  # no measured job within a factor 2 of its work: the closest one
+            u, s = min(runs[job.dataset], key=lambda r: abs(math.log(units / r[0])))
+            near = [s / u]
+        seconds += cfg["epochs"] * units * statistics.median(near)
+    return seconds, sorted(unknown)
+
+
+def _duration(seconds: float) -> str:
+    minutes = math.ceil(seconds / 60)
+    return f"{minutes} min" if minutes < 90 else f"{minutes / 60:.1f} h"
+
+
+def message(cfg: dict, todo: list, results_root: Path | str = "results") -> str | None:
+    """One line (two for a long run) on the training jobs `todo` and how long they should take here, or None."""
+    if not todo:
+        return None
+    kind = device_kind(cfg.get("device", "auto"))
+    seconds, unknown = expected_seconds(todo, measured(results_root, kind))
+    text = (f"kdbench: {len(todo)} training job{'s' if len(todo) != 1 else ''} of profile {cfg['profile']!r} to run; "
+            f"about {_duration(seconds)} of training (summed over jobs) on this machine ({kind}), from the epochs "
+            f"measured here")
+    if unknown:
+        text += f" (not counted: jobs on {', '.join(unknown)}, which has no measured run on this kind of machine)"
+    if seconds > LONG:
+        smaller = ("`--configfile .test/config.yaml` (the smoke run)" if cfg["profile"] == "quick" else
+                   "`--configfile config/quick.yaml` (or .test/config.yaml, the smoke run)")
+        text += (f".\nkdbench: that is a long run. Ctrl-C stops it cleanly and a rerun resumes; a smaller profile is "
+                 f"{smaller}")
+    return text

@@ -1,0 +1,45 @@
+"""Issue 25: before a run the workflow says how long its training should take here, from the epochs measured here."""
+import json
+
+import pytest
+
+from kdbench import estimate
+from kdbench.plan import Job
+
+
+def record(root, job, dataset, widths, members, epoch_seconds, device="cpu: Test CPU (AVX2), 2 threads", **cfg):
+    path = root / "quick" / "runs" / job / "seed0" / "metrics.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"config": {"dataset": dataset, "widths": widths, **cfg}, "device": device,
+                                "members_trained_together": members, "epoch_seconds": epoch_seconds}))
+
+
+def job(name, dataset, widths, seeds, epochs, **cfg):
+    return Job(name, tuple(seeds), dataset, {"dataset": dataset, "widths": widths, "epochs": epochs, **cfg})
+
+
+def test_a_job_costs_its_epochs_at_the_measured_seconds_per_unit_of_work(tmp_path):
+    record(tmp_path, "a", "mnist", [784, 100, 10], 2, [3.0, 4.0, 5.0])       # 4 s per epoch (the median)
+    record(tmp_path, "b", "mnist", [784, 100, 10], 2, [9.0], device="cuda: Big GPU")  # another machine: ignored
+    runs = estimate.measured(tmp_path, "cpu: Test CPU")
+    assert list(runs) == ["mnist"] and len(runs["mnist"]) == 1
+    units = 2 * (784 * 100 + 100 * 10)
+    # twice the members, a tenth of the data, 30 epochs: 30 x 4 s x 2 x 0.1
+    todo = [job("x", "mnist", [784, 100, 10], [0, 1, 2, 3], 30, train_fraction=0.1),
+            job("y", "speech", [1040, 32, 31], [0], 5)]
+    seconds, unknown = estimate.expected_seconds(todo, runs)
+    assert runs["mnist"][0] == (units, 4.0)
+    assert seconds == pytest.approx(30 * 4.0 * 2 * 0.1)
+    assert unknown == ["speech"]  # no measured run on it: named, not guessed
+
+
+def test_the_message_says_hours_loudly_and_names_a_smaller_profile(tmp_path, monkeypatch):
+    record(tmp_path, "a", "mnist", [784, 800, 800, 10], 2, [600.0])
+    monkeypatch.setattr(estimate, "device_kind", lambda device: "cpu: Test CPU")
+    cfg = {"profile": "paper", "device": "cpu"}
+    long = estimate.message(cfg, [job("teacher", "mnist", [784, 800, 800, 10], [0, 1], 20)], tmp_path)
+    assert "1 training job of profile 'paper' to run; about 3.3 h" in long and "long run" in long
+    assert "config/quick.yaml" in long
+    short = estimate.message(cfg, [job("t", "mnist", [784, 800, 800, 10], [0, 1], 1)], tmp_path)
+    assert "about 10 min" in short and "long run" not in short
+    assert estimate.message(cfg, [], tmp_path) is None
