@@ -37,10 +37,12 @@ validate(config, "workflow/schemas/config.schema.yaml")
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
-include: "workflow/rules/mnist.smk"
-include: "workflow/rules/variants.smk"
-include: "workflow/rules/ensembles.smk"
-include: "workflow/rules/specialists.smk"
+
+
+# every section of the registry (kdbench.sections) brings its rules
+for _section in sections.NAMES:
+
+    include: f"workflow/rules/{_section}.smk"
 
 
 report: "workflow/report/workflow.rst"
@@ -71,16 +73,7 @@ rule all:
     input:
         RESULTS / "summary.csv",
         RESULTS / "provenance.csv",
-        RESULTS / "mnist.md",
-        RESULTS / "mnist_sweep.png",
-        RESULTS / "mnist_transfer.png",
-        RESULTS / "variants.md",
-        RESULTS / "variants.csv",
-        RESULTS / "variants.png",
-        RESULTS / "ensembles.md",
-        RESULTS / "ensembles.png",
-        RESULTS / "specialists.md",
-        RESULTS / "specialists.png",
+        [RESULTS / f for name in sections.NAMES for f in sections.get(name).OUTPUTS],
     default_target: True
 
 
@@ -110,8 +103,8 @@ rule mnist_section:
 rule summary:
     """One tidy table for the whole suite; later sections append their parts."""
     input:
-        parts=[RESULTS / f"{part}_summary.csv" for part in ("mnist", "ensembles", "specialists")],
-        provenance=[RESULTS / f"{part}_provenance.csv" for part in ("mnist", "ensembles", "specialists")],
+        parts=[RESULTS / f"{part}_summary.csv" for part in SUMMARY_PARTS],
+        provenance=[RESULTS / f"{part}_provenance.csv" for part in SUMMARY_PARTS],
     output:
         summary=RESULTS / "summary.csv",
         provenance=RESULTS / "provenance.csv",

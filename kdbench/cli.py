@@ -142,13 +142,10 @@ def _cmd_bias(args) -> int:
 
 # the sections whose tables and figures `kdbench aggregate SECTION` writes (a module of kdbench.sections with
 # write(cfg, runs, out, ...))
-SECTIONS = ("mnist", "variants", "ensembles", "specialists")
-
-
 def section_module(name: str):
-    """The module of kdbench.sections that writes section `name`'s tables and figures."""
-    import importlib
-    return importlib.import_module(f"kdbench.sections.{name}")
+    """The module of kdbench.sections that writes section `name`'s tables and figures (the section registry)."""
+    from kdbench import sections
+    return sections.get(name)
 
 
 def _cmd_aggregate(args) -> int:
@@ -307,7 +304,7 @@ def _table_commands(sub) -> None:
     b.set_defaults(func=_cmd_bias)
 
     a = sub.add_parser("aggregate", help="a section's summary rows, provenance, Markdown table and figures")
-    a.add_argument("section", choices=SECTIONS)
+    a.add_argument("section", help="a section of the registry (kdbench.sections.NAMES)")
     a.add_argument("--clusters", nargs="*", default=[], help="DATASET=clusters.json pairs (specialists)")
     a.add_argument("--root", default=None, help="data directory (speech utterance labels)")
     a.add_argument("--config-json", required=True)

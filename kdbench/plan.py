@@ -14,10 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kdbench import layout
+from kdbench import layout, sections
 from kdbench.data import registry as data_registry
-from kdbench.engine import losses
-from kdbench.sections import ensembles, mnist, specialists, variants
+from kdbench.sections import specialists
 
 
 @dataclass(frozen=True)
@@ -52,48 +51,11 @@ def with_extensions(config: dict) -> dict:
     return {**config, "extensions": sorted(set(files))} if files else config
 
 
-def _mnist_jobs(cfg: dict) -> list[Job]:
-    teacher = str(layout.train_logits(layout.runs(cfg["profile"]), "teacher"))
-    return [_job(s, cfg["seeds"], mnist.train_config(cfg, s, None if s in ("teacher", "baseline") else teacher))
-            for s in mnist.systems(cfg)]
-
-
-def _ensemble_jobs(cfg: dict) -> list[Job]:
-    runs, out = layout.runs(cfg["profile"]), []
-    for ds in ensembles.datasets(cfg):
-        model = str(layout.model(runs, ensembles.job(ds, "ensemble")))  # a live teacher's nets (Table 5 with mixup)
-        for system in ensembles.systems(cfg):
-            which = ensembles.teacher_logits_of(system)
-            teacher = None if which is None else str(layout.ensemble_teacher(runs, ds, which))
-            out.append(_job(ensembles.job(ds, system), ensembles.system_seeds(cfg, system),
-                            ensembles.train_config(cfg, ds, system, teacher, model)))
-    return out
-
-
-def _variant_jobs(cfg: dict) -> list[Job]:
-    out = []
-    for exp in variants.experiments(cfg):
-        names = list(cfg["variants"])
-        if any(losses.get(v).teacher == "self" for v in names) and "hard" not in names:
-            names.append("hard")  # born-again teachers: the experiment's own hard run
-        for v in names:
-            name = variants.job_name(exp, v)
-            if name == exp.hinton_run:
-                continue  # the section's own run
-            temp = exp.temperature_from if variants.needs_chosen_temperature(exp, v) else None
-            out.append(_job(name, exp.seeds, variants.train_config(cfg, exp, v), temp))
-    return out
-
-
-def _generalist_jobs(cfg: dict) -> list[Job]:
-    return [_job(specialists.generalist_job(ds), specialists.seeds(cfg), specialists.generalist_config(cfg, ds))
-            for ds in specialists.datasets(cfg)]
-
-
 def jobs(cfg: dict) -> dict[str, Job]:
     """Every training job of the profile known before any runs, by name."""
     out: dict[str, Job] = {}
-    for job in _mnist_jobs(cfg) + _ensemble_jobs(cfg) + _variant_jobs(cfg) + _generalist_jobs(cfg):
+    specs = [spec for section in sections.modules() for spec in section.jobs(cfg)]
+    for job in (_job(s.name, s.seeds, s.config, s.temperature_from) for s in specs):
         if job.name in out and out[job.name] != job:
             raise ValueError(f"two different jobs are both named {job.name!r}")
         out[job.name] = job

@@ -60,8 +60,12 @@ def test_the_import_reader_sees_a_forbidden_import(tmp_path):
     assert kdbench_imports(f) == {"sections", "plan", "layout"}
 
 
-def test_every_section_the_cli_aggregates_is_a_module_of_the_sections_package_with_write():
-    from kdbench import cli
-    for name in cli.SECTIONS:
+def test_every_registered_section_has_what_the_plan_cli_and_workflow_ask_of_it():
+    """The section registry's contract (kdbench.sections): jobs, outputs, summary flag, write, and its rule file
+    with an aggregate rule; the CLI dispatches to the same modules."""
+    from kdbench import cli, sections
+    for name in sections.NAMES:
         module = cli.section_module(name)
         assert module.__name__ == f"kdbench.sections.{name}" and callable(module.write), name
+        assert callable(module.jobs) and isinstance(module.OUTPUTS, list) and isinstance(module.SUMMARY, bool), name
+        assert f"rule aggregate_{name}" in (REPO / "workflow" / "rules" / f"{name}.smk").read_text(), name

@@ -36,6 +36,11 @@ from kdbench import layout
 from kdbench.data import registry as data_registry
 from kdbench.data import speech
 from kdbench.report.aggregate import Cell, fmt_claim, fmt_paper, fmt_row, read_json, share_cell
+from kdbench.sections import Experiment, JobSpec
+
+# the section registry (kdbench.sections): what `rule all` asks of it, and whether it adds to summary.csv
+OUTPUTS = ["ensembles.md", "ensembles.png"]
+SUMMARY = True
 
 TABLE1, TABLE5 = "table1", "table5"
 SPEECH = tuple(speech.SPLITS)
@@ -136,6 +141,38 @@ def system_seeds(cfg: dict, system: str) -> list[int]:
 
 
 # ---------------------------------------------------------------------------------------------------- evaluation
+
+def jobs(cfg: dict) -> list[JobSpec]:
+    """Per row: the ensemble's members, its distilled nets (one per temperature), the 3% nets; students read the
+    cached ensemble (or single-net) logits, a live teacher (mixup) the ensemble's nets."""
+    runs, out = layout.runs(cfg["profile"]), []
+    for ds in datasets(cfg):
+        model = str(layout.model(runs, job(ds, "ensemble")))  # a live teacher's nets (Table 5 with mixup)
+        for system in systems(cfg):
+            which = teacher_logits_of(system)
+            teacher = None if which is None else str(layout.ensemble_teacher(runs, ds, which))
+            out.append(JobSpec(job(ds, system), tuple(system_seeds(cfg, system)),
+                               train_config(cfg, ds, system, teacher, model)))
+    return out
+
+
+def distillation_experiments(cfg: dict) -> list[Experiment]:
+    """Per row: Table 1's net distilled from its seed's ensemble at the temperature chosen on validation, and Table
+    5's 3% net learning from the 100%-data net (the paper-protocol pair; its `hinton` run is the section's soft3)."""
+    runs, results = layout.runs(cfg["profile"]), layout.results(cfg["profile"])
+    out, ens_seeds, firsts = [], tuple(seeds(cfg)), single_teacher_members(cfg)
+    for ds in datasets(cfg):
+        ens_model = str(layout.model(runs, job(ds, "ensemble")))
+        whole, single = (str(layout.ensemble_teacher(runs, ds, w)) for w in ("ensemble", "single"))
+        t0 = distilled_name(cfg["ensembles"]["distilled"]["temperatures"][0])
+        name = f"{ds}_distilled_bestT"
+        out.append(Experiment(name, "table1", train_config(cfg, ds, t0, whole), whole, ens_model, firsts,
+                              temperature_from=str(layout.chosen_temperature(results, name)),
+                              choice={"dataset": ds}, metric="test_accuracy_pct", seeds=ens_seeds))
+        out.append(Experiment(f"{ds}_soft3", "table5", train_config(cfg, ds, "soft3", single), single, ens_model,
+                              firsts, hinton_run=job(ds, "soft3"), metric="test_accuracy_pct", seeds=ens_seeds))
+    return out
+
 
 def combine(logits: torch.Tensor, how: str) -> torch.Tensor:
     """Log-probabilities of an ensemble from member logits (M, N, C): arithmetic or normalized geometric mean."""

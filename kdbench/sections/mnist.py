@@ -12,16 +12,27 @@ import math
 from pathlib import Path
 
 from kdbench import layout
+from kdbench.data import registry as data_registry
 from kdbench.report.aggregate import Cell, fmt, fmt_claim, read_json, share_cell
+from kdbench.sections import Experiment, JobSpec
+
+# the section registry (kdbench.sections): what `rule all` asks of it, and whether it adds to summary.csv
+OUTPUTS = ["mnist.md", "mnist_sweep.png", "mnist_transfer.png"]
+SUMMARY = True
 
 SECTION, TABLE = "mnist", "sec3"
 OMIT3_CLASSES = [0, 1, 2, 4, 5, 6, 7, 8, 9]
 ONLY78_CLASSES = [7, 8]
 
 
-def sweep_systems(cfg: dict) -> list[str]:
+def sweep_points(cfg: dict) -> dict[str, tuple[int, float]]:
+    """{sweep system: (hidden width, temperature)}: the sweep's grid, named once (no name is parsed back)."""
     sw = cfg["mnist"]["sweep"]
-    return [sweep_name(w, t) for w in sw["widths"] for t in sw["temperatures"]]
+    return {sweep_name(w, t): (int(w), float(t)) for w in sw["widths"] for t in sw["temperatures"]}
+
+
+def sweep_systems(cfg: dict) -> list[str]:
+    return list(sweep_points(cfg))
 
 
 def sweep_name(width: int, temperature: float) -> str:
@@ -44,13 +55,36 @@ def train_config(cfg: dict, system: str, teacher_logits: str | None = None) -> d
     if system in ("omit3", "only78"):
         classes = OMIT3_CLASSES if system == "omit3" else ONLY78_CLASSES
         return {**student, **m[system].get("train", {}), "transfer_classes": classes}
-    if system.startswith("sweep_"):
-        width, temp = system[len("sweep_w"):].split("_T")
-        sw = m["sweep"]
+    if system in sweep_points(cfg):
+        width, temp = sweep_points(cfg)[system]
+        sw, data = m["sweep"], data_registry.get("mnist")
         params = {**m["distilled"].get("variant_params", {}), **sw["train"].get("variant_params", {}),
-                  "temperature": float(temp)}
-        return {**student, **sw["train"], "widths": [784, int(width), int(width), 10], "variant_params": params}
+                  "temperature": temp}
+        return {**student, **sw["train"], "widths": [data.input_dim, width, width, data.num_classes],
+                "variant_params": params}
     raise ValueError(f"unknown MNIST system {system!r}; known: {systems(cfg)}")
+
+
+def jobs(cfg: dict) -> list[JobSpec]:
+    """Its systems on the profile's seeds; the students read the teacher's cached logits."""
+    teacher = str(layout.train_logits(layout.runs(cfg["profile"]), "teacher"))
+    return [JobSpec(s, tuple(cfg["seeds"]), train_config(cfg, s, None if s in ("teacher", "baseline") else teacher))
+            for s in systems(cfg)]
+
+
+def distillation_experiments(cfg: dict) -> list[Experiment]:
+    """The distilled 800-800 student at T=20 (its `hinton` run is the section's own) and the W-unit student at the
+    temperature the sweep found best on validation (W: `variant_experiments.mnist_bestT_width`)."""
+    runs, results = layout.runs(cfg["profile"]), layout.results(cfg["profile"])
+    teacher_logits, teacher_model = str(layout.train_logits(runs, "teacher")), str(layout.model(runs, "teacher"))
+    width = cfg["variant_experiments"]["mnist_bestT_width"]
+    best, seeds = f"mnist_w{width}_bestT", tuple(cfg["seeds"])
+    first = sweep_name(width, cfg["mnist"]["sweep"]["temperatures"][0])
+    return [Experiment("mnist_distilled_T20", "mnist", train_config(cfg, "distilled_T20", teacher_logits),
+                       teacher_logits, teacher_model, None, hinton_run="distilled_T20", seeds=seeds),
+            Experiment(best, "mnist", train_config(cfg, first, teacher_logits), teacher_logits, teacher_model, None,
+                       temperature_from=str(layout.chosen_temperature(results, best)), choice={"width": width},
+                       seeds=seeds)]
 
 
 def bias_settings(cfg: dict, system: str) -> dict:

@@ -33,7 +33,11 @@ import torch
 from kdbench import layout
 from kdbench.data import registry as data_registry
 from kdbench.report.aggregate import Cell, fmt_claim, fmt_paper, fmt_row, read_json
-from kdbench.sections import ensembles
+from kdbench.sections import JobSpec, ensembles
+
+# the section registry (kdbench.sections): what `rule all` asks of it, and whether it adds to summary.csv
+OUTPUTS = ["specialists.md", "specialists.png"]
+SUMMARY = True
 
 TABLE3, TABLE4 = "table3", "table4"
 
@@ -307,6 +311,11 @@ def cells(cfg: dict, runs: Path | str, cluster_files: dict[str, Path]) -> tuple[
                 add(TABLE4, f"covered_by_{n_cov}", metric,
                     [(r["seed"], r["by_coverage"][n_cov][metric], src) for r in ev["per_seed"]], unit)
     return out, facts
+
+
+def jobs(cfg: dict) -> list[JobSpec]:
+    """The generalists (the specialists themselves are planned once their clusters are known)."""
+    return [JobSpec(generalist_job(ds), tuple(seeds(cfg)), generalist_config(cfg, ds)) for ds in datasets(cfg)]
 
 
 def _names(dataset: str) -> list[str]:

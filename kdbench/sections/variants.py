@@ -21,32 +21,18 @@ on the same seeds with a 95% interval and a paired t-test note.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from kdbench import layout
+from kdbench import layout, sections
 from kdbench.engine import losses
 from kdbench.report.aggregate import ci95, fmt, mean_std, paired_note, read_json
-from kdbench.sections import ensembles, mnist
+from kdbench.sections import Experiment, JobSpec, ensembles, mnist
 
-
-# two-sided 95% critical values of Student's t, by degrees of freedom (1..10); larger df use 1.96
-@dataclass(frozen=True)
-class Experiment:
-    """One distillation experiment that every variant is run in."""
-    name: str
-    table: str             # which group of the variants tables it is reported in
-    base: dict             # the experiment's `hinton` student config, teacher paths filled in
-    teacher_logits: str    # the cached logits a teacher="teacher" variant reads
-    teacher_model: str     # the teacher's model.pt, for feature variants
-    teacher_members: list | None  # which teacher_model member teaches each seed
-    hinton_run: str | None = None  # a run of the sections that is this experiment's hinton student
-    temperature_from: str | None = None  # the temperature chosen on validation, read when the job starts
-    choice: dict | None = None  # what that choice compares: the sweep's runs of {"width"}, or {"dataset"}'s nets
-    metric: str = "test_errors"  # "test_errors" (count) or "test_accuracy_pct"
-    seeds: tuple[int, ...] = ()  # the seeds its students train on: its section's
+# the section registry (kdbench.sections): what `rule all` asks of it, and whether it adds to summary.csv
+OUTPUTS = ["variants.md", "variants.csv", "variants.png"]
+SUMMARY = False
 
 
 TABLES = {"mnist": "MNIST students (section 3), test errors of 10,000",
@@ -55,29 +41,25 @@ TABLES = {"mnist": "MNIST students (section 3), test errors of 10,000",
 
 
 def experiments(cfg: dict) -> list[Experiment]:
-    runs, results = layout.runs(cfg["profile"]), layout.results(cfg["profile"])
-    teacher_logits, teacher_model = str(layout.train_logits(runs, "teacher")), str(layout.model(runs, "teacher"))
-    width = cfg["variant_experiments"]["mnist_bestT_width"]
-    best = f"mnist_w{width}_bestT"
-    mnist_seeds, ens_seeds = tuple(cfg["seeds"]), tuple(ensembles.seeds(cfg))
-    out = [Experiment("mnist_distilled_T20", "mnist", mnist.train_config(cfg, "distilled_T20", teacher_logits),
-                      teacher_logits, teacher_model, None, hinton_run="distilled_T20", seeds=mnist_seeds),
-           Experiment(best, "mnist", mnist.train_config(cfg, mnist.sweep_name(width, cfg["mnist"]["sweep"][
-               "temperatures"][0]), teacher_logits), teacher_logits, teacher_model, None,
-               temperature_from=str(layout.chosen_temperature(results, best)), choice={"width": width},
-               seeds=mnist_seeds)]
-    for ds in ensembles.datasets(cfg):
-        ens_model = str(layout.model(runs, ensembles.job(ds, "ensemble")))
-        firsts = ensembles.single_teacher_members(cfg)
-        whole, single = (str(layout.ensemble_teacher(runs, ds, w)) for w in ("ensemble", "single"))
-        t0 = ensembles.distilled_name(cfg["ensembles"]["distilled"]["temperatures"][0])
-        name = f"{ds}_distilled_bestT"
-        out.append(Experiment(name, "table1", ensembles.train_config(cfg, ds, t0, whole), whole, ens_model, firsts,
-                              temperature_from=str(layout.chosen_temperature(results, name)),
-                              choice={"dataset": ds}, metric="test_accuracy_pct", seeds=ens_seeds))
-        out.append(Experiment(f"{ds}_soft3", "table5", ensembles.train_config(cfg, ds, "soft3", single), single,
-                              ens_model, firsts, hinton_run=ensembles.job(ds, "soft3"), metric="test_accuracy_pct",
-                              seeds=ens_seeds))
+    """Every distillation experiment of the suite: each section's own (`distillation_experiments`), in order."""
+    return [e for section in sections.modules() if hasattr(section, "distillation_experiments")
+            for e in section.distillation_experiments(cfg)]
+
+
+def jobs(cfg: dict) -> list[JobSpec]:
+    """Every variant's student in every experiment (the sections' own `hinton` runs excepted); born-again variants
+    add the experiment's `hard` run."""
+    out = []
+    for exp in experiments(cfg):
+        names = list(cfg["variants"])
+        if any(losses.get(v).teacher == "self" for v in names) and "hard" not in names:
+            names.append("hard")  # born-again teachers: the experiment's own hard run
+        for v in names:
+            name = job_name(exp, v)
+            if name == exp.hinton_run:
+                continue  # the section's own run
+            temp = exp.temperature_from if needs_chosen_temperature(exp, v) else None
+            out.append(JobSpec(name, exp.seeds, train_config(cfg, exp, v), temp))
     return out
 
 

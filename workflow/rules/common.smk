@@ -6,7 +6,7 @@ import re
 import shlex
 from pathlib import Path
 
-from kdbench import layout, plan
+from kdbench import layout, plan, sections
 from kdbench.data import registry as data_registry
 from kdbench.sections import ensembles, specialists
 from kdbench import profile as kdprofile
@@ -47,6 +47,7 @@ def one_of(names):
 
 
 PLAN = kdprofile.planned_jobs(config)
+SUMMARY_PARTS = [name for name in sections.NAMES if sections.get(name).SUMMARY]
 TEACHERS = plan.teachers(config, PLAN)
 
 
