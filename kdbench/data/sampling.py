@@ -65,6 +65,27 @@ def dustbin_shift(natural: float, trained: float) -> float:
     return math.log(((1 - natural) / natural) / ((1 - trained) / trained))
 
 
+class ClassSubsetView:
+    """What a net trained on `classes` with a catch-all last output (a specialist) sees of the data: its labels
+    (`specialist_labels`), epochs drawing `fraction` of their examples from the subset (else the natural draw), and
+    the per-output logit offset that undoes the changed prior when it is judged (`dustbin_shift` on the catch-all
+    output; None when the draw is natural). `record` is what its run records say about it."""
+
+    def __init__(self, classes: list[int], fraction: float | None, y_train: torch.Tensor, y_test: torch.Tensor,
+                 tr_idx: torch.Tensor, seeds: list[int]):
+        num = int(max(y_train.max(), y_test.max())) + 1
+        in_subset = torch.isin(y_train[tr_idx], torch.tensor(classes, device=y_train.device))
+        natural = float(in_subset.float().mean())
+        shift = 0.0 if fraction is None else dustbin_shift(natural, fraction)
+        self.y_train, self.y_test = specialist_labels(classes, y_train, num), specialist_labels(classes, y_test, num)
+        self.sampler = EpochSampler(tr_idx, seeds, in_subset if fraction is not None else None, fraction)
+        self.logit_offset = None
+        if shift:
+            self.logit_offset = torch.zeros(len(classes) + 1, device=y_train.device)
+            self.logit_offset[-1] = shift
+        self.record = {"subset_natural_fraction": natural, "dustbin_logit_shift": shift}
+
+
 class EpochSampler:
     """Per-member epoch orders (K, epoch_size) of indices into the full training split, from K seeded generators
     whose state a checkpoint keeps."""

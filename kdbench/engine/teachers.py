@@ -32,18 +32,14 @@ def teacher_batch(teacher: torch.Tensor, idx: torch.Tensor, pairing: str) -> tor
     return teacher[rows, idx]
 
 
-def collapse_to_subset(logits: torch.Tensor, classes: list[int], temperature: float,
-                       dustbin_shift: float = 0.0) -> torch.Tensor:
-    """Teacher logits (..., C) -> (..., n+1) over a specialist's outputs (its n classes, the dustbin last), exact at
-    `temperature`: softmax(out / T) gives each class of the subset the teacher's tempered probability and the dustbin
-    the sum of every other class's. The dustbin logit is lowered by `dustbin_shift`, the log of the factor by which
-    the specialist's training draws under-represent its dustbin (`kdbench.data.sampling.dustbin_shift`), so the soft
-    targets carry the prior the specialist trains under, as its hard targets do; at use its dustbin is raised by
-    the same shift."""
+def collapse_to_subset(logits: torch.Tensor, classes: list[int], temperature: float) -> torch.Tensor:
+    """Teacher logits (..., C) -> (..., n+1) over the outputs of a net trained on a class subset (its n classes, a
+    catch-all last), exact at `temperature`: softmax(out / T) gives each class of the subset the teacher's tempered
+    probability and the catch-all the sum of every other class's."""
     keep = torch.tensor(classes, device=logits.device)
     rest = torch.ones(logits.shape[-1], dtype=torch.bool, device=logits.device)
     rest[keep] = False
-    dust = temperature * torch.logsumexp(logits[..., rest] / temperature, -1, keepdim=True) - dustbin_shift
+    dust = temperature * torch.logsumexp(logits[..., rest] / temperature, -1, keepdim=True)
     return torch.cat([logits[..., keep], dust], -1)
 
 
@@ -67,7 +63,10 @@ def load_logits(cfg: dict, device: torch.device, n_train: int, members: int) -> 
 class Teacher:
     """A run's teacher: None-safe access to its cached logits and, for feature variants, its hidden features."""
 
-    def __init__(self, cfg: dict, device: torch.device, n_train: int, members: int, dustbin_shift: float = 0.0):
+    def __init__(self, cfg: dict, device: torch.device, n_train: int, members: int,
+                 logit_offset: torch.Tensor | None = None):
+        """`logit_offset` (per student output) is subtracted from the soft targets: the student trains under a
+        prior that the offset undoes when it is judged, and its soft targets carry that prior, as its labels do."""
         variant = losses.get(cfg["variant"])
         self.pairing = cfg["teacher_pairing"]
         self.logits = None
@@ -87,7 +86,9 @@ class Teacher:
             self.logits = load_logits(cfg, device, n_train, members)
             if cfg["class_subset"] is not None:
                 t = float({**variant.defaults, **cfg["variant_params"]}.get("temperature", 1.0))
-                self.logits = collapse_to_subset(self.logits, cfg["class_subset"], t, dustbin_shift)
+                self.logits = collapse_to_subset(self.logits, cfg["class_subset"], t)
+            if logit_offset is not None:
+                self.logits = self.logits - logit_offset
         if variant.features:  # one teacher net per member (a live teacher's nets too: pair them)
             self.net = self.net or self._load_net(cfg, device, members)
             if self.net.members != members:

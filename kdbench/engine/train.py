@@ -19,7 +19,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -125,7 +125,9 @@ class RunData:
     y_train: torch.Tensor
     y_test: torch.Tensor
     sampler: sampling.EpochSampler
-    subset: dict | None  # a specialist's natural subset fraction and dustbin shift
+    logit_offset: torch.Tensor | None = None  # per output: added to the logits when the net is judged, taken from
+    #                                           its soft targets (a class under-drawn in training; None: no offset)
+    record: dict = field(default_factory=dict)  # what the run's records add about its view of the data
 
 
 def load_run_data(cfg: dict, seeds: list[int], root, device: torch.device) -> RunData:
@@ -137,16 +139,10 @@ def load_run_data(cfg: dict, seeds: list[int], root, device: torch.device) -> Ru
     y_train, y_test = train_split.y, test_split.y.to(device)
     if cfg["class_subset"] is None:
         return RunData(train_split, test_split, tr_idx, val_idx, y_train, y_test,
-                       sampling.EpochSampler(tr_idx, seeds, bootstrap=cfg["bootstrap"]), None)
-    classes = cfg["class_subset"]
-    num = int(max(y_train.max(), y_test.max())) + 1
-    in_subset = torch.isin(y_train[tr_idx], torch.tensor(classes, device=device))
-    natural = float(in_subset.float().mean())
-    f = cfg["subset_fraction"]
-    subset = {"natural_fraction": natural, "dustbin_shift": 0.0 if f is None else sampling.dustbin_shift(natural, f)}
-    sampler = sampling.EpochSampler(tr_idx, seeds, in_subset if f is not None else None, f)
-    return RunData(train_split, test_split, tr_idx, val_idx, sampling.specialist_labels(classes, y_train, num),
-                   sampling.specialist_labels(classes, y_test, num), sampler, subset)
+                       sampling.EpochSampler(tr_idx, seeds, bootstrap=cfg["bootstrap"]))
+    view = sampling.ClassSubsetView(cfg["class_subset"], cfg["subset_fraction"], y_train, y_test, tr_idx, seeds)
+    return RunData(train_split, test_split, tr_idx, val_idx, view.y_train, view.y_test, view.sampler,
+                   view.logit_offset, view.record)
 
 
 class Student(nn.Module):
@@ -223,8 +219,7 @@ def mixup(x: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor, to
 def build_engine(cfg: dict, seeds: list[int], data: RunData, device: torch.device) -> Engine:
     k = len(seeds)
     variant = losses.get(cfg["variant"])
-    teacher = teachers.Teacher(cfg, device, len(data.train), k,
-                               data.subset["dustbin_shift"] if data.subset else 0.0)
+    teacher = teachers.Teacher(cfg, device, len(data.train), k, data.logit_offset)
     model = models.build(cfg, seeds)
     if cfg["init_from"] is not None:
         models.init_from_model(model, cfg["init_from"], cfg["init_members"] or list(range(k)), cfg["class_subset"])
@@ -259,17 +254,8 @@ def validation_errors(eng: Engine, data: RunData) -> list[int | None]:
     if not len(data.val_idx):
         return [None] * len(eng.seeds)
     logits = models.predict_split(eng.student.model, data.train, data.val_idx, eng.cfg["eval_batch_size"])
-    return [r["errors"] for r in error_summary(logits, data.y_train[data.val_idx], bias=dustbin_bias(data, logits))]
-
-
-def dustbin_bias(data: RunData, logits: torch.Tensor) -> torch.Tensor | None:
-    """A specialist is judged as it is used: its dustbin logit raised by the shift from its training prior to the
-    data's (so early stopping picks the epoch that is best after the shift); None for every other net."""
-    if data.subset is None or not data.subset["dustbin_shift"]:
-        return None
-    bias = torch.zeros(logits.shape[-1], device=logits.device, dtype=logits.dtype)
-    bias[-1] = data.subset["dustbin_shift"]
-    return bias
+    # a net is judged as it is used: with its logit offset (so early stopping picks the epoch best after it)
+    return [r["errors"] for r in error_summary(logits, data.y_train[data.val_idx], bias=data.logit_offset)]
 
 
 def _checkpoint(eng: Engine, data: RunData, chash: str, epoch: int, history: dict, best, seconds: float,
@@ -375,8 +361,7 @@ def write_records(eng: Engine, data: RunData, history: dict, best, out_dir: Path
               "resumed_after_epoch": facts["start_epoch"],
               "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "val_examples": int(len(data.val_idx)),
               "epoch_seconds": history["epoch_seconds"]}
-    subset = ({} if data.subset is None else {"subset_natural_fraction": data.subset["natural_fraction"],
-                                              "dustbin_logit_shift": data.subset["dustbin_shift"]})
+    subset = data.record
     records = []
     for m, seed in enumerate(seeds):
         rec = {**common, "seed": seed, "train_loss": [e[m] for e in history["train_loss"]],
