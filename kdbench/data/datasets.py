@@ -286,22 +286,10 @@ MEAN_STD = {"mnist": (0.1307, 0.3081), "fashion_mnist": (0.2860, 0.3530)}
 
 
 @dataclass
-class Split:
-    """Images as uint8 (N, 28, 28) and labels as int64 (N,), both on one device. Speech splits have the same
-    interface (`kdbench.data.speech.FrameSplit`): `x`, `y`, `groups`, `inputs(idx, max_shift)`."""
-    x: torch.Tensor
-    y: torch.Tensor
+class Split(registry.TensorSplit):
+    """Images as uint8 (N, 28, 28) and labels as int64 (N,), both on one device (the registry's split interface:
+    independent examples, no groups or speakers; the dataset's name identifies the checksummed data)."""
     dataset: str = "mnist"
-    groups = None  # images are independent examples (speech frames are grouped by utterance)
-    speakers = None  # ... and have no speakers
-
-    def __len__(self) -> int:
-        return self.y.shape[0]
-
-    @property
-    def fingerprint(self) -> str:
-        """The verified files are fixed by their checksums, so the dataset's name identifies the data."""
-        return self.dataset
 
     def inputs(self, idx: torch.Tensor | None = None, max_shift: int = 0) -> torch.Tensor:
         """Normalized float inputs (..., 784) of the examples idx (all if None), jittered on the device if asked."""
