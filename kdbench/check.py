@@ -27,8 +27,10 @@ RULE_FILES = [REPO / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.
 
 
 def workflow_rules() -> set[str]:
-    """The rule names the workflow defines (`rule NAME:` and `use rule ... as NAME`)."""
-    names = set()
+    """The rule names the workflow defines (`rule NAME:`, `use rule ... as NAME`, and one `fetch_<dataset>` per
+    registered dataset, which `workflow/rules/data.smk` generates)."""
+    from kdbench.data import registry as data_registry
+    names = {f"fetch_{name}" for name in data_registry.names()}
     for path in RULE_FILES:
         text = path.read_text()
         names |= set(re.findall(r"^(?:rule|checkpoint) (\w+):", text, re.M))

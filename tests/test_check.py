@@ -84,6 +84,12 @@ def test_an_orphan_file_fails(results):
     orphan.write_text("s\n1\n")
     found = check.problems(cfg, root)
     assert any("benchmarks/train_mnist/: files of rule 'train_mnist'" in p for p in found), found
+    # a generated rule (one fetch rule per registered dataset) is a rule of the workflow; a retired one is not
+    for name in ("fetch_speech", "speech_features"):
+        (root / layout.results(cfg["profile"]) / "logs" / name).mkdir(parents=True)
+    found = check.problems(cfg, root)
+    assert any("logs/speech_features/: files of rule" in p for p in found), found
+    assert not any("logs/fetch_speech/" in p for p in found), found
     stale = _record(root, cfg, "sweep_w999_T3")
     stale.parent.mkdir(parents=True)
     stale.write_text(json.dumps({"config": {}, "git_commit": HEAD}))
