@@ -97,7 +97,7 @@ def message(cfg: dict, todo: list, results_root: Path | str = "results") -> str 
             f"about {_duration(seconds)} of training (summed over jobs) on this machine ({kind}), from the epochs "
             f"measured here")
     if unknown:
-        text += f" (not counted: jobs on {', '.join(unknown)}, which has no measured run on this kind of machine)"
+        text += f" (not counted: the jobs on {', '.join(unknown)}: no run on it was measured on this kind of machine)"
     if seconds > LONG:
         smaller = ("`--configfile .test/config.yaml` (the smoke run)" if cfg["profile"] == "quick" else
                    "`--configfile config/quick.yaml` (or .test/config.yaml, the smoke run)")

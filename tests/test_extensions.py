@@ -105,7 +105,7 @@ def test_a_dataset_from_one_file_trains_through_the_workflow(tmp_path):
     assert "rule fetch_blobs:" in r.stdout + r.stderr
     # before the first job, the run says what it will train (issue 25); no run on blobs was ever measured here
     assert "kdbench: 1 training job of profile 'smoke' to run" in r.stderr
-    assert "not counted: jobs on blobs, which has no measured run" in r.stderr
+    assert "not counted: the jobs on blobs: no run on it was measured" in r.stderr
     assert (tmp_path / "data" / "Blobs" / "blobs.pt").exists()
     run = work / "results/smoke/runs/ensembles/blobs/ensemble"
     assert json.loads((run / "config.json").read_text())["config"]["extensions"] == ["blobs.py"]
