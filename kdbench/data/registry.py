@@ -16,6 +16,7 @@ plain one, for data that is already a float tensor.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,12 @@ import torch
 from kdbench.registry import Registry
 
 DATASETS = Registry("dataset", builtins=("kdbench.data.datasets", "kdbench.data.speech"))
+DATA_ENV = "KDBENCH_DATA"
+
+
+def default_root() -> Path:
+    """The data root when none is given: $KDBENCH_DATA, else ./data."""
+    return Path(os.environ.get(DATA_ENV, "data"))
 
 
 @dataclass(frozen=True)
@@ -61,9 +68,9 @@ def names() -> list[str]:
     return DATASETS.names()
 
 
-def load(name: str, train: bool, root: Path | str, device: str | torch.device = "cpu"):
-    """The verified split of a registered dataset on `device` (fetched first if missing)."""
-    return get(name).load(train, Path(root), device)
+def load(name: str, train: bool, root: Path | str | None = None, device: str | torch.device = "cpu"):
+    """The verified split of a registered dataset on `device` (fetched first if missing); root None: the default."""
+    return get(name).load(train, Path(root) if root is not None else default_root(), device)
 
 
 @dataclass
