@@ -125,8 +125,8 @@ class RunData:
     y_train: torch.Tensor
     y_test: torch.Tensor
     sampler: sampling.EpochSampler
-    logit_offset: torch.Tensor | None = None  # per output: added to the logits when the net is judged, taken from
-    #                                           its soft targets (a class under-drawn in training; None: no offset)
+    logit_offset: torch.Tensor | None = None  # per output: added to the logits when the net is judged, subtracted
+    #                                           from its soft targets (a prior its draws changed; None: no offset)
     record: dict = field(default_factory=dict)  # what the run's records add about its view of the data
 
 

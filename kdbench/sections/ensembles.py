@@ -81,13 +81,17 @@ def single_teacher_members(cfg: dict) -> list[int]:
 
 
 def systems(cfg: dict) -> list[str]:
-    temps = cfg["ensembles"]["distilled"]["temperatures"]
     mixup = [f"base3{MIXUP}", f"soft3{MIXUP}"] if cfg["ensembles"]["fraction"].get("mixup") else []
-    return ["ensemble"] + [distilled_name(t) for t in temps] + ["base3", "soft3"] + mixup
+    return ["ensemble"] + list(distilled_temperatures(cfg)) + ["base3", "soft3"] + mixup
 
 
 def distilled_name(t: float) -> str:
     return f"distilled_T{t:g}"
+
+
+def distilled_temperatures(cfg: dict) -> dict[str, float]:
+    """{distilled system: its temperature}: named once from the profile, never parsed back out of the name."""
+    return {distilled_name(t): float(t) for t in cfg["ensembles"]["distilled"]["temperatures"]}
 
 
 def teacher_logits_of(system: str) -> str | None:
@@ -115,7 +119,7 @@ def train_config(cfg: dict, dataset: str, system: str, teacher_logits: str | Non
         d = e["distilled"]
         return {**base, **d["train"], "variant": "hinton", "teacher_logits": teacher_logits,
                 "teacher_pairing": "grouped",
-                "variant_params": {"temperature": float(system[len("distilled_T"):]),
+                "variant_params": {"temperature": distilled_temperatures(cfg)[system],
                                    "hard_weight": d["hard_weight"], "ensemble": "arithmetic"}}
     f = e["fraction"]
     small = {"train_fraction": f["fraction"], "fraction_seed": f["fraction_seed"]}
@@ -139,8 +143,6 @@ def train_config(cfg: dict, dataset: str, system: str, teacher_logits: str | Non
 def system_seeds(cfg: dict, system: str) -> list[int]:
     return ensemble_seeds(cfg) if system == "ensemble" else seeds(cfg)
 
-
-# ---------------------------------------------------------------------------------------------------- evaluation
 
 def jobs(cfg: dict) -> list[JobSpec]:
     """Per row: the ensemble's members, its distilled nets (one per temperature), the 3% nets; students read the
@@ -173,6 +175,8 @@ def distillation_experiments(cfg: dict) -> list[Experiment]:
                               firsts, hinton_run=job(ds, "soft3"), metric="test_accuracy_pct", seeds=ens_seeds))
     return out
 
+
+# ---------------------------------------------------------------------------------------------------- evaluation
 
 def combine(logits: torch.Tensor, how: str) -> torch.Tensor:
     """Log-probabilities of an ensemble from member logits (M, N, C): arithmetic or normalized geometric mean."""
