@@ -352,7 +352,6 @@ def describe(blob: dict) -> str:
             f"{float((blob['labels'] == 0).float().mean()):.1%} silence")
 
 
-
 # ----------------------------------------------------------------------------------------------------------------
 # the registry's entries: one per split, each reading its own feature cache
 

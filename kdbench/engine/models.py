@@ -100,7 +100,6 @@ class MLP(nn.Module):
         return dict(widths=self.widths, members=self.members, seeds=self.seeds, dropout_input=self.dropout_input,
                     dropout_hidden=self.dropout_hidden, max_norm=self.max_norm)
 
-
     @classmethod
     def build(cls, cfg: dict, seeds: list[int]) -> MLP:
         """The model of a resolved training config, one member per seed."""
