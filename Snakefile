@@ -8,7 +8,9 @@ Results go to results/<profile>/: summary.csv (one tidy table for the suite), pr
 the run record it came from), one Markdown table and figures per section, the runs' metrics.json, and a benchmark
 file with the wall time of every training job. The rules call the kdbench command line; no training code lives here.
 """
-from snakemake.utils import min_version, validate
+from pathlib import Path
+
+from snakemake.utils import min_version
 
 min_version("8.0")
 
@@ -23,13 +25,13 @@ if not config:
           "budget scale); see the README.", file=_sys.stderr)
 
 
-# YAML 1.2 numbers ('lr: 5e-2'), then the schema with one short line per bad key (kdbench.profile); snakemake's own
-# validation after it only fills in the schema's defaults
+# YAML 1.2 numbers ('lr: 5e-2'), then the schema (workflow/schemas/config.schema.yaml, with the blocks of users'
+# sections) with one short line per bad key, and its defaults (kdbench.profile)
 from kdbench import profile as kdprofile
 
 config.update(kdprofile.numbers(config))
 kdprofile.validate(config)
-validate(config, "workflow/schemas/config.schema.yaml")
+config.update(kdprofile.with_defaults(config))
 
 
 # lint: conda: the rules run the one kdbench package (pip install -e . or environment.yml), so a conda environment
@@ -39,10 +41,14 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 
 
-# every section of the registry (kdbench.sections) brings its rules
-for _section in sections.NAMES:
+# every section of the registry (kdbench.sections) brings its rules: its own rule file, or else the aggregate rule
+# that sections.smk makes from the section alone
+for _section in RULE_FILE_SECTIONS:
 
     include: f"workflow/rules/{_section}.smk"
+
+
+include: "workflow/rules/sections.smk"
 
 
 report: "workflow/report/workflow.rst"
@@ -73,7 +79,7 @@ rule all:
     input:
         RESULTS / "summary.csv",
         RESULTS / "provenance.csv",
-        [RESULTS / f for name in sections.NAMES for f in sections.get(name).OUTPUTS],
+        [RESULTS / f for name in sections.names() for f in sections.get(name).OUTPUTS],
     default_target: True
 
 

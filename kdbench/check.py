@@ -27,10 +27,11 @@ RULE_FILES = [REPO / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.
 
 
 def workflow_rules() -> set[str]:
-    """The rule names the workflow defines (`rule NAME:`, `use rule ... as NAME`, and one `fetch_<dataset>` per
-    registered dataset, which `workflow/rules/data.smk` generates)."""
+    """The rule names the workflow defines (`rule NAME:`, `use rule ... as NAME`, one `fetch_<dataset>` per
+    registered dataset, which `workflow/rules/data.smk` makes, and one `aggregate_<section>` per section)."""
+    from kdbench import sections
     from kdbench.data import registry as data_registry
-    names = {f"fetch_{name}" for name in data_registry.names()}
+    names = {f"fetch_{name}" for name in data_registry.names()} | {f"aggregate_{n}" for n in sections.names()}
     for path in RULE_FILES:
         text = path.read_text()
         names |= set(re.findall(r"^(?:rule|checkpoint) (\w+):", text, re.M))

@@ -151,7 +151,9 @@ def section_module(name: str):
 def _cmd_aggregate(args) -> int:
     import json
 
+    from kdbench import registry
     from kdbench.report import aggregate
+    registry.load_files(args.extensions, "--extensions")
     section = section_module(args.section)
     paper = aggregate.load_paper(args.paper) if args.paper else {}
     clusters = dict(item.split("=", 1) for item in args.clusters) if args.clusters else None
@@ -304,7 +306,8 @@ def _table_commands(sub) -> None:
     b.set_defaults(func=_cmd_bias)
 
     a = sub.add_parser("aggregate", help="a section's summary rows, provenance, Markdown table and figures")
-    a.add_argument("section", help="a section of the registry (kdbench.sections.NAMES)")
+    a.add_argument("section", help="a section of the registry (kdbench.sections.names())")
+    a.add_argument("--extensions", nargs="*", default=[], help="the user file that registers the section")
     a.add_argument("--clusters", nargs="*", default=[], help="DATASET=clusters.json pairs (specialists)")
     a.add_argument("--root", default=None, help="data directory (speech utterance labels)")
     a.add_argument("--config-json", required=True)

@@ -52,7 +52,10 @@ def with_extensions(config: dict) -> dict:
 
 
 def jobs(cfg: dict) -> dict[str, Job]:
-    """Every training job of the profile known before any runs, by name."""
+    """Every training job of the profile known before any runs, by name (after importing the profile's user
+    files: a user's section plans jobs too)."""
+    from kdbench import registry
+    registry.load_files(cfg.get("extensions", []))
     out: dict[str, Job] = {}
     specs = [spec for section in sections.modules() for spec in section.jobs(cfg)]
     for job in (_job(s.name, s.seeds, s.config, s.temperature_from) for s in specs):

@@ -49,7 +49,38 @@ def load(path: Path | str) -> dict:
 
 
 def _schema() -> dict:
-    return yaml.safe_load(SCHEMA.read_text())
+    """The schema file, with a property for each registered section it does not know (a user's section: its
+    `SCHEMA`, then required, else any mapping), so that such a section's block of the profile is checked by its own
+    schema."""
+    from kdbench import sections
+    schema = yaml.safe_load(SCHEMA.read_text())
+    for name in sections.names():
+        if name not in schema["properties"]:
+            section = sections.get(name)
+            schema["properties"][name] = getattr(section, "SCHEMA", {"type": "object"})
+            schema["required"] += [name] if hasattr(section, "SCHEMA") else []
+    return schema
+
+
+def _load_extensions(cfg: dict) -> None:
+    """Import the profile's user files (KD variants, datasets, models, sections), so that what they register is
+    known to the schema and the plan; a file that is missing or fails stops here, naming it."""
+    from kdbench import registry
+    for key in ("variant_modules", "extensions"):
+        files = cfg.get(key, [])
+        if not (isinstance(files, list) and all(isinstance(f, str) for f in files)):
+            continue  # the schema names the bad value
+        try:
+            registry.load_files(files, key)
+        except (OSError, SyntaxError, ImportError, ValueError) as e:
+            raise ProfileError(f"config: {key}: {e}") from None
+
+
+def with_defaults(cfg: dict) -> dict:
+    """The config with the schema's top-level defaults for the keys it leaves out (what snakemake's `validate`
+    would set)."""
+    props = _schema()["properties"]
+    return {**{k: v["default"] for k, v in props.items() if "default" in v and k not in cfg}, **cfg}
 
 
 def _where(error) -> str:
@@ -80,8 +111,10 @@ def _message(error) -> str:
 
 
 def validate(cfg: dict) -> None:
-    """Raise ProfileError listing every schema violation of `cfg`, one short line each."""
+    """Raise ProfileError listing every schema violation of `cfg`, one short line each (after importing its user
+    files, whose sections' blocks the schema then checks too)."""
     import jsonschema
+    _load_extensions(cfg)
     validator = jsonschema.Draft202012Validator(_schema())
     errors = sorted(validator.iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
@@ -95,15 +128,11 @@ def planned_jobs(cfg: dict) -> dict:
     """Build the job plan of a schema-valid profile and resolve every job's training config now, with the same
     validation `kdbench train` uses, so a bad value, variant or variant parameter stops the workflow (or `kdbench
     plan`) before any job, naming the job and key; returns the plan's jobs. The workflow's `PLAN`."""
-    from kdbench import plan, registry
+    from kdbench import plan
     from kdbench.data import registry as data_registry
     from kdbench.engine import losses, train
     from kdbench.sections import ensembles, specialists
-    for key in ("variant_modules", "extensions"):
-        try:
-            registry.load_files(cfg.get(key, []), key)
-        except (OSError, SyntaxError, ImportError, ValueError) as e:
-            raise ValueError(f"config: {key}: {e}") from None
+    _load_extensions(cfg)
     for row in ensembles.datasets(cfg):
         data = ensembles.data_of(cfg, row)
         if data not in data_registry.DATASETS:

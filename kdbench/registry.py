@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import sys
 from pathlib import Path
 
 _LOADED: dict[str, str] = {}  # sha256 of a user file already imported -> its module name
@@ -17,8 +18,19 @@ _SOURCE: list[str | None] = [None]  # the user file being imported now, if any
 
 
 def current_source() -> str | None:
-    """The user file being imported by `load_files` now (what a registration records as its source), else None."""
-    return _SOURCE[0]
+    """The user file being imported by `load_files` now (what a registration records as its source), else None.
+    A registration made while a module of the kdbench package is being imported (its built-ins, when a user's file
+    is the first to import that module) is a built-in's: the first caller outside the package is then Python's
+    import machinery, not the user's code."""
+    if _SOURCE[0] is None:
+        return None
+    frame = sys._getframe(1)
+    while frame is not None:
+        name = frame.f_globals.get("__name__", "")
+        if name != "kdbench" and not name.startswith("kdbench."):
+            return None if name.startswith("importlib") else _SOURCE[0]
+        frame = frame.f_back
+    return None
 
 
 def load_files(paths, key: str = "extensions") -> dict[str, str]:

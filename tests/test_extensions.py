@@ -1,5 +1,6 @@
-"""Issue 24: a dataset is one registry entry plus a profile entry, a model family is one file: each test writes the
-extension a user would, in one file, and trains on it (the dataset through the workflow, the model on MNIST)."""
+"""Issue 24: a dataset is one registry entry plus a profile entry, a model family is one file, a section one file
+plus its profile block: each test writes the extension a user would, in one file, and trains on it (the dataset
+and the section through the workflow, the model on MNIST)."""
 import json
 import subprocess
 import sys
@@ -86,6 +87,77 @@ class TinyCNN(nn.Module):
     def config(self):
         return dict(widths=self.widths, members=self.members, seeds=self.seeds, input_shape=self.input_shape)
 '''
+
+BLOBS_TABLE = '''
+"""A section of one table: one net per seed on the blobs, its test accuracy (a user's section, in one file)."""
+import json
+from pathlib import Path
+
+from kdbench import layout, sections
+from kdbench.report import aggregate
+
+
+@sections.register
+class BlobsTable:
+    NAME = "blobs_table"
+    OUTPUTS = ["blobs_table.md"]
+    SUMMARY = True
+    SCHEMA = {"type": "object", "additionalProperties": False, "required": ["epochs"],
+              "properties": {"epochs": {"type": "integer", "minimum": 1}}}
+    CAPTION = "One net per seed on the four blobs: test accuracy."
+
+    @staticmethod
+    def jobs(cfg):
+        config = {"dataset": "blobs", "widths": [16, 32, 4], "epochs": cfg["blobs_table"]["epochs"],
+                  "val_size": 100, "lr": 0.05}
+        return [sections.JobSpec("blobs_table/net", tuple(cfg["seeds"]), config)]
+
+    @staticmethod
+    def write(cfg, runs, out, paper, **_):
+        cell = aggregate.Cell("blobs_table", "blobs", "net", "test_accuracy_pct", "pct")
+        for seed in cfg["seeds"]:
+            path = layout.metrics(runs, "blobs_table/net", seed)
+            cell.values.append((seed, 100 * json.loads(Path(path).read_text())["test_accuracy"], str(path)))
+        summary = aggregate.write_tables([cell], paper, out, "blobs_table")
+        row = summary.iloc[0]
+        (Path(out) / "blobs_table.md").write_text(f"| net | {row['mean']:.1f} +- {row['std']:.1f} |\\n")
+        return f"blobs_table: {row['mean']:.1f}%"
+'''
+
+
+def test_a_section_from_one_file_and_its_profile_block_runs_through_the_workflow(tmp_path):
+    """A user's section (one file, listed under `extensions`, and its block in the profile): the workflow checks the
+    block against the section's schema, plans and trains its job, and makes its table with the aggregate rule that
+    workflow/rules/sections.smk makes for it; `kdbench plan` lists its job."""
+    work = tmp_path / "w"
+    work.mkdir()
+    (work / "blobs.py").write_text(BLOBS)
+    (work / "blobs_table.py").write_text(BLOBS_TABLE)
+    cfg = yaml.safe_load(SMOKE.read_text())
+    cfg["extensions"] = ["blobs.py", "blobs_table.py"]
+    profile = work / "profile.yaml"
+    profile.write_text(yaml.safe_dump(cfg))  # no block: the section's schema requires it
+    target = "results/smoke/blobs_table.md"
+    r = snakemake(work, target, data_root=tmp_path / "data", configfile=profile)
+    assert r.returncode != 0 and "'blobs_table' is a required property" in r.stderr, (r.stdout + r.stderr)[-3000:]
+    cfg["blobs_table"] = {"epoch": 2}  # misspelt: the section's own schema names it
+    profile.write_text(yaml.safe_dump(cfg))
+    r = snakemake(work, target, data_root=tmp_path / "data", configfile=profile)
+    assert r.returncode != 0 and "blobs_table: unknown key(s) 'epoch' (did you mean 'epochs'?)" in r.stderr, \
+        (r.stdout + r.stderr)[-3000:]
+    cfg["blobs_table"] = {"epochs": 2}
+    profile.write_text(yaml.safe_dump(cfg))
+    r = subprocess.run([sys.executable, "-m", "kdbench.cli", "plan", str(profile)], cwd=work, capture_output=True,
+                       text=True)
+    assert r.returncode == 0 and "blobs_table/net" in r.stdout, (r.stdout + r.stderr)[-3000:]
+    r = snakemake(work, target, data_root=tmp_path / "data", configfile=profile)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert "rule aggregate_blobs_table:" in r.stdout + r.stderr
+    summary = (work / "results/smoke/blobs_table_summary.csv").read_text().splitlines()
+    assert summary[1].startswith("blobs_table,blobs,net,test_accuracy_pct,") and ",2,pct" in summary[1], summary
+    mean = float(summary[1].split(",")[5])
+    assert mean > 90, summary  # well-separated blobs; chance is 25
+    assert (work / "results/smoke/blobs_table.md").read_text().startswith(f"| net | {mean:.1f}")
 
 
 def test_a_dataset_from_one_file_trains_through_the_workflow(tmp_path):

@@ -66,6 +66,22 @@ def test_the_documented_example_variant_loads_from_a_file_and_trains(tmp_path):
         losses.load_modules([tmp_path / "missing.py"])
 
 
+def test_built_ins_stay_built_in_when_a_users_file_is_the_first_to_import_their_registry(tmp_path):
+    """A user's file that is the first to import kdbench.engine.losses (and the dataset registry) registers its own
+    variant as its own, and the built-ins it causes to be registered stay built-ins: else every built-in variant's
+    job would depend on that file and rerun on each edit of it."""
+    import subprocess
+    import sys
+    (tmp_path / "mine.py").write_text(_docs_example())
+    code = ("from kdbench import registry\n"
+            "registry.load_files(['mine.py'])\n"
+            "from kdbench.engine import losses\n"
+            "print(losses.modules_of('js_kd'), losses.modules_of('hinton'), losses.modules_of('fitnets'))\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["['mine.py']", "[]", "[]"], r.stdout
+
+
 def test_variant_configs_take_the_experiments_temperature_only_where_declared():
     cfg = {**SMOKE, "variant_params": {"soft_only": {"temperature": 8.0}}}
     exps = variants.by_name(cfg)

@@ -1,33 +1,88 @@
-"""The section registry: the paper's sections, one module each, in the order the summary lists them.
+"""The section registry: the paper's sections, one module each, in the order the summary lists them, and any
+section a user's file adds.
 
-What this file achieves: `NAMES` lists the sections and `get(name)` gives the module; the plan, the CLI, the
-Snakefile's targets, includes and summary, and the variants loop over them instead of naming them. A section module
-has:
-- `jobs(cfg) -> [JobSpec]`: every training job it plans (name, seeds, config, a chosen temperature it reads);
+What this file achieves: `names()` lists the sections and `get(name)` gives each; the plan, the CLI, the
+Snakefile's targets, rules and summary, the profile's schema and the variants loop over them instead of naming them.
+A built-in section is a module of this package with an `ORDER` (its place in the summary), found by looking; a user's
+section is an object (a class, say) registered with `@register` in a file listed under the profile's `extensions`.
+A section has:
+- `NAME` (a user's section; a module's name is its file's) and `jobs(cfg) -> [JobSpec]`: every training job it plans;
 - `distillation_experiments(cfg) -> [Experiment]` (optional): its experiments that every KD variant is re-run in;
 - `OUTPUTS`: the files under `results/<profile>/` that `rule all` asks of it; `SUMMARY`: whether it writes
   `<name>_summary.csv` and `<name>_provenance.csv` parts of the suite's summary;
 - `write(cfg, runs, out_dir, paper=..., root=..., clusters=...)`: its tables and figures (`kdbench aggregate`);
-- its rules in `workflow/rules/<name>.smk`, an `aggregate_<name>` rule among them.
+- `SCHEMA` (optional): the JSON schema of its block of the profile, `cfg[name]`, for a section the schema file does
+  not know; `CAPTION` (optional): the `--report` caption of its outputs; `aggregate_inputs(cfg, runs)` (optional):
+  the files its tables read besides the run records of its jobs (the default).
+Its rules: `workflow/rules/<name>.smk` when it has rules of its own (an `aggregate_<name>` among them: the four
+built-ins), else the `aggregate_<name>` rule that `workflow/rules/sections.smk` makes from the above.
 (`mnist`: section 3 with `bias`; `ensembles`: sections 4 and 6; `specialists`: section 5; `variants`: every KD
 variant in every distillation experiment.)
 """
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from dataclasses import dataclass
 
-NAMES = ("mnist", "variants", "ensembles", "specialists")
+from kdbench import layout
+from kdbench.registry import current_source
+
+_USER: dict[str, object] = {}  # the sections users' files registered, in registration order
+_SOURCES: dict[str, str] = {}
+
+
+def _builtins() -> dict[str, object]:
+    found = []
+    for info in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        if hasattr(module, "ORDER"):
+            found.append((module.ORDER, info.name, module))
+    return {name: module for _, name, module in sorted(found, key=lambda f: f[0])}
+
+
+def register(section):
+    """Add a user's section (an object with `NAME`, `jobs`, `OUTPUTS`, `SUMMARY`, `write`, ...); returns it, so that
+    it decorates a class."""
+    name = getattr(section, "NAME", None)
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"a section needs a NAME that is an identifier, got {name!r}")
+    if name in _builtins() or (name in _USER and _SOURCES.get(name) != current_source()):
+        raise ValueError(f"a section named {name!r} is already registered; choose another name")
+    missing = [a for a in ("jobs", "OUTPUTS", "SUMMARY", "write") if not hasattr(section, a)]
+    if missing:
+        raise ValueError(f"section {name!r} lacks {', '.join(missing)} (see kdbench/sections/__init__.py)")
+    _USER[name], _SOURCES[name] = section, current_source()
+    return section
+
+
+def names() -> list[str]:
+    return [*_builtins(), *_USER]
 
 
 def get(name: str):
-    if name not in NAMES:
-        raise KeyError(f"unknown section {name!r}; known: {list(NAMES)}")
-    return importlib.import_module(f"kdbench.sections.{name}")
+    sections = {**_builtins(), **_USER}
+    if name not in sections:
+        raise KeyError(f"unknown section {name!r}; known: {list(sections)}. Fix: a user's section comes from a "
+                       f"file listed under the profile's `extensions`")
+    return sections[name]
 
 
 def modules() -> list:
-    return [get(n) for n in NAMES]
+    return [get(n) for n in names()]
+
+
+def source(name: str) -> str | None:
+    """The user file that registered section `name` (None for a built-in)."""
+    get(name)
+    return _SOURCES.get(name)
+
+
+def aggregate_inputs(name: str, cfg: dict, runs) -> list:
+    """What a section's tables read: the run records of every seed of its jobs, and its `aggregate_inputs`."""
+    section = get(name)
+    files = [layout.metrics(runs, spec.name, s) for spec in section.jobs(cfg) for s in spec.seeds]
+    return files + list(section.aggregate_inputs(cfg, runs) if hasattr(section, "aggregate_inputs") else [])
 
 
 @dataclass(frozen=True)

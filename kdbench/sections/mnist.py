@@ -18,6 +18,7 @@ from kdbench.sections import Experiment, JobSpec
 
 # the section registry (kdbench.sections): what `rule all` asks of it, and whether it adds to summary.csv
 OUTPUTS = ["mnist.md", "mnist_sweep.png", "mnist_transfer.png"]
+ORDER = 1  # its place in the suite's summary and targets (kdbench.sections)
 SUMMARY = True
 
 SECTION, TABLE = "mnist", "sec3"

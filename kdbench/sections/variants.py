@@ -32,6 +32,7 @@ from kdbench.sections import Experiment, JobSpec, ensembles, mnist
 
 # the section registry (kdbench.sections): what `rule all` asks of it, and whether it adds to summary.csv
 OUTPUTS = ["variants.md", "variants.csv", "variants.png"]
+ORDER = 2  # its place in the suite's summary and targets (kdbench.sections)
 SUMMARY = False
 
 

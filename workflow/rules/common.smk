@@ -28,6 +28,12 @@ def data_extensions(dataset):
     return [source] if source else []
 
 
+def section_extensions(name):
+    """The user file that registers section `name` (its aggregate rule's input), none for a built-in."""
+    source = sections.source(name)
+    return [source] if source else []
+
+
 def config_for(*keys):
     """The part of the config a rule's params carry: only the keys its code reads, so that adding or changing another
     section does not change its params (which would rerun finished jobs)."""
@@ -47,7 +53,9 @@ def one_of(names):
 
 
 PLAN = kdprofile.planned_jobs(config)
-SUMMARY_PARTS = [name for name in sections.NAMES if sections.get(name).SUMMARY]
+SUMMARY_PARTS = [name for name in sections.names() if sections.get(name).SUMMARY]
+# the sections with a rule file of their own (workflow/rules/<name>.smk); sections.smk makes the others' rule
+RULE_FILE_SECTIONS = [n for n in sections.names() if (Path(workflow.basedir) / "workflow" / "rules" / f"{n}.smk").exists()]
 TEACHERS = plan.teachers(config, PLAN)
 
 
