@@ -8,8 +8,6 @@ Results go to results/<profile>/: summary.csv (one tidy table for the suite), pr
 the run record it came from), one Markdown table and figures per section, the runs' metrics.json, and a benchmark
 file with the wall time of every training job. The rules call the kdbench command line; no training code lives here.
 """
-from pathlib import Path
-
 from snakemake.utils import min_version
 
 min_version("8.0")

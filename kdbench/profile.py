@@ -125,14 +125,14 @@ def validate(cfg: dict) -> None:
 
 
 def planned_jobs(cfg: dict) -> dict:
-    """Build the job plan of a schema-valid profile and resolve every job's training config now, with the same
-    validation `kdbench train` uses, so a bad value, variant or variant parameter stops the workflow (or `kdbench
-    plan`) before any job, naming the job and key; returns the plan's jobs. The workflow's `PLAN`."""
+    """Build the job plan of a profile that `validate` passed (which imported its user files) and resolve every job's
+    training config now, with the same validation `kdbench train` uses, so a bad value, variant or variant parameter
+    stops the workflow (or `kdbench plan`) before any job, naming the job and key; returns the plan's jobs. The
+    workflow's `PLAN`."""
     from kdbench import plan
     from kdbench.data import registry as data_registry
     from kdbench.engine import losses, train
     from kdbench.sections import ensembles, specialists
-    _load_extensions(cfg)
     for row in ensembles.datasets(cfg):
         data = ensembles.data_of(cfg, row)
         if data not in data_registry.DATASETS:

@@ -21,17 +21,18 @@ variant in every distillation experiment.)
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 from dataclasses import dataclass
 
 from kdbench import layout
-from kdbench.registry import current_source
+from kdbench.registry import Registry
 
-_USER: dict[str, object] = {}  # the sections users' files registered, in registration order
-_SOURCES: dict[str, str] = {}
+_USER = Registry("section")  # the sections users' files registered, with the file that registered each
 
 
+@functools.cache
 def _builtins() -> dict[str, object]:
     found = []
     for info in pkgutil.iter_modules(__path__):
@@ -47,25 +48,27 @@ def register(section):
     name = getattr(section, "NAME", None)
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"a section needs a NAME that is an identifier, got {name!r}")
-    if name in _builtins() or (name in _USER and _SOURCES.get(name) != current_source()):
-        raise ValueError(f"a section named {name!r} is already registered; choose another name")
+    if name in _builtins():
+        raise ValueError(f"a section named {name!r} is already registered (by kdbench); choose another name")
     missing = [a for a in ("jobs", "OUTPUTS", "SUMMARY", "write") if not hasattr(section, a)]
     if missing:
         raise ValueError(f"section {name!r} lacks {', '.join(missing)} (see kdbench/sections/__init__.py)")
-    _USER[name], _SOURCES[name] = section, current_source()
+    _USER.add(name, section)
     return section
 
 
 def names() -> list[str]:
-    return [*_builtins(), *_USER]
+    """The built-ins in their ORDER, then users' sections by name."""
+    return [*_builtins(), *_USER.names()]
 
 
 def get(name: str):
-    sections = {**_builtins(), **_USER}
-    if name not in sections:
-        raise KeyError(f"unknown section {name!r}; known: {list(sections)}. Fix: a user's section comes from a "
+    if name in _builtins():
+        return _builtins()[name]
+    if name not in _USER:
+        raise KeyError(f"unknown section {name!r}; known: {names()}. Fix: a user's section comes from a "
                        f"file listed under the profile's `extensions`")
-    return sections[name]
+    return _USER.get(name)
 
 
 def modules() -> list:
@@ -74,8 +77,7 @@ def modules() -> list:
 
 def source(name: str) -> str | None:
     """The user file that registered section `name` (None for a built-in)."""
-    get(name)
-    return _SOURCES.get(name)
+    return None if name in _builtins() else _USER.source(name)
 
 
 def aggregate_inputs(name: str, cfg: dict, runs) -> list:

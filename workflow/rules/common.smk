@@ -22,16 +22,14 @@ PAPER = Path(os.path.relpath(PAPER if PAPER.is_absolute() else Path(workflow.bas
 GPU = 1 if config["device"].startswith("cuda") else 0
 
 
-def data_extensions(dataset):
-    """The user file that registers `dataset` (its fetch rule's input), none for a built-in."""
-    source = data_registry.DATASETS.source(dataset)
+def user_file(source):
+    """The user file that registered a dataset or section, as a rule's input list (none for a built-in)."""
     return [source] if source else []
 
 
-def section_extensions(name):
-    """The user file that registers section `name` (its aggregate rule's input), none for a built-in."""
-    source = sections.source(name)
-    return [source] if source else []
+def extensions_arg(files):
+    """The `--extensions FILE` argument of a kdbench command that must import `files` (empty for none)."""
+    return " ".join(["--extensions", *files]) if files else ""
 
 
 def config_for(*keys):
@@ -55,7 +53,8 @@ def one_of(names):
 PLAN = kdprofile.planned_jobs(config)
 SUMMARY_PARTS = [name for name in sections.names() if sections.get(name).SUMMARY]
 # the sections with a rule file of their own (workflow/rules/<name>.smk); sections.smk makes the others' rule
-RULE_FILE_SECTIONS = [n for n in sections.names() if (Path(workflow.basedir) / "workflow" / "rules" / f"{n}.smk").exists()]
+RULE_FILE_SECTIONS = [n for n in sections.names()
+                      if (Path(workflow.basedir) / "workflow" / "rules" / f"{n}.smk").exists()]
 TEACHERS = plan.teachers(config, PLAN)
 
 

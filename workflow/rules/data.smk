@@ -4,18 +4,19 @@
 # whatever a dataset from a file under `extensions` declares.
 
 for _dataset in data_registry.names():
+    _files = user_file(data_registry.DATASETS.source(_dataset))
 
     rule:
         name:
             f"fetch_{_dataset}"
         input:
-            extensions=data_extensions(_dataset),
+            extensions=_files,
         output:
             plan.dataset_files(DATA, _dataset),
         params:
             root=DATA,
             dataset=_dataset,
-            extensions=" ".join(["--extensions", *data_extensions(_dataset)]) if data_extensions(_dataset) else "",
+            extensions=extensions_arg(_files),
         localrule: True
         log:
             layout.log(RESULTS, f"fetch_{_dataset}", _dataset),

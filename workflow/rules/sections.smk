@@ -4,6 +4,7 @@
 # section's OUTPUTS and, when it has SUMMARY, its parts of summary.csv, through `kdbench aggregate <name>`.
 
 for _name in [n for n in sections.names() if n not in RULE_FILE_SECTIONS]:
+    _section, _files = sections.get(_name), user_file(sections.source(_name))
 
     rule:
         name:
@@ -11,17 +12,17 @@ for _name in [n for n in sections.names() if n not in RULE_FILE_SECTIONS]:
         input:
             runs=sections.aggregate_inputs(_name, config, RUNS),
             paper=PAPER,
-            extensions=section_extensions(_name),
+            extensions=_files,
         output:
-            [RESULTS / f"{_name}_{part}.csv" for part in ("summary", "provenance") if sections.get(_name).SUMMARY],
-            [report(RESULTS / f, caption="../report/section.rst", category=_name) for f in sections.get(_name).OUTPUTS],
+            [RESULTS / f"{_name}_{part}.csv" for part in ("summary", "provenance") if _section.SUMMARY],
+            [report(RESULTS / f, caption="../report/section.rst", category=_name) for f in _section.OUTPUTS],
         params:
             runs=RUNS,
             out=RESULTS,
             name=_name,
-            cfg=quoted_json({**config_for("profile", "seeds", _name), "extensions": section_extensions(_name)}),
-            extensions=" ".join(["--extensions", *section_extensions(_name)]) if section_extensions(_name) else "",
-            caption=getattr(sections.get(_name), "CAPTION", f"The {_name} section's tables and figures."),
+            cfg=quoted_json(config_for("profile", "seeds", _name)),
+            extensions=extensions_arg(_files),
+            caption=getattr(_section, "CAPTION", f"The {_name} section's tables and figures."),
         localrule: True
         log:
             layout.log(RESULTS, f"aggregate_{_name}", _name),
