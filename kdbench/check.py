@@ -7,7 +7,8 @@ What this file achieves: `problems(cfg)` reads `results/<profile>/` and returns 
     change nothing); specialists' jobs (planned from their clusters) are checked for their commit only;
   - a run record whose job the plan no longer has;
   - a run record made from a `-dirty` tree, or from a commit that is not in this repository's history;
-  - a provenance row (`*_provenance.csv`) citing a run record that does not exist or fails one of the checks above;
+  - a table (`*_provenance.csv`, `variants*.csv`) citing a run record that does not exist, fails one of the checks
+    above, or is not the run the table was made from (its `kdbench.records.run_identity` changed: a replaced run);
   - a file under `benchmarks/<rule>/` or `logs/<rule>/` for a rule the workflow no longer has.
 `kdbench check --configfile PROFILE` prints them and exits 1 when there is any (0 and "clean" when none).
 """
@@ -93,19 +94,55 @@ def problems(cfg: dict, root: Path | str = ".") -> list[str]:
         if found:
             bad_records.add(where)
             out += found
-    for prov in sorted(results.glob("*provenance.csv")):
-        df = pd.read_csv(prov)
-        for src in sorted(set(df["source"].dropna())):
-            if not (root / src).exists():
-                out.append(f"{prov.relative_to(root)}: cites {src}, which does not exist (a replaced or deleted run)")
-            elif src in bad_records:
-                out.append(f"{prov.relative_to(root)}: cites {src}, which is not a current run (above)")
+    for table, cited in _citations(results):
+        out += _citation_problems(table.relative_to(root), cited, root, bad_records)
     rules = workflow_rules()
     for kind in ("benchmarks", "logs"):
         for folder in sorted(p for p in (results / kind).glob("*") if p.is_dir()):
             if folder.name not in rules:
                 out.append(f"{folder.relative_to(root)}/: files of rule {folder.name!r}, which the workflow no "
                            f"longer has")
+    return out
+
+
+def _citations(results: Path) -> list[tuple[Path, dict[str, str | None]]]:
+    """Each table file with what it cites: {source: its identity when the table was made}. Sections' provenance
+    (`*_provenance.csv`: source, source_sha256) and the variants' tables (`variants*.csv`: `;`-joined sources and
+    sources_sha256); a table from before identities were recorded cites None."""
+    found = []
+    for path in sorted(results.glob("*provenance.csv")):
+        df = pd.read_csv(path, dtype=str)
+        sha = df["source_sha256"] if "source_sha256" in df else [None] * len(df)
+        found.append((path, {s: h if isinstance(h, str) else None for s, h in zip(df["source"], sha)
+                             if isinstance(s, str)}))
+    for path in sorted(results.glob("variants*.csv")):
+        df = pd.read_csv(path, dtype=str)
+        cited = {}
+        for srcs, shas in zip(df["sources"], df["sources_sha256"] if "sources_sha256" in df else [None] * len(df)):
+            srcs = srcs.split(";")
+            cited.update(zip(srcs, shas.split(";") if isinstance(shas, str) else [None] * len(srcs)))
+        found.append((path, cited))
+    return found
+
+
+def _citation_problems(table: Path, cited: dict[str, str | None], root: Path, bad_records: set[str]) -> list[str]:
+    """A cited source must exist (a run's records, for a file git does not keep such as logits.pt), be current
+    (no record of its run among `bad_records`), and be the run the table was made from (the same identity)."""
+    from kdbench.records import run_identity
+    out = []
+    for src, sha in sorted(cited.items()):
+        now = run_identity(root / src)
+        run = src if src.endswith(".json") else str(Path(src).parent if src.endswith(".pt") else Path(src)) + "/"
+        if now is None:
+            out.append(f"{table}: cites {src}, which does not exist (a replaced or deleted run)")
+        elif any(b == run or b.startswith(run) for b in bad_records):
+            out.append(f"{table}: cites {src}, which is not a current run (above)")
+        elif sha is None:
+            out.append(f"{table}: cites {src} without its identity (made before `kdbench check` recorded one): "
+                       f"aggregate again")
+        elif sha != now:
+            out.append(f"{table}: cites {src}, which has changed since the table was made (a replaced run: "
+                       f"identity {sha}, now {now})")
     return out
 
 

@@ -106,6 +106,27 @@ def config_hash(cfg: dict) -> str:
 STAMPED_PATHS = ["kdbench", "config", "workflow", "Snakefile", "pyproject.toml", "profiles", ".test"]
 
 
+def run_identity(source: Path | str) -> str | None:
+    """What a provenance row pins of the run it cites, so that a table made before the run was retrained is found
+    out: the sha256 (16 hex digits) of the cited file's bytes; for a file a run writes beside its records and git
+    does not keep (`logits.pt`), of that run folder's committed records (its `*.json`, with their paths); for a
+    folder (a specialists run), of every `*.json` under it. Retraining changes them (a record holds its wall time).
+    None where there is nothing to hash (a cited file that does not exist)."""
+    src = Path(source)
+    if src.is_dir():
+        files, base = sorted(src.rglob("*.json")), src
+    elif src.suffix == ".pt":
+        files, base = sorted(src.parent.rglob("*.json")), src.parent
+    else:
+        files, base = ([src] if src.is_file() else []), src.parent
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f.relative_to(base)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
 def git_commit(where: Path | str | None = None) -> str:
     """HEAD of the checkout that holds the kdbench package that runs (or `where`), with "-dirty" when its code or
     configuration (`STAMPED_PATHS`) differ from that commit; changes under results/ or docs/ don't count."""

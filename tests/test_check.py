@@ -2,37 +2,47 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from workflow_helpers import REPO, SMOKE
 
 from kdbench import check, config, layout, plan
+from kdbench.report import aggregate
+from kdbench.sections import variants
 
 HEAD = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
 
 
 @pytest.fixture
-def results(tmp_path):
-    """A copy of a smoke profile's results made as the workflow would: two planned jobs' records, a table's
-    provenance citing them, a benchmark file of the training rule; clean by construction."""
+def results(tmp_path, monkeypatch):
+    """A copy of a smoke profile's results made as the workflow would: two planned jobs' records, a section's
+    provenance citing them (and a `logits.pt` of one, which git does not keep and is absent here), a variants table
+    citing both, a benchmark file of the training rule; tables written by the suite's own writers; clean."""
     if len(HEAD) != 40:
         pytest.skip("not a git checkout")
+    monkeypatch.chdir(tmp_path)  # the workflow aggregates from the repository root: sources are relative to it
     cfg = yaml.safe_load(SMOKE.read_text())
     jobs = plan.jobs(cfg)
-    runs = tmp_path / layout.runs(cfg["profile"])
-    rows = []
+    runs = layout.runs(cfg["profile"])
+    cell = aggregate.Cell("mnist", "sec3", "teacher", "test_errors", "count")
     for name in ("teacher", "baseline"):
         for seed in cfg["seeds"]:
-            path = runs / name / f"seed{seed}" / "metrics.json"
+            path = layout.metrics(runs, name, seed)
             path.parent.mkdir(parents=True)
             path.write_text(json.dumps({"config": config.resolve(jobs[name].config), "git_commit": HEAD,
-                                        "test_errors": 100}))
-            source = layout.metrics(layout.runs(cfg["profile"]), name, seed)
-            rows.append(f"mnist,sec3,{name},test_errors,{seed},100,{source}")
-    res = tmp_path / layout.results(cfg["profile"])
-    head = "section,table,system,metric,seed,value,source\n"
-    (res / "mnist_provenance.csv").write_text(head + "\n".join(rows) + "\n")
+                                        "test_errors": 100, "test_accuracy": 0.99}))
+            cell.values.append((seed, 100, str(path)))
+    ensemble = aggregate.Cell("mnist", "sec3", "teacher_logits", "test_errors", "count",
+                              [(s, 100, str(runs / "teacher" / "logits.pt")) for s in cfg["seeds"]])
+    res = Path(layout.results(cfg["profile"]))
+    aggregate.write_tables([cell, ensemble], {}, res, "mnist")
+    spec = {"variants": ["hinton", "hard"], "experiments": [{"name": "e", "table": "mnist", "metric": "test_errors",
+                                                  "seeds": cfg["seeds"], "jobs": {"hinton": "teacher",
+                                                                                  "hard": "baseline"}}]}
+    aggregate.write_csv(variants.table(spec, runs), res / "variants.csv")
     (res / "benchmarks" / "train").mkdir(parents=True)
     (res / "benchmarks" / "train" / "teacher.tsv").write_text("s\n1\n")
     return cfg, tmp_path
@@ -98,9 +108,37 @@ def test_an_orphan_file_fails(results):
 
 def test_a_table_built_from_a_replaced_run_fails(results):
     cfg, root = results
-    _record(root, cfg, "baseline", 0).unlink()  # the run the table cites was replaced (or deleted)
+    _record(root, cfg, "baseline", 0).unlink()  # the run the table cites was deleted
     found = check.problems(cfg, root)
-    assert any("cites" in p and "baseline/seed0/metrics.json, which does not exist" in p for p in found), found
+    assert any("mnist_provenance.csv: cites" in p and "baseline/seed0/metrics.json, which does not exist" in p
+               for p in found), found
+    assert any("variants.csv: cites" in p and "baseline/seed0/metrics.json, which does not exist" in p
+               for p in found), found
+
+
+def test_a_table_built_before_its_run_was_retrained_fails(results):
+    """A retrained run keeps its path and its config; what changes is its record (wall time, numbers): the tables
+    made from the old run no longer match it, the section's provenance and the variants table alike, and a cell
+    computed from a run's logits.pt (not in git) is pinned by that run's records."""
+    cfg, root = results
+    _edit(_record(root, cfg, "teacher", 1), test_errors=101, wall_seconds=12.0)
+    found = check.problems(cfg, root)
+    assert any("mnist_provenance.csv: cites" in p and "teacher/seed1/metrics.json, which has changed" in p
+               for p in found), found
+    assert any("mnist_provenance.csv: cites" in p and "teacher/logits.pt, which has changed" in p
+               for p in found), found
+    assert any("variants.csv: cites" in p and "teacher/seed1/metrics.json, which has changed" in p
+               for p in found), found
+    assert not any("baseline" in p for p in found), found
+
+
+def test_a_table_without_identities_fails(results):
+    cfg, root = results
+    prov = root / layout.results(cfg["profile"]) / "mnist_provenance.csv"
+    df = pd.read_csv(prov)
+    df.drop(columns="source_sha256").to_csv(prov, index=False)
+    found = check.problems(cfg, root)
+    assert any("mnist_provenance.csv: cites" in p and "without its identity" in p for p in found), found
 
 
 def test_kdbench_check_exits_non_zero_naming_the_file(results):

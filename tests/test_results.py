@@ -102,6 +102,11 @@ KNOWN_MISSES = {
 # day it is regenerated they pass or fail on their own bars, and this entry must go.
 STALE = "results/quick's ensembles section is from before issue 23 (mixup Table 5 rows, 2 seeds); not yet regenerated"
 KNOWN_MISSES[("quick", "ensembles", "stale")] = STALE
+# The variants' students in results/quick were trained from dirty trees and, for Table 1's columns, from teachers the
+# ensembles regeneration replaced; until the workflow retrains them (65 jobs), `kdbench check` lists them
+STALE_VARIANTS = "results/quick's variants are from dirty trees and replaced teachers; not yet regenerated"
+KNOWN_MISSES[("quick", "variants", "stale")] = STALE_VARIANTS
+KNOWN_MISSES[("quick", "everything", "stale")] = STALE_VARIANTS
 
 
 def _known_miss(request, profile, key, claim):
@@ -230,31 +235,29 @@ def test_table4_has_rows_for_0_1_and_2plus_covering_specialists(summary, request
         assert 0 in counts and 1 in counts and max(counts) >= 2, f"{dataset}: Table 4 rows {sorted(counts)}"
 
 
-def _check_problems(*, jobs: list[str], files: tuple[str, ...]) -> list[str]:
-    """`kdbench check` on results/quick, the problems naming one of `jobs`' run folders or one of `files`."""
+# Each part of results/quick and the files that belong to it; "everything" is `kdbench check` as a whole (orphan
+# files, runs of jobs the plan no longer has, every table)
+CHECK_PARTS = {
+    "mnist": (["runs/teacher/", "runs/baseline/", "runs/distilled_", "runs/sweep_", "runs/omit3", "runs/only78"],
+              ("mnist_provenance",)),
+    "ensembles": (["runs/ensembles/"], ("ensembles_provenance",)),
+    "specialists": (["runs/specialists/"], ("specialists_provenance",)),
+    "variants": (["runs/variants/"], ("variants.csv", "variants_mnist.csv")),
+}
+
+
+@pytest.mark.parametrize("part", [*CHECK_PARTS, "everything"])
+def test_the_committed_results_pass_kdbench_check(part, request):
+    """Issue 23: every committed run record of results/quick is what the current plan trains, from a clean commit
+    in this history, and every table cites only such runs, the very runs it was made from (their identities)."""
     import subprocess
 
     from kdbench import check, profile
+    _known_miss(request, "quick", part, "stale")
     if subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True).returncode != 0:
         pytest.skip("not a git checkout")
-    cfg = profile.load(REPO / "config" / "quick.yaml")
-    return [p for p in check.problems(cfg, REPO) if any(t in p for t in files) or any(j in p for j in jobs)]
-
-
-def test_the_committed_mnist_section_passes_kdbench_check():
-    """Issue 23: every run record of results/quick's MNIST table (the section's systems) is what the current plan
-    trains, from a clean commit in this history, and mnist_provenance.csv cites only such runs. The variants'
-    students and the other sections' records are checked by the tests below or known misses until they are
-    regenerated; `kdbench check --configfile config/quick.yaml` lists them."""
-    from kdbench import profile
-    from kdbench.sections import mnist
-    cfg = profile.load(REPO / "config" / "quick.yaml")
-    found = _check_problems(jobs=[f"runs/{s}/" for s in mnist.systems(cfg)], files=("mnist_provenance",))
-    assert found == [], "\n".join(found[:10])
-
-
-def test_the_committed_ensembles_section_passes_kdbench_check(request):
-    """Issue 23: the same for the ensembles section (Tables 1 and 5): its runs and ensembles_provenance.csv."""
-    _known_miss(request, "quick", "ensembles", "stale")
-    found = _check_problems(jobs=["runs/ensembles/"], files=("ensembles_provenance", "ensembles_summary"))
+    found = check.problems(profile.load(REPO / "config" / "quick.yaml"), REPO)
+    if part != "everything":
+        jobs, files = CHECK_PARTS[part]
+        found = [p for p in found if any(t in p for t in files) or any(j in p for j in jobs)]
     assert found == [], "\n".join(found[:10])

@@ -12,6 +12,7 @@ import torch
 import yaml
 from workflow_helpers import REPO, SMOKE, snakemake
 
+from kdbench.records import run_identity
 from kdbench.sections import mnist
 
 SHARE_METRICS = ("gap_closed_pct", "gain_recovered_pct", "gap_recovered_pct")  # kdbench.report.aggregate.share_cell
@@ -67,8 +68,9 @@ def test_every_cell_traces_to_run_records(smoke_run):
         assert len(vals) == row.n_seeds
         if row.metric not in SHARE_METRICS:  # a share's mean is the ratio of seed means, not the mean of its seeds'
             assert vals.value.mean() == pytest.approx(row["mean"], rel=1e-4, nan_ok=True)
-        for src in vals.source:
+        for src, sha in zip(vals.source, vals.source_sha256):
             assert (work / src).exists(), src
+            assert run_identity(work / src) == sha, src  # what `kdbench check` compares
 
 
 def test_reports_figures_and_job_benchmarks_exist(smoke_run):

@@ -1,6 +1,6 @@
 """From per-seed values to the suite's tables: summary rows (mean +- std over seeds and the 95% t interval of the
-mean, beside the paper's number), provenance rows (every seed's value and the file it came from), and the paper's
-numbers file.
+mean, beside the paper's number), provenance rows (every seed's value, the file it came from and that file's
+identity), and the paper's numbers file.
 
 A share (the MNIST student's share of the teacher-baseline gap, the share of an ensemble's gain a distilled net keeps,
 the share of the 3%-vs-100% gap soft targets recover) is one thing, computed by `share_cell`: the ratio of the
@@ -23,7 +23,8 @@ SUMMARY_COLUMNS = ["section", "table", "system", "metric", "paper", "mean", "std
 # two-sided 95% quantiles of Student's t for 1..30 degrees of freedom; beyond, the Cornish-Fisher expansion
 T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
          2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
-PROVENANCE_COLUMNS = ["section", "table", "system", "metric", "seed", "value", "source"]
+# source_sha256: `kdbench.records.run_identity` of the source when the table was made (`kdbench check` compares it)
+PROVENANCE_COLUMNS = ["section", "table", "system", "metric", "seed", "value", "source", "source_sha256"]
 
 
 def load_paper(path: Path | str) -> dict[tuple[str, str, str], float]:
@@ -144,7 +145,10 @@ def share_cell(section: str, table: str, system: str, metric: str,
 
 def tables(cells: list[Cell], paper: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     summary = pd.DataFrame([c.summary(paper) for c in cells], columns=SUMMARY_COLUMNS)
-    prov = pd.DataFrame([r for c in cells for r in c.provenance()], columns=PROVENANCE_COLUMNS)
+    from kdbench.records import run_identity
+    rows = [r for c in cells for r in c.provenance()]
+    identity = {src: run_identity(src) for src in {r["source"] for r in rows if r["source"]}}
+    prov = pd.DataFrame([{**r, "source_sha256": identity.get(r["source"])} for r in rows], columns=PROVENANCE_COLUMNS)
     return summary, prov
 
 

@@ -165,7 +165,8 @@ def table_config(cfg: dict, tables: tuple[str, ...] = tuple(TABLES), name: str =
 
 def table(spec: dict, runs: Path | str) -> pd.DataFrame:
     """Tidy rows (experiment, variant, the seeds' metric, paired difference to hinton with its 95% interval) from
-    `table_config`'s spec."""
+    `table_config`'s spec; `sources` and their `kdbench.records.run_identity` (`kdbench check` compares them)."""
+    from kdbench.records import run_identity
     rows = []
     for exp in spec["experiments"]:
         ref = {s: _value(read_json(layout.metrics(runs, exp["jobs"]["hinton"], s)), exp["metric"])
@@ -182,7 +183,8 @@ def table(spec: dict, runs: Path | str) -> pd.DataFrame:
                          "diff_vs_hinton_mean": d_mean, "diff_vs_hinton_std": d_std, "diff_ci95_low": low,
                          "diff_ci95_high": high, "significance": "reference" if variant == "hinton" else note,
                          "temperature": recs[0]["config"]["variant_params"].get("temperature", math.nan),
-                         "sources": ";".join(str(p) for p in paths)})
+                         "sources": ";".join(str(p) for p in paths),
+                         "sources_sha256": ";".join(str(run_identity(p)) for p in paths)})
     return pd.DataFrame(rows)
 
 
