@@ -425,9 +425,12 @@ def markdown(summary: pd.DataFrame, cfg: dict, facts: dict) -> str:
                      f" Not Table 1's main row: `{main}`'s ensemble gains more on validation.")
         g = _row(summary, ds, TABLE1, "distilled", "gain_recovered_pct")
         val = ", ".join(f"T={t:g}: {v:.2f}%" for t, v in f.get("val_error_pct_by_T", {}).items())
-        lines += ["", f"Distillation temperature chosen on validation: **T={f.get('chosen_temperature', math.nan):g}** "
-                      f"(validation error pooled over seeds {val}; within one binomial standard error of the best, "
-                      f"the paper's T={PAPER_TEMPERATURE:g} wins); hard-target weight "
+        chosen = f.get("chosen_temperature", math.nan)
+        rule = (f"the paper's T={PAPER_TEMPERATURE:g} is the best or within one binomial standard error of it, so it "
+                f"stands" if chosen == PAPER_TEMPERATURE else f"the paper's T={PAPER_TEMPERATURE:g} is more than one "
+                f"binomial standard error worse than the best")
+        lines += ["", f"Distillation temperature chosen on validation: **T={chosen:g}** "
+                      f"(validation error pooled over seeds {val}; {rule}); hard-target weight "
                       f"{cfg['ensembles']['distilled']['hard_weight']}.",
                   f"Gain of the arithmetic ensemble over the mean of its own members, in points (per seed): "
                   f"**{fmt_claim(eg, 2)}**{fmt_paper(eg)}; on validation {fmt_claim(vg, 2)}.{main_note}",
