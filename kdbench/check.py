@@ -128,14 +128,13 @@ def _citations(results: Path) -> list[tuple[Path, dict[str, str | None]]]:
 def _citation_problems(table: Path, cited: dict[str, str | None], root: Path, bad_records: set[str]) -> list[str]:
     """A cited source must exist (a run's records, for a file git does not keep such as logits.pt), be current
     (no record of its run among `bad_records`), and be the run the table was made from (the same identity)."""
-    from kdbench.records import run_identity
+    from kdbench.records import cited_records, run_identity
     out = []
     for src, sha in sorted(cited.items()):
         now = run_identity(root / src)
-        run = src if src.endswith(".json") else str(Path(src).parent if src.endswith(".pt") else Path(src)) + "/"
         if now is None:
             out.append(f"{table}: cites {src}, which does not exist (a replaced or deleted run)")
-        elif any(b == run or b.startswith(run) for b in bad_records):
+        elif any(str(f.relative_to(root)) in bad_records for f in cited_records(root / src)[0]):
             out.append(f"{table}: cites {src}, which is not a current run (above)")
         elif sha is None:
             out.append(f"{table}: cites {src} without its identity (made before `kdbench check` recorded one): "

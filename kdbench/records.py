@@ -106,19 +106,23 @@ def config_hash(cfg: dict) -> str:
 STAMPED_PATHS = ["kdbench", "config", "workflow", "Snakefile", "pyproject.toml", "profiles", ".test"]
 
 
-def run_identity(source: Path | str) -> str | None:
-    """What a provenance row pins of the run it cites, so that a table made before the run was retrained is found
-    out: the sha256 (16 hex digits) of the cited file's bytes; for a file a run writes beside its records and git
-    does not keep (`logits.pt`), of that run folder's committed records (its `*.json`, with their paths); for a
-    folder (a specialists run), of every `*.json` under it. Retraining changes them (a record holds its wall time).
-    None where there is nothing to hash (a cited file that does not exist)."""
+def cited_records(source: Path | str) -> tuple[list[Path], Path]:
+    """The committed files a table's source stands for, and the folder their names are taken from: the cited file
+    itself; for a file a run writes beside its records and git does not keep (`logits.pt`), that run folder's records
+    (its `*.json`); for a folder (a specialists run), every `*.json` under it. None where the source does not exist."""
     src = Path(source)
     if src.is_dir():
-        files, base = sorted(src.rglob("*.json")), src
-    elif src.suffix == ".pt":
-        files, base = sorted(src.parent.rglob("*.json")), src.parent
-    else:
-        files, base = ([src] if src.is_file() else []), src.parent
+        return sorted(src.rglob("*.json")), src
+    if src.suffix == ".pt":
+        return sorted(src.parent.rglob("*.json")), src.parent
+    return ([src] if src.is_file() else []), src.parent
+
+
+def run_identity(source: Path | str) -> str | None:
+    """What a provenance row pins of the run it cites, so that a table made before the run was retrained is found
+    out: the sha256 (16 hex digits) of its `cited_records`, with their paths. Retraining changes them (a record holds
+    its wall time). None where there is nothing to hash (a cited file that does not exist)."""
+    files, base = cited_records(source)
     if not files:
         return None
     h = hashlib.sha256()

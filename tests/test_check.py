@@ -77,7 +77,14 @@ def test_a_dirty_record_fails(results):
     _edit(_record(root, cfg, "baseline", 1), git_commit=HEAD + "-dirty")
     found = check.problems(cfg, root)
     assert any("baseline/seed1/metrics.json: made from a dirty tree" in p for p in found), found
-    assert any("mnist_provenance.csv: cites" in p and "baseline/seed1" in p for p in found), found
+    assert any("mnist_provenance.csv: cites" in p and "baseline/seed1/metrics.json, which is not a current run" in p
+               for p in found), found
+    assert any("variants.csv: cites" in p and "baseline/seed1/metrics.json, which is not a current run" in p
+               for p in found), found
+    _edit(_record(root, cfg, "teacher", 0), git_commit=HEAD + "-dirty")  # a cell from that run's logits.pt too
+    found = check.problems(cfg, root)
+    assert any("mnist_provenance.csv: cites" in p and "teacher/logits.pt, which is not a current run" in p
+               for p in found), found
 
 
 def test_an_unknown_commit_fails(results):
