@@ -99,13 +99,6 @@ KNOWN_MISSES = {
 }
 
 
-# The variants' students in results/quick were trained from dirty trees and, for Table 1's columns, from teachers the
-# ensembles regeneration replaced; until the workflow retrains them (65 jobs), `kdbench check` lists them
-STALE_VARIANTS = "results/quick's variants are from dirty trees and replaced teachers; not yet regenerated"
-KNOWN_MISSES[("quick", "variants", "stale")] = STALE_VARIANTS
-KNOWN_MISSES[("quick", "everything", "stale")] = STALE_VARIANTS
-
-
 def _known_miss(request, profile, key, claim):
     reason = KNOWN_MISSES.get((profile, key, claim))
     if reason:
