@@ -109,7 +109,8 @@ STAMPED_PATHS = ["kdbench", "config", "workflow", "Snakefile", "pyproject.toml",
 def cited_records(source: Path | str) -> tuple[list[Path], Path]:
     """The committed files a table's source stands for, and the folder their names are taken from: the cited file
     itself; for a file a run writes beside its records and git does not keep (`logits.pt`), that run folder's records
-    (its `*.json`); for a folder (a specialists run), every `*.json` under it. None where the source does not exist."""
+    (its `*.json`); for a folder (a specialists run), every `*.json` under it. No files where the source does not
+    exist."""
     src = Path(source)
     if src.is_dir():
         return sorted(src.rglob("*.json")), src

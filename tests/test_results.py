@@ -244,7 +244,6 @@ def test_the_committed_results_pass_kdbench_check(part, request):
 
     from kdbench import check, profile
     from kdbench.sections import mnist
-    _known_miss(request, "quick", part, "stale")
     if subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True).returncode != 0:
         pytest.skip("not a git checkout")
     cfg = profile.load(REPO / "config" / "quick.yaml")
