@@ -9,8 +9,14 @@ What this file achieves: `problems(cfg)` reads `results/<profile>/` and returns 
   - a run record made from a `-dirty` tree, or from a commit that is not in this repository's history;
   - a table (`*_provenance.csv`, `variants*.csv`) citing a run record that does not exist, fails one of the checks
     above, or is not the run the table was made from (its `kdbench.records.run_identity` changed: a replaced run);
-  - a file under `benchmarks/<rule>/` or `logs/<rule>/` for a rule the workflow no longer has.
-`kdbench check --configfile PROFILE` prints them and exits 1 when there is any (0 and "clean" when none).
+  - a file under `benchmarks/<rule>/` or `logs/<rule>/` for a rule the workflow no longer has;
+  - a run's `config.json` that is not the plan's config (or seeds) for its job, or not the config its records carry;
+  - a folder under `runs/` that no planned job owns (with or without records), a seed folder of a seed its job does
+    not train, and a planned job whose folder lacks the record of one of its seeds (the workflow trains it again);
+  - a committed table, or a choice derived from the runs, that differs from what the section's own code derives
+    from the committed records (`kdbench.rederive`, which names each cell).
+`kdbench check --configfile PROFILE` prints them and exits 1 when there is any (0 and "clean" when none), and says how
+many cells it could not re-derive (values only an uncommitted file such as a `logits.pt` holds).
 """
 from __future__ import annotations
 
@@ -67,7 +73,14 @@ def _config_differences(recorded: dict, planned: dict, defaults: dict) -> list[s
 
 
 def problems(cfg: dict, root: Path | str = ".") -> list[str]:
-    from kdbench import plan
+    """One line per problem (see the module), each naming its file."""
+    return report(cfg, root)[0]
+
+
+def report(cfg: dict, root: Path | str = ".") -> tuple[list[str], object]:
+    """The problems, and the `kdbench.rederive.Outcome` of re-deriving the tables (how many cells it compared and
+    how many it could not re-derive)."""
+    from kdbench import plan, rederive
     from kdbench.config import DEFAULTS
     root = Path(root)
     results = root / layout.results(cfg["profile"])
@@ -96,12 +109,73 @@ def problems(cfg: dict, root: Path | str = ".") -> list[str]:
             out += found
     for table, cited in _citations(results):
         out += _citation_problems(table.relative_to(root), cited, root, bad_records)
+    out += _run_tree_problems(runs, root, jobs)
+    derived = rederive.problems(cfg, root)
+    out += derived.problems
     rules = workflow_rules()
     for kind in ("benchmarks", "logs"):
         for folder in sorted(p for p in (results / kind).glob("*") if p.is_dir()):
             if folder.name not in rules:
                 out.append(f"{folder.relative_to(root)}/: files of rule {folder.name!r}, which the workflow no "
                            f"longer has")
+    return out, derived
+
+
+def _run_tree_problems(runs: Path, root: Path, jobs: dict) -> list[str]:
+    """Every folder under `runs/` belongs to a planned job (its folder, a folder above jobs, or one of its seeds'
+    folders); a job's `config.json` is the plan's and its records'; a job that has a folder has every seed's record.
+    The specialists' runs (planned from their clusters) need only their seeds' records."""
+    from kdbench.config import DEFAULTS
+    out = []
+    if not runs.is_dir():
+        return out
+    names = set(jobs)
+    above = {str(Path(n).parents[i]) for n in names for i in range(len(Path(n).parents) - 1)}
+    for folder in sorted(p for p in runs.rglob("*") if p.is_dir()):
+        rel = folder.relative_to(runs).as_posix()
+        where = folder.relative_to(root)
+        parent = folder.parent.relative_to(runs).as_posix()
+        seed = re.fullmatch(r"seed(\d+)", folder.name)
+        if rel in names or rel in above or (rel.startswith("specialists/") and not seed):
+            continue
+        if seed and parent in names:
+            if int(seed.group(1)) not in jobs[parent].seeds:
+                out.append(f"{where}/: a seed job {parent!r} does not train (seeds {list(jobs[parent].seeds)})")
+            elif not (folder / "metrics.json").exists():
+                out.append(f"{where}/: no metrics.json (the workflow trains job {parent!r} again)")
+        elif seed and parent.startswith("specialists/"):
+            if not (folder / "metrics.json").exists():
+                out.append(f"{where}/: no metrics.json (the workflow trains job {parent!r} again)")
+        else:
+            out.append(f"{where}/: a folder no planned job owns" + (" (it holds run records)" if any(
+                folder.rglob("metrics.json")) else ""))
+    for name, job in sorted(jobs.items()):
+        folder = runs / name
+        if not folder.is_dir():
+            continue  # not run yet
+        missing = [s for s in job.seeds if not (layout.metrics(runs, name, s)).exists()]
+        if missing and any(layout.metrics(runs, name, s).exists() for s in job.seeds):
+            out.append(f"{folder.relative_to(root)}/: no record of seed(s) {missing} (the workflow trains job "
+                       f"{name!r} again)")
+        cfg_file = folder / "config.json"
+        if not cfg_file.exists():
+            continue
+        written = json.loads(cfg_file.read_text())
+        where = cfg_file.relative_to(root)
+        planned = _planned_config(job, root)
+        diff = _config_differences(written.get("config", {}), planned, DEFAULTS)
+        if diff:
+            out.append(f"{where}: its config is not the plan's for job {name!r}: " + "; ".join(diff[:4]))
+        if list(written.get("seeds", job.seeds)) != list(job.seeds):
+            out.append(f"{where}: seeds {written.get('seeds')}, the plan's are {list(job.seeds)}")
+        for s in job.seeds:
+            path = layout.metrics(runs, name, s)
+            if path.exists():
+                rec = json.loads(path.read_text()).get("config", {})
+                diff = _config_differences(written.get("config", {}), rec, DEFAULTS)
+                if diff:
+                    out.append(f"{where}: its config is not the one {path.relative_to(root)} records: "
+                               + "; ".join(diff[:4]))
     return out
 
 
@@ -148,8 +222,12 @@ def _citation_problems(table: Path, cited: dict[str, str | None], root: Path, ba
 def main(configfile: str, root: str = ".") -> int:
     from kdbench import profile
     cfg = profile.load(configfile)
-    found = problems(cfg, root)
+    found, derived = report(cfg, root)
     for line in found:
         print(line)
+    for note in derived.notes:
+        print(f"note: {note}")
+    print(f"re-derived and compared {derived.compared} cells of the committed tables and choices; "
+          f"{derived.underived} could not be re-derived (their values live only in files git does not keep)")
     print(f"{configfile}: {len(found)} problem(s)" if found else f"{configfile}: clean")
     return 1 if found else 0

@@ -93,6 +93,10 @@ KNOWN_MISSES = {
         "quick (5 seeds): the 10-net ensemble gains 0.24 +- 0.07 points [0.15, 0.33]; the distilled net (T=2) keeps "
         "36.7 +- 44.3% [-18.4, 91.7] of it, under the 50% bar (the interval holds the bar: a gain this small is "
         "mostly seed noise)",
+    ("quick", "speech_narrow", "table5_half"):
+        "quick (5 seeds, the paper's protocol): on the width-limited speech nets soft targets on 3% recover 41.7 +- "
+        "9.9% [29.4, 53.9] of the 3%-to-100% gap, under the 50% bar (paper 86.8; the mixup pair, a row of its own: "
+        "96.1 +- 3.7%)",
     ("quick", "speech", "table5_70"):
         "quick (5 seeds, the paper's protocol: both 3% nets on the 3% as they are): soft targets recover 64.7 +- "
         "2.8% [61.2, 68.2] of the 3%-to-100% gap, under the 70% bar (the mixup pair, a row of its own: 87.0 +- 3.1%)",
@@ -126,9 +130,10 @@ def test_the_distilled_net_keeps_at_least_half_of_the_ensembles_gain(summary, se
     assert _cell(s, section, "distilled", "gain_recovered_pct") >= 50.0
 
 
-@pytest.mark.parametrize("section", CLAIM_DATASETS)
+@pytest.mark.parametrize("section", [*CLAIM_DATASETS, "speech_narrow"])  # every row beside the paper's 86.8
 def test_soft_targets_recover_at_least_half_of_the_3pct_gap(summary, section, request):
     profile, s = summary  # paper: 87%
+    _known_miss(request, profile, section, "table5_half")
     _assert_paper_protocol(profile, s)
     assert _cell(s, section, "soft_3", "gap_recovered_pct") >= 50.0
 
@@ -185,21 +190,63 @@ def test_every_row_beside_a_paper_number_follows_the_papers_protocol(summary, re
     _assert_paper_protocol(profile, s)
 
 
-def _assert_paper_protocol(profile, s):
+def paper_protocol_violations(summary, prov, root, cfg) -> list[str]:
+    """Issue 35: what the runs behind each cell beside a paper number recorded of their training (`config.json`'s
+    `config`): no mixup, no bootstrap, no input jitter but for the MNIST teacher (the paper's), and the net's widths
+    the plan's for that job; and the mixup rows stand beside no paper number."""
     import json
-    prov = pd.read_csv(REPO / "results" / profile / "provenance.csv")
-    beside = s[s.paper.notna()][["section", "table", "system", "metric"]]
-    sources = prov.merge(beside, on=["section", "table", "system", "metric"]).source.unique()
-    assert len(sources)
-    for src in sources:  # a run's record or logits, or a folder of runs (the specialists and their generalist)
-        path = REPO / src
+
+    from kdbench import layout, plan
+    jobs = plan.jobs(cfg)
+    runs = (root / layout.runs(cfg["profile"])).resolve()
+    beside = summary[summary.paper.notna()][["section", "table", "system", "metric"]]
+    cited = prov.merge(beside, on=["section", "table", "system", "metric"])[["system", "source"]].drop_duplicates()
+    assert len(cited), "no provenance row beside a paper number"
+    found = []
+    for system, src in cited.itertuples(index=False):
+        path = root / src  # a run's record or logits, or a folder of runs (the specialists and their generalist)
         configs = (sorted(path.rglob("config.json")) if path.is_dir() else
                    [next(p for p in path.parents if (p / "config.json").exists()) / "config.json"])
-        assert configs, src
+        if not configs:
+            found.append(f"{src}: no config.json")
         for c in configs:
-            assert "mixup" not in json.loads(c.read_text()), f"{c}: a paper row trained on mixup"
-    mixup = s[s.system.str.endswith("_mixup")]
-    assert mixup.paper.isna().all()
+            rec = json.loads(c.read_text())["config"]
+            job = str(c.parent.resolve().relative_to(runs))
+            if rec.get("mixup"):
+                found.append(f"{src} ({system}): trained on mixup ({c})")
+            if rec.get("bootstrap"):
+                found.append(f"{src} ({system}): trained on a bootstrap sample ({c})")
+            if rec.get("jitter") and job != "teacher":
+                found.append(f"{src} ({system}): trained on jittered inputs ({c})")
+            planned = jobs[job].config.get("widths") if job in jobs else None
+            if job in jobs and rec.get("widths") != planned:
+                found.append(f"{src} ({system}): widths {rec.get('widths')}, the plan's {planned}")
+    mixup = summary[summary.system.str.endswith("_mixup")]
+    found += [f"{r.section}/{r.system}/{r.metric}: a mixup row beside the paper's {r.paper}"
+              for r in mixup[mixup.paper.notna()].itertuples()]
+    return found
+
+
+def _assert_paper_protocol(profile, s):
+    from kdbench import profile as profiles
+    cfg = profiles.load(REPO / "config" / ("config.yaml" if profile == "paper" else f"{profile}.yaml"))
+    prov = pd.read_csv(REPO / "results" / profile / "provenance.csv")
+    found = paper_protocol_violations(s, prov, REPO, cfg)
+    assert found == [], "\n".join(found[:10])
+
+
+def test_the_protocol_test_sees_a_paper_row_re_pointed_at_a_mixup_run():
+    """The speech Table 5 rows beside the paper's numbers, re-pointed at the mixup pair's runs, fail."""
+    from kdbench import profile as profiles
+    s = pd.read_csv(REPO / "results" / "quick" / "summary.csv")
+    prov = pd.read_csv(REPO / "results" / "quick" / "provenance.csv")
+    rows = (prov.section == "speech") & (prov.table == "table5") & prov.system.isin(["baseline_3", "soft_3"])
+    assert rows.sum() > 0
+    prov.loc[rows, "source"] = prov.loc[rows, "source"].str.replace("/base3/", "/base3_mixup/").str.replace(
+        "/soft3/", "/soft3_mixup/")
+    cfg = profiles.load(REPO / "config" / "quick.yaml")
+    found = paper_protocol_violations(s, prov, REPO, cfg)
+    assert any("trained on mixup" in p and "soft3_mixup" in p for p in found), found
 
 
 def test_soft_targets_recover_70pct_of_the_speech_gap(summary, request):
@@ -232,8 +279,13 @@ CHECK_PARTS = {
     "mnist": (None, ("mnist_provenance",)),  # its jobs' run folders, from the section's own plan (below)
     "ensembles": (["runs/ensembles/"], ("ensembles_provenance",)),
     "specialists": (["runs/specialists/"], ("specialists_provenance",)),
-    "variants": (["runs/variants/"], ("variants.csv", "variants_mnist.csv")),
+    "variants": (["runs/variants/"], ("variants.csv", "variants_mnist.csv", "variants.md", "variants_mnist.md",
+                                      "quick/variants/")),
 }
+# Parts of results/quick that `kdbench check` finds stale, each a strict xfail until it is regenerated: the
+# `mnist_w30_bestT` temperature was chosen from an older sweep (T=2; the section's rule picks T=2.5 from the
+# committed one), so that column's runs and variants_mnist are to be retrained at the rule's temperature (issue 35)
+STALE_PARTS = {"variants", "everything"}
 
 
 @pytest.mark.parametrize("part", [*CHECK_PARTS, "everything"])
@@ -246,10 +298,26 @@ def test_the_committed_results_pass_kdbench_check(part, request):
     from kdbench.sections import mnist
     if subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True).returncode != 0:
         pytest.skip("not a git checkout")
+    if part in STALE_PARTS:
+        request.applymarker(pytest.mark.xfail(strict=True, reason="mnist_w30_bestT_temperature.json is stale"))
     cfg = profile.load(REPO / "config" / "quick.yaml")
     found = check.problems(cfg, REPO)
     if part != "everything":
         jobs, files = CHECK_PARTS[part]
         jobs = jobs or [f"runs/{spec.name}/" for spec in mnist.jobs(cfg)]
         found = [p for p in found if any(t in p.split(":")[0] for t in (*files, *jobs))]  # the file it names
+    assert found == [], "\n".join(found[:10])
+
+
+def test_the_committed_paper_results_pass_kdbench_check():
+    """Issue 34: results/paper (the MNIST section at the paper's scale, committed piece by piece as its runs finish)
+    is what config/config.yaml plans, from clean commits, its tables re-derived from its records."""
+    import subprocess
+
+    from kdbench import check, profile
+    if not (REPO / "results" / "paper").is_dir():
+        pytest.skip("results/paper is not committed")
+    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout")
+    found = check.problems(profile.load(REPO / "config" / "config.yaml"), REPO)
     assert found == [], "\n".join(found[:10])

@@ -13,9 +13,8 @@ import yaml
 from workflow_helpers import REPO, SMOKE, snakemake
 
 from kdbench.records import run_identity
+from kdbench.report.aggregate import SHARE_METRICS
 from kdbench.sections import mnist
-
-SHARE_METRICS = ("gap_closed_pct", "gain_recovered_pct", "gap_recovered_pct")  # kdbench.report.aggregate.share_cell
 
 ROWS = tuple(yaml.safe_load(SMOKE.read_text())["ensembles"]["datasets"])  # speech_narrow reads the speech split
 
@@ -483,6 +482,7 @@ def test_a_changed_recipe_retrains_its_jobs(smoke_run, all_data_root, tmp_path):
 
 @pytest.mark.parametrize("deleted, job", [
     ("runs/baseline", "baseline"),                                           # a whole run folder (MNIST)
+    ("runs/baseline/seed1/metrics.json", "baseline"),                        # one record (MNIST, issue 35)
     ("runs/ensembles/speech/base3/seed1/metrics.json", "ensembles/speech/base3"),  # one record (ensembles)
     ("runs/specialists/speech/generalist", "specialists/speech/generalist"),  # the specialists' generalist
 ])

@@ -23,6 +23,8 @@ SUMMARY_COLUMNS = ["section", "table", "system", "metric", "paper", "mean", "std
 # two-sided 95% quantiles of Student's t for 1..30 degrees of freedom; beyond, the Cornish-Fisher expansion
 T_975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
          2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+# the metrics a share is reported under (`share_cell`): its mean is a ratio of seed means, not the mean of its seeds'
+SHARE_METRICS = ("gap_closed_pct", "gain_recovered_pct", "gap_recovered_pct")
 # source_sha256: `kdbench.records.run_identity` of the source when the table was made (`kdbench check` compares it)
 PROVENANCE_COLUMNS = ["section", "table", "system", "metric", "seed", "value", "source", "source_sha256"]
 
@@ -137,7 +139,10 @@ def share_of_gap(value: float, low: float, high: float) -> float:
 
 def share_cell(section: str, table: str, system: str, metric: str,
                per_seed: list[tuple[int, float, float, float, str]]) -> ShareCell:
-    """The suite's one share: (seed, value, low, high, source) per seed -> a ShareCell (see there)."""
+    """The suite's one share: (seed, value, low, high, source) per seed -> a ShareCell (see there); its metric is one
+    of SHARE_METRICS, so that a reader of the tables (`kdbench check`) knows its mean is not its seeds' mean."""
+    if metric not in SHARE_METRICS:
+        raise ValueError(f"a share's metric is one of {SHARE_METRICS}, got {metric!r}")
     return ShareCell(section, table, system, metric, "pct",
                      [(s, share_of_gap(v, lo, hi), src) for s, v, lo, hi, src in per_seed],
                      [(s, v, lo, hi) for s, v, lo, hi, _ in per_seed])

@@ -47,6 +47,7 @@ TABLE1, TABLE5 = "table1", "table5"
 SPEECH = tuple(speech.SPLITS)
 PAPER_TEMPERATURE = 2.0  # §4: T=2 is the paper's choice of [1, 2, 5, 10] for Table 1
 PAPER_SPLIT = "speech"  # the rows reading this dataset stand beside the paper's Table 1 and 5 numbers
+UNDERIVED = "\x00"  # marks a Markdown line whose values only uncommitted files hold (markdown_from_committed)
 MIXUP = "_mixup"  # suffix of the 3% nets trained on mixup (the suite's addition, never beside the paper's numbers)
 
 
@@ -424,7 +425,8 @@ def markdown(summary: pd.DataFrame, cfg: dict, facts: dict) -> str:
                      "validation." if ds == main else
                      f" Not Table 1's main row: `{main}`'s ensemble gains more on validation.")
         g = _row(summary, ds, TABLE1, "distilled", "gain_recovered_pct")
-        val = ", ".join(f"T={t:g}: {v:.2f}%" for t, v in f.get("val_error_pct_by_T", {}).items())
+        val = (UNDERIVED if f.get("val_error_pct_by_T") is None else
+               ", ".join(f"T={t:g}: {v:.2f}%" for t, v in f["val_error_pct_by_T"].items()))
         chosen = f.get("chosen_temperature", math.nan)
         rule = (f"the paper's T={PAPER_TEMPERATURE:g} is the best or within one binomial standard error of it, so it "
                 f"stands" if chosen == PAPER_TEMPERATURE else f"the paper's T={PAPER_TEMPERATURE:g} is more than one "
@@ -438,6 +440,24 @@ def markdown(summary: pd.DataFrame, cfg: dict, facts: dict) -> str:
                   f"**{fmt_claim(g)}%**{fmt_paper(g)}.", ""]
         lines += _table5_markdown(summary, cfg, ds, f)
     return "\n".join(lines) + "\n"
+
+
+def markdown_from_committed(cfg: dict, runs: Path | str, summary: pd.DataFrame) -> dict[str, str]:
+    """ensembles.md from what git keeps (`kdbench check`, where the runs' logits are absent): the committed summary,
+    the Markdown's facts taken from it (each row's chosen temperature, the main row from the validation gains) and
+    from the records (the 3% hard runs' epochs); the validation error of each temperature lives only in the logits,
+    so the line that quotes it carries UNDERIVED."""
+    facts = {}
+    for ds in datasets(cfg):
+        t = _row(summary, ds, TABLE1, "distilled", "chosen_temperature")
+        facts[ds] = {"chosen_temperature": math.nan if t is None else float(t["mean"]), "val_error_pct_by_T": None}
+        for run in ("base3", f"base3{MIXUP}"):
+            if run in systems(cfg):
+                facts[ds][f"{run}_epochs"] = [_metrics(Path(runs), ds, run, sd)[0]["final_epoch"] for sd in seeds(cfg)]
+    gains = {ds: [float(r["mean"])] for ds in datasets(cfg)
+             for r in [_row(summary, ds, TABLE1, "ensemble_arithmetic", "val_gain_over_members_pct")] if r is not None}
+    facts["main_row"] = main_row(cfg, gains)
+    return {"ensembles.md": markdown(summary, cfg, facts)}
 
 
 def _table5_markdown(summary: pd.DataFrame, cfg: dict, ds: str, f: dict) -> list[str]:
@@ -470,12 +490,15 @@ def _table5_markdown(summary: pd.DataFrame, cfg: dict, ds: str, f: dict) -> list
     return lines
 
 
-def write(cfg: dict, runs: Path, out: Path, paper: dict, root: Path | str | None = None, **_) -> str:
+def write(cfg: dict, runs: Path, out: Path, paper: dict, root: Path | str | None = None, figures: bool = True,
+          **_) -> str:
     """The section's outputs: ensembles_summary.csv, its provenance, ensembles.md, ensembles.png."""
     from kdbench.records import atomic_write_bytes
-    from kdbench.report import aggregate, figures
+    from kdbench.report import aggregate
+    from kdbench.report import figures as plots
     cells_, facts = cells(cfg, runs, root=root)
     summary = aggregate.write_tables(cells_, paper, out, "ensembles")
     atomic_write_bytes(out / "ensembles.md", markdown(summary, cfg, facts).encode())
-    figures.ensembles(summary, facts, datasets(cfg), out / "ensembles.png")
+    if figures:
+        plots.ensembles(summary, facts, datasets(cfg), out / "ensembles.png")
     return f"ensembles: {len(summary)} summary rows -> {out}"

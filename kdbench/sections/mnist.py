@@ -195,15 +195,19 @@ def markdown(summary, cfg: dict, profile: str, facts: dict | None = None) -> str
     return "\n".join(lines)
 
 
-def write(cfg: dict, runs: Path, out: Path, paper: dict, **_) -> str:
-    """The section's outputs: mnist_summary.csv, its provenance, mnist.md, mnist_sweep.png, mnist_transfer.png."""
+def write(cfg: dict, runs: Path, out: Path, paper: dict, figures: bool = True, **_) -> str:
+    """The section's outputs: mnist_summary.csv, its provenance, mnist.md, mnist_sweep.png, mnist_transfer.png (the
+    figures only with `figures`: `kdbench check` re-derives the tables alone)."""
     from kdbench.records import atomic_write_bytes
-    from kdbench.report import aggregate, figures
+    from kdbench.report import aggregate
+    from kdbench.report import figures as plots
     summary = aggregate.write_tables(cells(cfg, runs), paper, out, "mnist")
     atomic_write_bytes(out / "mnist.md", markdown(summary, cfg, cfg["profile"], run_facts(cfg, runs)).encode())
+    if not figures:
+        return f"mnist: {len(summary)} summary rows -> {out}"
     sw = cfg["mnist"]["sweep"]
-    figures.sweep(summary, sw["widths"], sw["temperatures"], sweep_name, out / "mnist_sweep.png")
-    figures.transfer([("transfer set without 3s", read_json(layout.bias(runs, "omit3"))["members"]),
-                      ("transfer set of only 7s and 8s", read_json(layout.bias(runs, "only78"))["members"])],
-                     out / "mnist_transfer.png")
+    plots.sweep(summary, sw["widths"], sw["temperatures"], sweep_name, out / "mnist_sweep.png")
+    plots.transfer([("transfer set without 3s", read_json(layout.bias(runs, "omit3"))["members"]),
+                    ("transfer set of only 7s and 8s", read_json(layout.bias(runs, "only78"))["members"])],
+                   out / "mnist_transfer.png")
     return f"mnist: {len(summary)} summary rows -> {out}"

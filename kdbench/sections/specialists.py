@@ -366,13 +366,16 @@ def markdown(summary: pd.DataFrame, cfg: dict, facts: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(cfg: dict, runs: Path, out: Path, paper: dict, clusters: dict[str, Path] | None = None, **_) -> str:
+def write(cfg: dict, runs: Path, out: Path, paper: dict, clusters: dict[str, Path] | None = None,
+          figures: bool = True, **_) -> str:
     """The section's outputs: specialists_summary.csv, its provenance, specialists.md, specialists.png."""
     from kdbench.records import atomic_write_bytes
-    from kdbench.report import aggregate, figures
+    from kdbench.report import aggregate
+    from kdbench.report import figures as plots
     files = clusters or {ds: layout.clusters(runs, ds) for ds in datasets(cfg)}
     cells_, facts = cells(cfg, runs, files)
     summary = aggregate.write_tables(cells_, paper, out, "specialists")
     atomic_write_bytes(out / "specialists.md", markdown(summary, cfg, facts).encode())
-    figures.specialists(summary, facts, out / "specialists.png")
+    if figures:
+        plots.specialists(summary, facts, out / "specialists.png")
     return f"specialists: {len(summary)} summary rows -> {out}"

@@ -228,13 +228,16 @@ def markdown(df: pd.DataFrame, cfg: dict) -> str:
     return "\n".join(lines)
 
 
-def write(spec: dict, runs: Path, out: Path, **_) -> str:
-    """The section's outputs from `table_config`'s spec: <name>.csv, <name>.md, <name>.png (name: variants)."""
+def write(spec: dict, runs: Path, out: Path, figures: bool = True, **_) -> str:
+    """The section's outputs from `table_config`'s spec: <name>.csv, <name>.md, <name>.png (name: variants; the
+    figure only with `figures`)."""
     from kdbench.records import atomic_write_bytes
-    from kdbench.report import aggregate, figures
+    from kdbench.report import aggregate
+    from kdbench.report import figures as plots
     df, name = table(spec, runs), spec.get("name", "variants")
     aggregate.write_csv(df, out / f"{name}.csv")
     atomic_write_bytes(out / f"{name}.md", markdown(df, spec).encode().replace(b"(variants.png)",
                                                                                f"({name}.png)".encode()))
-    figures.variants(df, out / f"{name}.png")
+    if figures:
+        plots.variants(df, out / f"{name}.png")
     return f"{name}: {len(df)} rows -> {out}"
