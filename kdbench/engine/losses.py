@@ -6,12 +6,15 @@ teacher members (M, B, C), plus its own keyword hyperparameters, and returns a d
 already weighted and averaged over the batch (the mdistiller convention): the training loss is the sum of the
 terms, and every term is logged under its name. The trainer maps a variant over the K members of a batched model.
 
-Built-ins: `hard` (cross-entropy), `hinton` (Hinton, Vinyals & Dean 2015, eq. 1-2 with the T**2 factor),
+Built-ins up to 2018: `hard` (cross-entropy), `hinton` (Hinton, Vinyals & Dean 2015, eq. 1-2 with the T**2 factor),
 `soft_only` (hinton with no hard term), `logit_matching` (squared error of zero-meaned logits, the high-temperature
 limit of `hinton`, section 2.1), `hinton_geometric` (hinton with ensemble members combined by the geometric mean) and
 `born_again` (hinton's loss, but its teacher is a trained copy of the student's own architecture: `teacher="self"`)
 and `fitnets` (hinton plus a FitNets-style hint: the student's last hidden layer, through a regressor that is the
 variant's own trainable parameter, regressed onto the teacher's; `features=True`).
+Logit methods of 2022-2024, each written from its paper: `dkd` (Decoupled KD, Zhao et al. 2022), `dist` (DIST, Huang
+et al. 2022), `hinton_ls` (Hinton's KD on standardized logits, Sun et al. 2024) and `nkd` (Normalized KD, Yang et al.
+2023). Every built-in is finite, with finite gradients, for logits in [-50, 50] and temperatures from 1 to 20.
 `distillation_loss` is the reference formula the whole suite compares against. `load_modules` imports variant files
 given by path (the workflow's `variant_modules`), so a variant can live anywhere on disk.
 """
@@ -40,6 +43,7 @@ class Variant:
     features: bool = False  # also learns from hidden features: fn gets features={"student", "teacher", own params}
     parameters: Callable[..., dict] | None = None  # (student_dim, teacher_dim, generator) -> one member's own tensors
     source: str | None = None  # the variant file (as listed in variant_modules) that registers it; None: built in
+    progress: bool = False  # ramps with training: fn also gets progress=, the fraction of training done (0, 1]
 
     def check_params(self, params: dict) -> None:
         """Raise ValueError naming any key that is not one of the variant's hyperparameters, or a value out of its
@@ -53,16 +57,21 @@ class Variant:
             if not ok(value):
                 raise ValueError(f"variant {self.name!r}: {key} must be {what}, got {value!r}")
 
-    def __call__(self, student_logits, labels, teacher_logits=None, features=None, **params
+    def __call__(self, student_logits, labels, teacher_logits=None, features=None, progress=None, **params
                  ) -> dict[str, torch.Tensor]:
         self.check_params(params)
         if self.needs_teacher and teacher_logits is None:
             raise ValueError(f"variant {self.name!r} needs teacher logits")
+        extra = {}
+        if self.progress:
+            if progress is None:
+                raise ValueError(f"variant {self.name!r} ramps with training and needs progress= (0 to 1)")
+            extra["progress"] = float(progress)
         if self.features:
             if features is None:
                 raise ValueError(f"variant {self.name!r} needs the student's and the teacher's features")
-            return self.fn(student_logits, labels, teacher_logits, features=features, **{**self.defaults, **params})
-        return self.fn(student_logits, labels, teacher_logits, **{**self.defaults, **params})
+            extra["features"] = features
+        return self.fn(student_logits, labels, teacher_logits, **extra, **{**self.defaults, **params})
 
     def own_parameters(self, student_dim: int, teacher_dim: int, seeds: list[int]) -> dict[str, torch.Tensor]:
         """The variant's trainable tensors for K members, stacked (K, ...); member k drawn from its own seed."""
@@ -99,14 +108,15 @@ VARIANTS: dict[str, Variant] = {}
 
 
 def register(name: str, needs_teacher: bool = True, teacher: str = "teacher", features: bool = False,
-             parameters: Callable[..., dict] | None = None, **defaults):
+             parameters: Callable[..., dict] | None = None, progress: bool = False, **defaults):
     """Decorator: `@register("mine", temperature=4.0)` adds fn(student, labels, teacher, **params) -> dict.
 
     Keyword defaults are the variant's hyperparameters (the only keys it accepts). `teacher="self"` asks for a
     trained copy of the student's own architecture as the teacher (born-again networks). `features=True` also passes
     `features={"student": (B, Hs), "teacher": (B, Ht), **own}`: the last hidden layers of student and teacher on the
     batch, and the variant's own trainable tensors made by `parameters(student_dim, teacher_dim, generator)` (a
-    dict of tensors for one member), which train with the student."""
+    dict of tensors for one member), which train with the student. `progress=True` also passes `progress=`, the
+    fraction of training done at the end of the current epoch, (epoch + 1) / epochs (a warm-up, a schedule)."""
     if teacher not in ("teacher", "self"):
         raise ValueError(f"teacher must be 'teacher' or 'self', got {teacher!r}")
     if features and (not needs_teacher or teacher != "teacher"):
@@ -117,7 +127,8 @@ def register(name: str, needs_teacher: bool = True, teacher: str = "teacher", fe
         if old is not None and (old.fn.__module__, old.fn.__qualname__) != (fn.__module__, fn.__qualname__):
             raise ValueError(f"a KD variant named {name!r} is already registered")
         source = registry.current_source() if old is None or old.source is None else old.source
-        VARIANTS[name] = Variant(name, fn, needs_teacher, dict(defaults), teacher, features, parameters, source)
+        VARIANTS[name] = Variant(name, fn, needs_teacher, dict(defaults), teacher, features, parameters, source,
+                                 progress)
         return fn
     return deco
 
@@ -247,3 +258,110 @@ def fitnets(student_logits, labels, teacher_logits, temperature, hard_weight, hi
     guess = features["student"] @ features["regressor"]
     terms["hint"] = hint_weight * 0.5 * (guess - features["teacher"]).pow(2).mean()
     return terms
+
+
+# ------------------------------------------------------------------------------------------------ 2022-2024
+
+def _target_split(logp: torch.Tensor, labels: torch.Tensor):
+    """From log-probabilities (..., C): log p of the labelled class, log of the mass of every other class, the
+    log-probabilities renormalized over the other classes (the labelled entry is finite but meaningless) and the
+    mask of the labelled class. Written with logsumexp, so nothing underflows to log 0 for saturated nets."""
+    is_target = torch.arange(logp.shape[-1], device=logp.device) == labels[..., None]
+    log_target = logp.gather(-1, labels[..., None]).squeeze(-1)
+    log_rest = torch.logsumexp(logp.masked_fill(is_target, -math.inf), dim=-1)
+    return log_target, log_rest, logp - log_rest[..., None], is_target
+
+
+def _binary_kl(log_a_t, log_a_r, log_b_t, log_b_r) -> torch.Tensor:
+    """KL([a_t, a_r] || [b_t, b_r]) of two-point distributions given as logs, per example."""
+    return log_a_t.exp() * (log_a_t - log_b_t) + log_a_r.exp() * (log_a_r - log_b_r)
+
+
+@register("dkd", progress=True, temperature=4.0, alpha=1.0, beta=8.0, ce_weight=1.0, warmup=20 / 240)
+def dkd(student_logits, labels, teacher_logits, temperature, alpha, beta, ce_weight, warmup, *, progress):
+    """Decoupled Knowledge Distillation (Zhao, Cui, Song, Qiu, Liang, CVPR 2022, eq. 7): KD split into target-class
+    KD (TCKD, the KL between the binary target / non-target distributions b = [p_t, 1 - p_t]) and non-target-class
+    KD (NCKD, the KL between the distributions over the non-target classes renormalized); DKD = ce_weight * CE +
+    alpha * T^2 * TCKD + beta * T^2 * NCKD, each KL summed over its classes and averaged over the batch. The two KD
+    terms ramp in linearly, min(progress / warmup, 1): the authors' 20 of 240 CIFAR-100 epochs, as a fraction of
+    training. Defaults: the CIFAR-100 setting, T=4, alpha=1, beta=8. An ensemble teacher is the arithmetic mean of
+    its members' distributions at T."""
+    log_p = teacher_log_probs(teacher_logits, student_logits, temperature)
+    log_q = F.log_softmax(student_logits / temperature, dim=-1)
+    pt, pr, p_rest, is_target = _target_split(log_p, labels)
+    qt, qr, q_rest, _ = _target_split(log_q, labels)
+    tckd = _binary_kl(pt, pr, qt, qr).mean()
+    nckd = torch.where(is_target, 0.0, p_rest.exp() * (p_rest - q_rest)).sum(-1).mean()
+    ramp = min(progress / warmup, 1.0) if warmup > 0 else 1.0
+    return {"hard": ce_weight * hard_ce(student_logits, labels),
+            "tckd": ramp * alpha * temperature ** 2 * tckd,
+            "nckd": ramp * beta * temperature ** 2 * nckd}
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor, dim: int, eps: float = 1e-8) -> torch.Tensor:
+    """Pearson correlation of a and b along `dim` (the cosine of the centred vectors); a constant vector has
+    correlation 0, with a finite gradient (norms taken as sqrt(sum of squares + eps^2))."""
+    a = a - a.mean(dim, keepdim=True)
+    b = b - b.mean(dim, keepdim=True)
+    norm = ((a * a).sum(dim) + eps ** 2).sqrt() * ((b * b).sum(dim) + eps ** 2).sqrt()
+    return (a * b).sum(dim) / norm
+
+
+@register("dist", tau=4.0, beta=1.0, gamma=1.0, ce_weight=1.0)
+def dist(student_logits, labels, teacher_logits, tau, beta, gamma, ce_weight):
+    """DIST (Huang, You, Wang, Qian, Xu, NeurIPS 2022, eqs. 7-9): with Y = softmax(logits / tau), the inter-class
+    relation 1 - Pearson(Y_s[i, :], Y_t[i, :]) averaged over the examples i, and the intra-class relation
+    1 - Pearson(Y_s[:, j], Y_t[:, j]) over the batch, averaged over the classes j; loss = ce_weight * CE +
+    beta * tau^2 * inter + gamma * tau^2 * intra. Defaults beta = gamma = 1 and tau = 4 (the CIFAR-100 setting; 1 on
+    ImageNet). The intra-class term couples the examples of a batch: the trainer maps the loss over the members of a
+    batched model (torch.func.vmap, kdbench.engine.train), so each seed's correlation runs over its own batch only
+    (tests/test_losses.py checks it against a loop over seeds). An ensemble teacher's Y is the arithmetic mean of its
+    members' distributions at tau."""
+    y_t = teacher_log_probs(teacher_logits, student_logits, tau).exp()
+    y_s = F.softmax(student_logits / tau, dim=-1)
+    inter = (1.0 - _pearson(y_s, y_t, dim=-1)).mean()
+    intra = (1.0 - _pearson(y_s, y_t, dim=-2)).mean()
+    return {"hard": ce_weight * hard_ce(student_logits, labels), "inter": beta * tau ** 2 * inter,
+            "intra": gamma * tau ** 2 * intra}
+
+
+def standardize(logits: torch.Tensor) -> torch.Tensor:
+    """Z-score of each logit vector over its classes, as Sun et al. write it: (z - mean) / (1e-7 + std), with the
+    unbiased std; the variance is floored at 1e-30 before the square root, which changes no value of a non-constant
+    vector and keeps the gradient of a constant one finite."""
+    mean = logits.mean(-1, keepdim=True)
+    var = logits.var(-1, keepdim=True)
+    return (logits - mean) / (1e-7 + var.clamp_min(1e-30).sqrt())
+
+
+@register("hinton_ls", temperature=2.0, ce_weight=0.1, kd_weight=9.0)
+def hinton_ls(student_logits, labels, teacher_logits, temperature, ce_weight, kd_weight):
+    """Hinton's KD on standardized logits (Sun, Ren, Li, Wang, Cao, CVPR 2024, "Logit Standardization in Knowledge
+    Distillation", eq. 9 and Algorithm 1): student and teacher logits are each z-scored per example over the classes,
+    then loss = ce_weight * CE + kd_weight * T^2 * KL(softmax(z_t' / T) || softmax(z_s' / T)), KL summed over the
+    classes and averaged over the batch. Defaults: the authors' CIFAR-100 KD setting, base temperature T=2, CE
+    weight 0.1, KD weight 9. An ensemble teacher: each member standardized, then the arithmetic mean of their
+    distributions at T."""
+    teacher = standardize(_members(teacher_logits, student_logits))
+    soft = soft_kl(standardize(student_logits), teacher, temperature)
+    return {"hard": ce_weight * hard_ce(student_logits, labels), "soft": kd_weight * temperature ** 2 * soft}
+
+
+@register("nkd", temperature=1.0, gamma=1.5, ce_weight=1.0)
+def nkd(student_logits, labels, teacher_logits, temperature, gamma, ce_weight):
+    """Normalized KD (Yang, Zeng, Li, Zhang, Yuan, Li, ICCV 2023, "From Knowledge Distillation to Self-Knowledge
+    Distillation: A Unified Approach with Normalized Loss and Customized Soft Labels", eq. 8): the target term
+    -p_t log q_t (at T=1, the teacher's target probability as a constant weight) plus gamma * T^2 times the
+    cross-entropy between the teacher's and the student's distributions over the non-target classes, each
+    renormalized to sum to 1, at T; both averaged over the batch; plus ce_weight * CE. Defaults T=1, gamma=1.5: the
+    setting of the authors' released code (their ImageNet experiments). An ensemble teacher is the arithmetic mean
+    of its members' distributions."""
+    log_p1 = teacher_log_probs(teacher_logits, student_logits, 1.0)
+    log_q1 = F.log_softmax(student_logits, dim=-1)
+    p_target = log_p1.gather(-1, labels[..., None]).squeeze(-1).exp().detach()
+    target = -(p_target * log_q1.gather(-1, labels[..., None]).squeeze(-1)).mean()
+    _, _, p_rest, is_target = _target_split(teacher_log_probs(teacher_logits, student_logits, temperature), labels)
+    _, _, q_rest, _ = _target_split(F.log_softmax(student_logits / temperature, dim=-1), labels)
+    non_target = -torch.where(is_target, 0.0, p_rest.exp() * q_rest).sum(-1).mean()
+    return {"hard": ce_weight * hard_ce(student_logits, labels), "target": target,
+            "non_target": gamma * temperature ** 2 * non_target}

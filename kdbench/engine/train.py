@@ -90,9 +90,13 @@ def _clip_per_member(params, max_norm: float) -> None:
 def _member_loss_fn(variant: losses.Variant, params: dict, has_teacher: bool, ensemble_teacher: bool,
                     features: bool = False):
     """Per-member terms (each (K,)) for student logits (K, B, C), teacher logits and, for a feature variant, a dict
-    of per-member tensors (K, ...); vmap when the variant allows it, else a loop over members."""
+    of per-member tensors (K, ...); vmap when the variant allows it, else a loop over members. A variant that ramps
+    with training (`progress=True`) gets the fraction of training done, the same for every member."""
+    state = {"progress": None}
+
     def one(s, y, t, f):
-        return variant(s, y, t, **({"features": f} if features else {}), **params)
+        extra = {"progress": state["progress"]} if variant.progress else {}
+        return variant(s, y, t, **({"features": f} if features else {}), **extra, **params)
 
     in_dims = (0, 0, (1 if ensemble_teacher else 0) if has_teacher else None, 0 if features else None)
     mapped = torch.func.vmap(one, in_dims=in_dims)
@@ -102,9 +106,10 @@ def _member_loss_fn(variant: losses.Variant, params: dict, has_teacher: bool, en
                     None if f is None else {n: v[k] for n, v in f.items()}) for k in range(s.shape[0])]
         return {name: torch.stack([o[name] for o in outs]) for name in outs[0]}
 
-    state = {"fn": mapped}
+    state["fn"] = mapped
 
-    def call(s, y, t, f=None):
+    def call(s, y, t, f=None, progress=None):
+        state["progress"] = progress
         if state["fn"] is mapped:
             try:
                 return mapped(s, y, t, f)
@@ -175,8 +180,9 @@ class Engine:
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def step(self, data: RunData, idx: torch.Tensor) -> tuple[list[str], torch.Tensor]:
-        """One SGD step on the examples idx (K, B); returns the loss terms' names and values (terms, K)."""
+    def step(self, data: RunData, idx: torch.Tensor, progress: float | None = None) -> tuple[list[str], torch.Tensor]:
+        """One SGD step on the examples idx (K, B); returns the loss terms' names and values (terms, K). `progress`:
+        the fraction of training done, for a variant that ramps with it."""
         xb, yb = data.train.inputs(idx, self.cfg["jitter"]), data.y_train[idx]
         mix = mixup(xb, self.cfg["mixup"]) if self.cfg["mixup"] else None
         if mix is not None:
@@ -190,10 +196,10 @@ class Engine:
                 logits, feats = self.student.model(xb), None
         logits = logits.float()  # the losses in fp32 whatever the precision
         t = self.teacher.batch(idx, xb)
-        terms = self.loss_fn(logits, yb, t, feats)
+        terms = self.loss_fn(logits, yb, t, feats, progress)
         if mix is not None:  # mixup's criterion, lam * loss(y) + (1 - lam) * loss(partner's y): for cross-entropy the
             # mixed one-hot target; a term free of the label (the teacher's) is itself
-            other = self.loss_fn(logits, torch.gather(yb, 1, partner), t, feats)
+            other = self.loss_fn(logits, torch.gather(yb, 1, partner), t, feats, progress)
             terms = {n: lam * v + (1 - lam) * other[n] for n, v in terms.items()}
         stacked = torch.stack(list(terms.values()))  # (terms, K)
         self.opt.zero_grad()
@@ -239,9 +245,10 @@ def run_epoch(eng: Engine, data: RunData, name: str, epoch: int) -> tuple[list[s
     eng.student.train()
     perm = data.sampler.epoch()
     bs, sums, count, names = eng.cfg["batch_size"], None, 0, []
+    progress = (epoch + 1) / eng.cfg["epochs"]  # a ramping variant's schedule: epoch-wise, as its authors count
     for step in range(eng.steps_per_epoch):
         idx = perm[:, step * bs:(step + 1) * bs]
-        names, values = eng.step(data, idx)
+        names, values = eng.step(data, idx, progress)
         w = idx.shape[1]
         sums = values * w if sums is None else sums + values * w
         count += w
