@@ -1,5 +1,5 @@
 """Command line: `kdbench data fetch|features`, `plan`, `train`, `teacher-logits`, `choose-temperature`, `clusters`,
-`bias`, `aggregate`, `summary`.
+`bias`, `aggregate`, `summary` (the workflow's), and `check`, `compare`, `report` (a reader's).
 
 The workflow's rules call these; each is a thin wrapper around one library function."""
 from __future__ import annotations
@@ -198,6 +198,11 @@ def _cmd_check(args) -> int:
     return check.main(args.configfile)
 
 
+def _cmd_compare(args) -> int:
+    from kdbench.report import compare
+    return compare.main(args.a, args.b, "all" if args.all else "differing")
+
+
 def _cmd_clusters(args) -> int:
     import json
 
@@ -337,6 +342,14 @@ def _table_commands(sub) -> None:
     ck = sub.add_parser("check", help="is every committed result what the current plan trains, from committed code?")
     ck.add_argument("--configfile", required=True, help="the profile whose results/<profile>/ to check")
     ck.set_defaults(func=_cmd_check)
+
+    cp = sub.add_parser("compare", help="did a regeneration reproduce the tables? every cell of B against A's "
+                        "95%% interval, and a verdict", epilog="example: kdbench compare results/quick "
+                        "/tmp/fresh/results/quick")
+    cp.add_argument("a", help="a results folder, e.g. the committed results/quick")
+    cp.add_argument("b", help="another, e.g. a fresh regeneration's results/quick")
+    cp.add_argument("--all", action="store_true", help="print every cell, not only those that differ")
+    cp.set_defaults(func=_cmd_compare)
 
     rp = sub.add_parser("report", help="snakemake --report, with one line for the files made elsewhere",
                         epilog="example: kdbench report --configfile config/quick.yaml --out report.html")
