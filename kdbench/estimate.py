@@ -7,8 +7,9 @@ share of the training split an epoch draws). `expected_seconds` gives each job i
 unit of work of the measured jobs on its dataset near it in work (the median over those within a factor 2). The
 Snakefile's `onstart` applies it to the training jobs snakemake's DAG is about to run, so the workflow says before the
 first job how long it expects, and says it loudly when that is hours (the paper profile on a CPU). A dataset with no
-measured run here is named as not estimated, never guessed. Epoch times are wall-clock: on a shared or paused machine
-they, and so the estimate, run long.
+run measured on this kind of device is estimated from runs on another of the same class (another CPU), and the
+message says so; one with none at all is named as not estimated, never guessed. Epoch times are wall-clock: on a
+shared or paused machine they, and so the estimate, run long.
 """
 from __future__ import annotations
 
@@ -93,11 +94,21 @@ def message(cfg: dict, todo: list, results_root: Path | str = "results") -> str 
         return None
     kind = device_kind(cfg.get("device", "auto"))
     seconds, unknown = expected_seconds(todo, measured(results_root, kind))
-    text = (f"kdbench: {len(todo)} training job{'s' if len(todo) != 1 else ''} of profile {cfg['profile']!r} to run; "
-            f"about {_duration(seconds)} of training (summed over jobs) on this machine ({kind}), from the epochs "
-            f"measured here")
+    borrowed = []
+    if unknown:  # no run on those datasets measured on this kind: runs of another machine of the same class
+        family = kind.split(":")[0] + ":"
+        more, still = expected_seconds([j for j in todo if j.dataset in unknown], measured(results_root, family))
+        seconds, borrowed, unknown = seconds + more, [d for d in unknown if d not in still], still
+    jobs = f"kdbench: {len(todo)} training job{'s' if len(todo) != 1 else ''} of profile {cfg['profile']!r} to run"
+    if unknown and len(unknown) == len({j.dataset for j in todo}):
+        return f"{jobs}; no estimate: no run on {', '.join(unknown)} was measured on any {family[:-1]} here"
+    text = (f"{jobs}; about {_duration(seconds)} of training (summed over jobs) on this machine ({kind}), from the "
+            f"epochs measured here")
+    if borrowed:
+        text += (f" (the jobs on {', '.join(borrowed)} from epochs measured on another {family[:-1]}: a guess, "
+                 f"machines differ)")
     if unknown:
-        text += f" (not counted: the jobs on {', '.join(unknown)}: no run on it was measured on this kind of machine)"
+        text += f" (not counted: the jobs on {', '.join(unknown)}: no run on it was measured on any {family[:-1]})"
     if seconds > LONG:
         smaller = ("`--configfile .test/config.yaml` (the smoke run)" if cfg["profile"] == "quick" else
                    "`--configfile config/quick.yaml` (or .test/config.yaml, the smoke run)")

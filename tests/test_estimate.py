@@ -43,3 +43,16 @@ def test_the_message_says_hours_loudly_and_names_a_smaller_profile(tmp_path, mon
     short = estimate.message(cfg, [job("t", "mnist", [784, 800, 800, 10], [0, 1], 1)], tmp_path)
     assert "about 10 min" in short and "long run" not in short
     assert estimate.message(cfg, [], tmp_path) is None
+
+
+def test_a_dataset_measured_only_on_another_cpu_is_estimated_from_it_and_says_so(tmp_path, monkeypatch):
+    """A new CPU model (the committed runs were timed on another) gets an estimate from the other CPU's epochs,
+    labelled as such; a GPU's epochs are never used for a CPU; no run anywhere gives no estimate, not "0 min"."""
+    record(tmp_path, "a", "mnist", [784, 800, 800, 10], 2, [60.0], device="cpu: Other CPU (AVX2), 2 threads")
+    record(tmp_path, "b", "speech", [1040, 32, 31], 2, [1.0], device="cuda: Big GPU")
+    monkeypatch.setattr(estimate, "device_kind", lambda device: "cpu: Test CPU (AVX512)")
+    cfg = {"profile": "paper", "device": "cpu"}
+    text = estimate.message(cfg, [job("t", "mnist", [784, 800, 800, 10], [0, 1], 10)], tmp_path)
+    assert "about 10 min" in text and "mnist from epochs measured on another cpu" in text, text
+    none = estimate.message(cfg, [job("s", "speech", [1040, 32, 31], [0, 1], 10)], tmp_path)
+    assert "no estimate: no run on speech was measured on any cpu" in none and "0 min" not in none, none
