@@ -17,9 +17,10 @@ NOT_RESULTS = re.compile(r"paper(?:'s)?\s+\d+(?:\.\d+)?%?|(?:the )?\d+% bar|bar 
 
 
 def results_text(text: str) -> str:
-    m = re.search(r"<!-- results.*?-->(.*?)<!-- /results -->", text, re.S)
-    assert m, "README: no <!-- results --> block"
-    return m.group(1)
+    """Every `<!-- results ... -->` ... `<!-- /results -->` block of the README, joined."""
+    blocks = re.findall(r"<!-- results.*?-->(.*?)<!-- /results -->", text, re.S)
+    assert blocks, "README: no <!-- results --> block"
+    return "\n".join(blocks)
 
 
 def claims(text: str) -> list[tuple[str, str, str, list[str]]]:
