@@ -288,7 +288,7 @@ def partial(results: Path, files: list[str], cfg: dict, section=None) -> Outcome
                 out.compared += 1
                 if not _same(str(row[col]), str(want), abs_tol=tol[col]):
                     out.problems.append(f"{label}, column {col}: {row[col]!r}, re-derived from its provenance "
-                                        f"{want!r}")
+                                        f"({prov_file}) {want!r}")
     rendered = {}
     if section is not None and hasattr(section, "markdown_from_committed") and summaries:
         summary = pd.read_csv(results / summaries[0])
