@@ -11,7 +11,10 @@ What this file achieves: it times one training epoch on all 60,000 MNIST images 
       (`Engine.step`) and scaled to an epoch, against today's fp32 step of the same net in the same run: bf16
       autocast (`precision: bf16`, fp32 master weights), one `addmm` per layer instead of a `baddbmm` over a batch of
       one member (`kdbench.engine.models.SINGLE_MEMBER_MM`), one thread instead of two, and `torch.compile` of the net
-      (its compile seconds reported beside it, since a short job pays them once).
+      (its compile seconds reported beside it, since a short job pays them once), and on a CPU the layers' products
+      through numpy's BLAS (`kdbench.engine.models.MATMUL = "numpy"`, issue 36) for one member and five batched;
+  (d) on a CPU, every matrix product of the teacher's, the 800-800 student's and the speech nets' steps (forward and
+      both gradient products), torch against numpy, as seconds per product (ratio: numpy's speed-up).
 It prints seconds per epoch and the ratio of each case to its reference, and writes results/bench/engine.csv
 (case, device, seconds_per_epoch, ratio_vs_reference, reference_case, steps_timed). No test reads these timings.
 
@@ -147,6 +150,16 @@ def step_candidates(add, net: str, cfg: dict, root, device, steps: int) -> None:
         models.SINGLE_MEMBER_MM = not models.SINGLE_MEMBER_MM
     add(f"step_{net}_{'bmm' if models.SINGLE_MEMBER_MM else 'addmm'}_single_member", other, ref, base, steps=steps)
     add(f"step_{net}_1_thread", engine_epoch(cfg, [0], root, device, steps, threads=1)[0], ref, base, steps=steps)
+    if device.type == "cpu":  # issue 36: the layers' products through numpy's BLAS (kdbench.engine.blas)
+        batched, _ = engine_epoch(cfg, list(range(5)), root, device, steps)
+        for members, reference in ((1, base), (5, batched)):
+            models.MATMUL = "numpy"
+            try:
+                other, _ = engine_epoch(cfg, list(range(members)), root, device, steps)
+            finally:
+                models.MATMUL = "torch"
+            add(f"step_{net}_{members}_members_numpy_blas", other, f"step_{net}_{members}_members_torch", reference,
+                steps=steps)
     add(f"step_{net}_5_members_batched_per_member", engine_epoch(cfg, list(range(5)), root, device, steps)[0] / 5,
         ref, base, steps=steps)
     try:
@@ -154,6 +167,39 @@ def step_candidates(add, net: str, cfg: dict, root, device, steps: int) -> None:
         add(f"step_{net}_torch_compile (compile {once:.0f} s once)", comp, ref, base, steps=steps)
     except Exception as e:  # noqa: BLE001  (a compiler missing or failing is a result too)
         print(f"torch.compile failed for {net}: {type(e).__name__}: {str(e)[:200]}")
+
+
+# the MLPs' matrix products per training step (m x k @ k x n): forward, and the two gradient products of backward
+SHAPES = {"teacher": [784, 1200, 1200, 10], "student_800": [784, 800, 800, 10], "speech_1024": [1040, 1024, 1024, 31],
+          "speech_narrow": [1040, 32, 32, 31]}
+
+
+def product_rows(add, batch: int = 128, repeats: int = 7) -> None:
+    """GF/s of every product of each net's step at `batch`, torch (its BLAS) against numpy (OpenBLAS), interleaved,
+    median of `repeats`, on fp32 CPU tensors; each numpy row's reference is torch's row of the same product."""
+    import statistics
+
+    import numpy as np
+    g = torch.Generator().manual_seed(0)
+    for net, widths in SHAPES.items():
+        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+            for what, (m, k, n) in (("fwd", (batch, a, b)), ("grad_x", (batch, b, a)), ("grad_w", (a, batch, b))):
+                x, w = torch.randn(m, k, generator=g), torch.randn(k, n, generator=g)
+                calls = {"torch": (torch.mm, x, w), "numpy": (np.matmul, x.numpy(), w.numpy())}
+                times = {"torch": [], "numpy": []}
+                for _ in range(repeats):
+                    for lib, (fn, left, right) in calls.items():
+                        reps = max(1, int(2e8 / (2 * m * k * n)))
+                        t0 = time.perf_counter()
+                        for _ in range(reps):
+                            fn(left, right)
+                        times[lib].append((time.perf_counter() - t0) / reps)
+                name = f"product_{net}_layer{i}_{what}_{m}x{k}x{n}"
+                t, nmp = statistics.median(times["torch"]), statistics.median(times["numpy"])
+                flops = 2 * m * k * n
+                print(f"{name}: torch {flops / t / 1e9:.1f} GF/s, numpy {flops / nmp / 1e9:.1f} GF/s")
+                add(f"{name}_torch", t, steps=1)
+                add(f"{name}_numpy", nmp, f"{name}_torch", t, steps=1)
 
 
 def main(argv=None):
@@ -204,6 +250,8 @@ def main(argv=None):
 
         step_candidates(add, "teacher", tcfg, root, device, args.candidate_steps)
         step_candidates(add, "kd_student_T20", scfg, root, device, args.candidate_steps)
+        if device.type == "cpu":
+            product_rows(add)
 
     out = Path(args.out)
     write_csv(pd.DataFrame(rows), out)

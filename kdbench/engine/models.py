@@ -14,11 +14,15 @@ import math
 import torch
 from torch import nn
 
+from kdbench.engine import blas
 from kdbench.registry import Registry
 
 # a single member's layer as one `addmm` on 2-D tensors instead of a `baddbmm` over a batch of one (benchmarks/engine.py
 # measures both and this is the faster on the CPU it was measured on)
 SINGLE_MEMBER_MM = True
+# which library multiplies the layers' matrices on the CPU: "torch" (its MKL), or "numpy" (numpy's OpenBLAS,
+# kdbench.engine.blas), a candidate benchmarks/engine.py measures (issue 36); a GPU takes torch's path regardless
+MATMUL = "torch"
 
 
 class MLP(nn.Module):
@@ -64,8 +68,12 @@ class MLP(nn.Module):
         x = self._dropout(x, self.dropout_input)
         last, h = len(self.weights) - 1, x
         single = SINGLE_MEMBER_MM and self.members == 1
+        numpy_path = MATMUL == "numpy" and blas.usable(x, self.weights[0])
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            x = torch.addmm(b[0], x[0], w[0]).unsqueeze(0) if single else torch.baddbmm(b.unsqueeze(1), x, w)
+            if numpy_path:
+                x = blas.numpy_baddbmm(b.unsqueeze(1), x, w)
+            else:
+                x = torch.addmm(b[0], x[0], w[0]).unsqueeze(0) if single else torch.baddbmm(b.unsqueeze(1), x, w)
             if i < last:
                 h = torch.relu(x)
                 x = self._dropout(h, self.dropout_hidden)
