@@ -73,7 +73,9 @@ def _load_extensions(cfg: dict) -> None:
         try:
             registry.load_files(files, key)
         except (OSError, SyntaxError, ImportError, ValueError) as e:
-            raise ProfileError(f"config: {key}: {e}") from None
+            doc = "docs/adding-a-variant.md" if key == "variant_modules" else "docs/where-things-live.md, \"Recipes\""
+            raise ProfileError(f"config: {key}: {e}. Fix: a path relative to the directory you run from (see "
+                               f"{doc})") from None
 
 
 def with_defaults(cfg: dict) -> dict:
@@ -107,7 +109,28 @@ def _message(error) -> str:
     value = repr(error.instance)
     if len(value) > 60:
         value = value[:57] + "..."
-    return f"{where}: {value} is wrong: {error.message if len(error.message) < 160 else error.validator}"
+    return (f"{where}: {value} is wrong: {error.message if len(error.message) < 160 else error.validator}"
+            f"{_fix(error)}")
+
+
+def _fix(error) -> str:
+    """A fix line for a value of the wrong type or out of range, from what the schema asks."""
+    rule = error.schema if isinstance(error.schema, dict) else {}
+    if error.validator == "type":
+        want = rule.get("type")
+        want = " or ".join(want) if isinstance(want, list) else want
+        example = {"number": " (e.g. 0.05)", "integer": " (e.g. 40)", "boolean": " (true or false)",
+                   "array": " (a list, e.g. [0, 1])", "string": ""}.get(want, "")
+        return f". Fix: write {'an' if str(want)[0] in 'aeiou' else 'a'} {want} here{example}"
+    if error.validator == "minItems":
+        return f". Fix: list at least {rule.get('minItems')} item(s), e.g. [0, 1]"
+    if error.validator in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        bounds = ", ".join(f"{k} {rule[k]}" for k in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum")
+                           if k in rule)
+        return f". Fix: a value with {bounds}"
+    if error.validator == "enum":
+        return f". Fix: one of {rule.get('enum')}"
+    return ""
 
 
 def validate(cfg: dict) -> None:
@@ -144,14 +167,21 @@ def planned_jobs(cfg: dict) -> dict:
         raise ValueError(f"config: variant_experiments.mnist_bestT_width must be one of the sweep's widths "
                          f"{cfg['mnist']['sweep']['widths']}")
     for name in cfg["variants"]:
-        try:
-            losses.get(name)
-        except KeyError as e:
-            raise ValueError(f"config: variants: {e.args[0]}") from None
-    for name in cfg.get("variant_params", {}):
+        if name not in losses.VARIANTS:
+            close = difflib.get_close_matches(name, list(losses.VARIANTS), n=1)
+            raise ValueError(f"config: variants: unknown KD variant {name!r}"
+                             + (f" (did you mean {close[0]!r}?)" if close else "")
+                             + f". Fix: one of {sorted(losses.VARIANTS)}, or register your own in a file listed "
+                               f"under variant_modules (docs/adding-a-variant.md)")
+    for name, params in cfg.get("variant_params", {}).items():
         if name not in cfg["variants"]:
             raise ValueError(f"config: variant_params: {name!r} is not one of the variants run, "
                              f"{cfg['variants']}. Fix: correct the name, or add it to variants")
+        try:  # named by its place in the profile, before any job that would carry it
+            losses.get(name).check_params(params if isinstance(params, dict) else {})
+        except ValueError as e:
+            raise ValueError(f"config: variant_params.{name}: {e}. Fix: correct it under variant_params.{name} "
+                             f"(its parameters and defaults: {losses.get(name).defaults})") from None
     for ds in specialists.datasets(cfg):
         if ds not in ensembles.datasets(cfg):
             raise ValueError(f"config: specialists.datasets: {ds!r} has no generalist; add it to ensembles.datasets")
