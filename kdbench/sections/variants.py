@@ -188,6 +188,33 @@ def table(spec: dict, runs: Path | str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def outcome(row) -> str:
+    """A variant's result against `hinton` in one experiment: "beats", "loses" or "ties", decided by whether the
+    paired 95% interval of its difference excludes 0, in the metric's better direction (fewer errors, more
+    accuracy); no interval (one seed) is a tie."""
+    low, high = row["diff_ci95_low"], row["diff_ci95_high"]
+    if math.isnan(low) or math.isnan(high) or low <= 0 <= high:
+        return "ties"
+    better = high < 0 if row["metric"] == "test_errors" else low > 0
+    return "beats" if better else "loses"
+
+
+def leaderboard(df: pd.DataFrame) -> pd.DataFrame:
+    """Per variant (hinton left out): in how many experiments it beats, ties and loses to hinton (`outcome`)."""
+    rows = []
+    for variant, sub in df[df.variant != "hinton"].groupby("variant", sort=False):
+        counts = sub.apply(outcome, axis=1).value_counts()
+        rows.append({"variant": variant, "experiments": len(sub),
+                     **{k: int(counts.get(k, 0)) for k in ("beats", "ties", "loses")}})
+    return pd.DataFrame(rows, columns=["variant", "experiments", "beats", "ties", "loses"])
+
+
+def verdict_lines(df: pd.DataFrame) -> list[str]:
+    """One line per variant: the leaderboard in words."""
+    return [f"`{r.variant}`: beats `hinton` in {r.beats} of {r.experiments} experiments, ties in {r.ties}, loses in "
+            f"{r.loses} (a paired 95% interval that excludes 0 decides)" for r in leaderboard(df).itertuples()]
+
+
 def _header(df: pd.DataFrame, exps: list[str]) -> list[str]:
     head = []
     for e in exps:
