@@ -64,13 +64,8 @@ onstart:
         except _records.RunningElsewhere as e:
             print(f"kdbench: {e}", file=_sys.stderr)
             _sys.exit(1)
-        # how long the training about to run should take here, from the epochs measured here (kdbench.estimate)
-        from kdbench import estimate as _estimate
+        announce_training()
 
-        _todo = {j.wildcards.get("job") for j in workflow.dag.needrun_jobs() if j.rule.name.startswith("train")}
-        _note = _estimate.message(config, [PLAN[n] for n in sorted(_todo) if n in PLAN])
-        if _note:
-            print(_note, file=_sys.stderr)
 
 
 rule all:
@@ -102,6 +97,7 @@ rule mnist_section:
         RESULTS / "variants_mnist.md",
         RESULTS / "variants_mnist.csv",
         RESULTS / "variants_mnist.png",
+        RESULTS / "variants_mnist_leaderboard.png",
 
 
 rule summary:

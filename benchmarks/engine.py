@@ -135,10 +135,12 @@ def engine_epoch(cfg: dict, seeds, root, device, steps: int = 40, threads: int |
     return per_step * eng.steps_per_epoch, max(0.0, warm - 5 * per_step)
 
 
-def step_candidates(add, net: str, cfg: dict, root, device, steps: int) -> None:
-    """Rows of the step candidates for one net, each against its fp32 step timed in the same run."""
+def step_candidates(add, net: str, cfg: dict, root, device, steps: int) -> dict[str, float]:
+    """Rows of the step candidates for one net, each against its fp32 step timed in the same run; returns the
+    seconds per epoch of the fastest path for one member and for five batched ({"1": s, "5": s})."""
     from kdbench.engine import models
     base, _ = engine_epoch(cfg, [0], root, device, steps)
+    fastest = {"1": base}
     ref = f"step_{net}_fp32"
     add(ref, base, steps=steps)
     add(f"step_{net}_bf16_autocast", engine_epoch({**cfg, "precision": "bf16"}, [0], root, device, steps)[0], ref, base,
@@ -150,9 +152,10 @@ def step_candidates(add, net: str, cfg: dict, root, device, steps: int) -> None:
         models.SINGLE_MEMBER_MM = not models.SINGLE_MEMBER_MM
     add(f"step_{net}_{'bmm' if models.SINGLE_MEMBER_MM else 'addmm'}_single_member", other, ref, base, steps=steps)
     add(f"step_{net}_1_thread", engine_epoch(cfg, [0], root, device, steps, threads=1)[0], ref, base, steps=steps)
+    fastest["5"], _ = engine_epoch(cfg, list(range(5)), root, device, steps)
     if device.type == "cpu":  # issue 36: the layers' products through numpy's BLAS (kdbench.engine.blas)
-        batched, _ = engine_epoch(cfg, list(range(5)), root, device, steps)
-        for members, reference in ((1, base), (5, batched)):
+        for members, reference in ((1, base), (5, fastest["5"])):
+            add(f"step_{net}_{members}_members_torch", reference, steps=steps)
             models.MATMUL = "numpy"
             try:
                 other, _ = engine_epoch(cfg, list(range(members)), root, device, steps)
@@ -160,6 +163,7 @@ def step_candidates(add, net: str, cfg: dict, root, device, steps: int) -> None:
                 models.MATMUL = "torch"
             add(f"step_{net}_{members}_members_numpy_blas", other, f"step_{net}_{members}_members_torch", reference,
                 steps=steps)
+            fastest[str(members)] = min(fastest[str(members)], other)
     add(f"step_{net}_5_members_batched_per_member", engine_epoch(cfg, list(range(5)), root, device, steps)[0] / 5,
         ref, base, steps=steps)
     try:
@@ -167,6 +171,27 @@ def step_candidates(add, net: str, cfg: dict, root, device, steps: int) -> None:
         add(f"step_{net}_torch_compile (compile {once:.0f} s once)", comp, ref, base, steps=steps)
     except Exception as e:  # noqa: BLE001  (a compiler missing or failing is a result too)
         print(f"torch.compile failed for {net}: {type(e).__name__}: {str(e)[:200]}")
+    return fastest
+
+
+def step_flops(widths: list[int], batch: int = 128) -> float:
+    """Floating-point operations of an MLP training step's matrix products for one member: the forward product, the
+    weight gradient of every layer and the input gradient of every layer but the first, 2 m k n each."""
+    macs = sum(a * b for a, b in zip(widths[:-1], widths[1:]))
+    return 2.0 * batch * (3 * macs - widths[0] * widths[1])
+
+
+def step_share(add, widths: list[int], fastest: dict[str, float], rates: list[float], steps_per_epoch: int) -> None:
+    """The teacher step's GF/s (its products' flops over the whole step's time, one member and five batched) against
+    the best product rate measured on its shapes in this run, printed and as rows (ratio: the share of that rate)."""
+    best = max(rates)
+    for members, seconds in fastest.items():
+        step = seconds / steps_per_epoch
+        flops = int(members) * step_flops(widths)
+        print(f"teacher step, {members} member(s): {flops / step / 1e9:.1f} GF/s = "
+              f"{100 * flops / step / best:.0f}% of the best product rate on its shapes ({best / 1e9:.1f} GF/s)")
+        add(f"teacher_step_{members}_members_vs_best_product_rate", step, "flops at the best product rate",
+            flops / best, steps=1)
 
 
 # the MLPs' matrix products per training step (m x k @ k x n): forward, and the two gradient products of backward
@@ -174,13 +199,15 @@ SHAPES = {"teacher": [784, 1200, 1200, 10], "student_800": [784, 800, 800, 10], 
           "speech_narrow": [1040, 32, 32, 31]}
 
 
-def product_rows(add, batch: int = 128, repeats: int = 7) -> None:
+def product_rows(add, batch: int = 128, repeats: int = 7) -> dict[str, list[float]]:
     """GF/s of every product of each net's step at `batch`, torch (its BLAS) against numpy (OpenBLAS), interleaved,
-    median of `repeats`, on fp32 CPU tensors; each numpy row's reference is torch's row of the same product."""
+    median of `repeats`, on fp32 CPU tensors; each numpy row's reference is torch's row of the same product. Returns
+    every rate measured (flop/s), by net."""
     import statistics
 
     import numpy as np
     g = torch.Generator().manual_seed(0)
+    rates: dict[str, list[float]] = {}
     for net, widths in SHAPES.items():
         for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
             for what, (m, k, n) in (("fwd", (batch, a, b)), ("grad_x", (batch, b, a)), ("grad_w", (a, batch, b))):
@@ -197,9 +224,11 @@ def product_rows(add, batch: int = 128, repeats: int = 7) -> None:
                 name = f"product_{net}_layer{i}_{what}_{m}x{k}x{n}"
                 t, nmp = statistics.median(times["torch"]), statistics.median(times["numpy"])
                 flops = 2 * m * k * n
+                rates.setdefault(net, []).extend([flops / t, flops / nmp])
                 print(f"{name}: torch {flops / t / 1e9:.1f} GF/s, numpy {flops / nmp / 1e9:.1f} GF/s")
                 add(f"{name}_torch", t, steps=1)
                 add(f"{name}_numpy", nmp, f"{name}_torch", t, steps=1)
+    return rates
 
 
 def main(argv=None):
@@ -248,10 +277,11 @@ def main(argv=None):
         add("kdbench_kd_student_5seeds_batched", bat, "kdbench_kd_student_5seeds_sequential", seq)
         add("kdbench_kd_student_5seeds_batched_vs_reference", bat / 5, "reference_kd_student_T20", ref_s)
 
-        step_candidates(add, "teacher", tcfg, root, device, args.candidate_steps)
+        fastest = step_candidates(add, "teacher", tcfg, root, device, args.candidate_steps)
         step_candidates(add, "kd_student_T20", scfg, root, device, args.candidate_steps)
         if device.type == "cpu":
-            product_rows(add)
+            rates = product_rows(add)
+            step_share(add, TEACHER["widths"], fastest, rates["teacher"], epoch_steps)
 
     out = Path(args.out)
     write_csv(pd.DataFrame(rows), out)

@@ -188,8 +188,8 @@ def _cmd_plan(args) -> int:
         line = f"{job.name}  seeds={list(job.seeds)}"
         print(line + (f"  {json.dumps(job.config, sort_keys=True)}" if args.configs else ""))
     print(f"{len(jobs)} training jobs (plus the specialists, once their clusters are known)")
-    note = estimate.message(cfg, estimate.not_run(jobs, layout.runs(cfg["profile"])))
-    print(note or "every planned job has a run record")
+    note = estimate.announce(cfg, estimate.not_run(jobs, layout.runs(cfg["profile"])))
+    print(note or "every planned job has its run records, weights and logits here: nothing to train")
     return 0
 
 
@@ -334,6 +334,13 @@ def _table_commands(sub) -> None:
     cl.add_argument("--out", required=True)
     cl.set_defaults(func=_cmd_clusters)
 
+    sm = sub.add_parser("summary", help="concatenate section summaries into summary.csv")
+    sm.add_argument("parts", nargs="+")
+    sm.add_argument("--out", required=True)
+    sm.set_defaults(func=_cmd_summary)
+
+
+def _inspect_commands(sub) -> None:
     pl = sub.add_parser("plan", help="list the training jobs of a profile (the workflow's job plan)")
     pl.add_argument("configfile", help="a profile, e.g. config/quick.yaml")
     pl.add_argument("--configs", action="store_true", help="also print each job's training config")
@@ -357,11 +364,6 @@ def _table_commands(sub) -> None:
     rp.add_argument("--out", default="report.html", help="the report file (.html, or .zip for a large one)")
     rp.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="more snakemake arguments, after --")
     rp.set_defaults(func=_cmd_report)
-
-    sm = sub.add_parser("summary", help="concatenate section summaries into summary.csv")
-    sm.add_argument("parts", nargs="+")
-    sm.add_argument("--out", required=True)
-    sm.set_defaults(func=_cmd_summary)
 
 
 def _cmd_report(args) -> int:
@@ -388,7 +390,7 @@ def _cmd_report(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="kdbench", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_data_commands, _training_commands, _table_commands):
+    for add in (_data_commands, _training_commands, _table_commands, _inspect_commands):
         add(sub)
     args = p.parse_args(argv)
     if argv is None:  # run as a command, not called from Python

@@ -59,8 +59,18 @@ def measured(results_root: Path | str, kind: str) -> dict[str, list[tuple[float,
 
 
 def not_run(jobs: dict, runs_dir: Path | str) -> list:
-    """The planned jobs whose first seed has no run record yet."""
-    return [job for job in jobs.values() if not layout.metrics(runs_dir, job.name, job.seeds[0]).exists()]
+    """The planned jobs the workflow trains in this checkout: those missing any output of their training job, a
+    seed's record or the weights and logits (`model.pt`, `logits.pt`, which git does not keep: in a fresh clone every
+    job, records or not, as `snakemake -n` plans it)."""
+    def outputs(job):
+        return [layout.model(runs_dir, job.name), layout.logits(runs_dir, job.name),
+                *(layout.metrics(runs_dir, job.name, s) for s in job.seeds)]
+    return [job for job in jobs.values() if not all(p.exists() for p in outputs(job))]
+
+
+def recorded(todo: list, runs_dir: Path | str) -> int:
+    """How many of the jobs `todo` have every seed's run record (committed results whose weights are absent)."""
+    return sum(all(layout.metrics(runs_dir, j.name, s).exists() for s in j.seeds) for j in todo)
 
 
 def expected_seconds(jobs: list, runs: dict[str, list[tuple[float, float]]]) -> tuple[float, list[str]]:
@@ -88,10 +98,56 @@ def _duration(seconds: float) -> str:
     return f"{minutes} min" if minutes < 90 else f"{minutes / 60:.1f} h"
 
 
-def message(cfg: dict, todo: list, results_root: Path | str = "results") -> str | None:
-    """One line (two for a long run) on the training jobs `todo` and how long they should take here, or None."""
+def message(cfg: dict, todo: list, results_root: Path | str = "results", again: int = 0) -> str | None:
+    """One line (two for a long run, three when `again` of the jobs retrain runs that have records) on the training
+    jobs `todo` and how long they should take here, or None."""
     if not todo:
         return None
+    text = _time(cfg, todo, results_root)
+    if again:
+        text += (f".\nkdbench: {again} of them retrain runs whose records are committed: git keeps no weights or "
+                 f"logits (*.pt), which later jobs and tables read; `kdbench compare` says afterwards whether the "
+                 f"regenerated tables reproduce the committed ones")
+    return text
+
+
+LISTED = 60  # a plan of at most this many training jobs is listed job by job
+
+
+def announce(cfg: dict, todo: list) -> str | None:
+    """What `kdbench plan` and the workflow (before its first job, or at the end of a dry run) print: `message` on
+    the training jobs `todo`, with how many of them retrain runs whose records are committed, and for a short plan
+    (a variant's students and what they need, `snakemake variant_<name>`) each job with its time."""
+    text = message(cfg, todo, again=recorded(todo, layout.runs(cfg["profile"])))
+    if text and len(todo) <= LISTED:
+        first = [j for j in todo if not j.name.startswith("variants/")]
+        then = [j for j in todo if j.name.startswith("variants/")]
+        if first and then:
+            text += (f"\nkdbench: first, what the variants' students need: {_listing(cfg, first)}"
+                     f"\nkdbench: then the variants' students: {_listing(cfg, then)}")
+        else:
+            text += f"\nkdbench: the jobs: {_listing(cfg, todo)}"
+    return text
+
+
+def _listing(cfg: dict, jobs: list) -> str:
+    return ", ".join(f"{j.name} ({t})" for j, t in per_job(cfg, jobs))
+
+
+def per_job(cfg: dict, todo: list, results_root: Path | str = "results") -> list[tuple]:
+    """(job, "about N min" or "no estimate") for each job of `todo`, as `message` estimates them."""
+    kind = device_kind(cfg.get("device", "auto"))
+    here, family = measured(results_root, kind), measured(results_root, kind.split(":")[0] + ":")
+    out = []
+    for job in todo:
+        seconds, unknown = expected_seconds([job], here)
+        if unknown:
+            seconds, unknown = expected_seconds([job], family)
+        out.append((job, "no estimate" if unknown else f"about {_duration(seconds)}"))
+    return out
+
+
+def _time(cfg: dict, todo: list, results_root: Path | str) -> str:
     kind = device_kind(cfg.get("device", "auto"))
     seconds, unknown = expected_seconds(todo, measured(results_root, kind))
     borrowed = []

@@ -182,6 +182,7 @@ def planned_jobs(cfg: dict) -> dict:
         except ValueError as e:
             raise ValueError(f"config: variant_params.{name}: {e}. Fix: correct it under variant_params.{name} "
                              f"(its parameters and defaults: {losses.get(name).defaults})") from None
+    _check_grids(cfg)
     for ds in specialists.datasets(cfg):
         if ds not in ensembles.datasets(cfg):
             raise ValueError(f"config: specialists.datasets: {ds!r} has no generalist; add it to ensembles.datasets")
@@ -190,6 +191,24 @@ def planned_jobs(cfg: dict) -> dict:
     for job in jobs.values():
         train.resolve(job.config, where=f"config: job {job.name!r}")
     return jobs
+
+
+def _check_grids(cfg: dict) -> None:
+    """`variant_grids`: each a variant that is run (not hinton, whose temperature its sections choose), each setting
+    a valid set of its parameters (named by its place in the profile)."""
+    from kdbench.engine import losses
+    from kdbench.sections import variants
+    for name in cfg.get("variant_grids", {}):
+        if name not in cfg["variants"] or name == "hinton":
+            raise ValueError(f"config: variant_grids: {name!r} is not one of the variants run beside hinton, "
+                             f"{[v for v in cfg['variants'] if v != 'hinton']}. Fix: correct the name, or add it to "
+                             f"variants")
+        for point in variants.grid(cfg, name):
+            try:
+                losses.get(name).check_params({**cfg.get("variant_params", {}).get(name, {}), **point})
+            except ValueError as e:
+                raise ValueError(f"config: variant_grids.{name}: {e}. Fix: correct it under variant_grids.{name} "
+                                 f"(its parameters and defaults: {losses.get(name).defaults})") from None
 
 
 def check(cfg: dict) -> dict:

@@ -200,13 +200,13 @@ def problems(cfg: dict, root: Path | str = ".") -> Outcome:
             try:
                 write(folder)
             except (FileNotFoundError, OSError, KeyError, ValueError) as e:
-                missing = _uncommitted(e)
-                if missing is None:
+                why = _absent(e)
+                if why is None:
                     out.problems.append(f"{results}/: the {what} tables cannot be re-derived from the committed "
                                         f"records: {type(e).__name__}: {e}")
                     continue
-                out.notes.append(f"{what}: its writer needs {missing}, which git does not keep: re-derived from "
-                                 f"the committed records and provenance as far as they go")
+                out.notes.append(f"{what}: its writer needs {why}: re-derived from the committed records and "
+                                 f"provenance as far as they go")
                 out.add(partial(results, files, cfg, sections.get(what) if what in sections.names() else None))
                 continue
             out.add(compare_folder(results, folder, files, results))
@@ -215,10 +215,17 @@ def problems(cfg: dict, root: Path | str = ".") -> Outcome:
     return out
 
 
-def _uncommitted(e: Exception) -> str | None:
-    """The file a writer could not read, when it is one git does not keep (a `*.pt`); else None."""
-    name = getattr(e, "filename", None) or (str(e).split("'")[1] if "'" in str(e) else "")
-    return name if str(name).endswith(".pt") else None
+def _absent(e: Exception) -> str | None:
+    """Why a writer could not read a file, when the file is one git does not keep (a `*.pt`) or the record of a run
+    not made yet (a planned job with no folder under `runs/`: a profile run in pieces); else None. A table citing
+    a record that is gone is the provenance check's (`kdbench.check`), a job missing some seeds' records the run
+    tree's."""
+    name = str(getattr(e, "filename", None) or (str(e).split("'")[1] if "'" in str(e) else ""))
+    if name.endswith(".pt"):
+        return f"{name}, which git does not keep"
+    if name.endswith("metrics.json") and not Path(name).parent.parent.exists():
+        return f"{name}, a run not made yet"
+    return None
 
 
 # ------------------------------------------------------------------------------------------------ without logits
@@ -243,8 +250,7 @@ def partial(results: Path, files: list[str], cfg: dict, section=None) -> Outcome
     """A section whose writer needs uncommitted files: its provenance values against the records they cite, its
     plain summary rows against its provenance; its Markdown from the committed summary where the section can write
     it so (`markdown_from_committed(cfg, runs, summary) -> {file: text}`, a line it cannot derive carrying
-    `UNDERIVED`); shares, the rest of the Markdown and figures counted as not re-derived."""
-    from kdbench.report import aggregate
+    `UNDERIVED`); shares, the rest of the Markdown, other tables and figures counted as not re-derived."""
     out = Outcome()
     summaries = [f for f in files if f.endswith("_summary.csv")]
     for f in summaries:
@@ -252,55 +258,81 @@ def partial(results: Path, files: list[str], cfg: dict, section=None) -> Outcome
         if not (results / f).exists() or not prov_file.exists():
             continue
         prov = pd.read_csv(prov_file)
-        for i, row in prov.iterrows():
-            src = row["source"]
-            if not isinstance(src, str) or not src.endswith("metrics.json") or not Path(src).exists():
-                out.underived += 1
-                continue
-            want = record_value(json.loads(Path(src).read_text()), row["metric"])
-            if want is None:
-                out.underived += 1
-                continue
-            out.compared += 1
-            if not _same(str(row["value"]), str(want)):
-                out.problems.append(f"{prov_file}: row {i + 2} ({row.section}/{row.table}/{row.system}/"
-                                    f"{row.metric}/seed {row.seed}), column value: {row['value']!r}, its record "
-                                    f"{src} holds {want!r}")
-        summary = pd.read_csv(results / f)
-        for i, row in summary.iterrows():
-            vals = prov[(prov.section == row.section) & (prov.table == row.table) & (prov.system == row.system)
-                        & (prov.metric == row.metric)]["value"].astype(float).tolist()
-            label = f"{results / f}: row {i + 2} ({row.section}/{row.table}/{row.system}/{row.metric})"
-            if int(row.n_seeds) != len(vals):
-                out.problems.append(f"{label}, column n_seeds: {row.n_seeds}, its provenance has {len(vals)} values")
-                continue
-            if row.metric in aggregate.SHARE_METRICS:
-                out.underived += 1  # a ratio of seed means: its parts are not all in the provenance
-                continue
-            mean, std = aggregate.mean_std(vals)
-            low, high = aggregate.ci95(mean, std, len(vals))
-            # the provenance holds 6 significant digits: a statistic of rounded values moves by up to a few of
-            # their rounding errors e (the mean by e, the std by sqrt(n / (n - 1)) e, the interval by both)
-            e = rounding_error(vals)
-            t = aggregate.t_crit(len(vals) - 1) / math.sqrt(len(vals)) if len(vals) > 1 else 0.0
-            tol = {"mean": 2 * e, "std": 3 * e, "ci95_low": 2 * e + 3 * t * e, "ci95_high": 2 * e + 3 * t * e}
-            for col, want in (("mean", mean), ("std", std), ("ci95_low", low), ("ci95_high", high)):
-                out.compared += 1
-                if not _same(str(row[col]), str(want), abs_tol=tol[col]):
-                    out.problems.append(f"{label}, column {col}: {row[col]!r}, re-derived from its provenance "
-                                        f"({prov_file}) {want!r}")
+        out.add(_provenance_against_records(prov, prov_file))
+        out.add(_summary_against_provenance(pd.read_csv(results / f), prov, results / f, prov_file))
+    for f in files:  # a table of its own (variants.csv): its cells are only the writer's
+        if f.endswith(".csv") and f not in summaries and not f.endswith("_provenance.csv") and (results / f).exists():
+            out.underived += _read(results / f).size
     rendered = {}
     if section is not None and hasattr(section, "markdown_from_committed") and summaries:
         summary = pd.read_csv(results / summaries[0])
         rendered = section.markdown_from_committed(as_the_rules_pass_it(cfg), layout.runs(cfg["profile"]), summary)
     for f in (f for f in files if f.endswith(".md") and (results / f).exists()):
-        if f not in rendered:
-            out.underived += len((results / f).read_text().splitlines())
+        out.add(_markdown(results / f, rendered.get(f)))
+    return out
+
+
+def _provenance_against_records(prov: pd.DataFrame, prov_file: Path) -> Outcome:
+    """Each provenance value whose source is a committed run record, read again from that record."""
+    out = Outcome()
+    for i, row in prov.iterrows():
+        src = row["source"]
+        if not isinstance(src, str) or not src.endswith("metrics.json") or not Path(src).exists():
+            out.underived += 1
             continue
-        old, new = (results / f).read_text().splitlines(), rendered[f].splitlines()
-        out.underived += sum(UNDERIVED in line for line in new)  # compared as committed: counted, not derived
-        lines = [line if UNDERIVED not in line else (old[i] if i < len(old) else "") for i, line in enumerate(new)]
-        out.add(compare_text(results / f, lines, str(results / f)))
+        want = record_value(json.loads(Path(src).read_text()), row["metric"])
+        if want is None:
+            out.underived += 1
+            continue
+        out.compared += 1
+        if not _same(str(row["value"]), str(want)):
+            out.problems.append(f"{prov_file}: row {i + 2} ({row.section}/{row.table}/{row.system}/"
+                                f"{row.metric}/seed {row.seed}), column value: {row['value']!r}, its record "
+                                f"{src} holds {want!r}")
+    return out
+
+
+def _summary_against_provenance(summary: pd.DataFrame, prov: pd.DataFrame, path: Path, prov_file: Path) -> Outcome:
+    """Each summary row that is a plain statistic of its seeds (not a share), recomputed from the provenance."""
+    from kdbench.report import aggregate
+    out = Outcome()
+    for i, row in summary.iterrows():
+        vals = prov[(prov.section == row.section) & (prov.table == row.table) & (prov.system == row.system)
+                    & (prov.metric == row.metric)]["value"].astype(float).tolist()
+        label = f"{path}: row {i + 2} ({row.section}/{row.table}/{row.system}/{row.metric})"
+        if int(row.n_seeds) != len(vals):
+            out.problems.append(f"{label}, column n_seeds: {row.n_seeds}, its provenance has {len(vals)} values")
+            continue
+        if row.metric in aggregate.SHARE_METRICS:
+            out.underived += 1  # a ratio of seed means: its parts are not all in the provenance
+            continue
+        mean, std = aggregate.mean_std(vals)
+        low, high = aggregate.ci95(mean, std, len(vals))
+        # the provenance holds 6 significant digits: a statistic of rounded values moves by up to a few of
+        # their rounding errors e (the mean by e, the std by sqrt(n / (n - 1)) e, the interval by both)
+        e = rounding_error(vals)
+        t = aggregate.t_crit(len(vals) - 1) / math.sqrt(len(vals)) if len(vals) > 1 else 0.0
+        tol = {"mean": 2 * e, "std": 3 * e, "ci95_low": 2 * e + 3 * t * e, "ci95_high": 2 * e + 3 * t * e}
+        for col, want in (("mean", mean), ("std", std), ("ci95_low", low), ("ci95_high", high)):
+            out.compared += 1
+            if not _same(str(row[col]), str(want), abs_tol=tol[col]):
+                out.problems.append(f"{label}, column {col}: {row[col]!r}, re-derived from its provenance "
+                                    f"({prov_file}) {want!r}")
+    return out
+
+
+def _markdown(path: Path, rendered: str | None) -> Outcome:
+    """A committed Markdown table against the one the section writes from its committed summary (None: it cannot);
+    a line carrying `UNDERIVED` is compared as committed and counted as not re-derived."""
+    out = Outcome()
+    old = path.read_text().splitlines()
+    if rendered is None:
+        out.underived += len(old)
+        return out
+    new = rendered.splitlines()
+    out.underived += sum(UNDERIVED in line for line in new)
+    lines = [line if UNDERIVED not in line else (old[i] if i < len(old) else "") for i, line in enumerate(new)]
+    out.add(compare_text(path, lines, str(path)))
     return out
 
 

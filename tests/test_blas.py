@@ -39,3 +39,25 @@ def test_the_mlp_trains_the_same_through_either_path(monkeypatch):
     loss_numpy, params_numpy = step()
     assert loss_numpy == pytest.approx(loss_torch, rel=1e-5)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(params_numpy, params_torch))
+
+
+@pytest.mark.parametrize("path", ["torch", "numpy"])
+def test_an_epoch_on_each_path_gives_the_same_losses_and_the_record_names_the_path(path, mnist_root, tmp_path,
+                                                                                   monkeypatch):
+    """Issue 36: one epoch of a 2-seed MLP with dropout through each matrix-product path: the same per-seed training
+    loss as torch's path to fp32 rounding, and `metrics.json` says which path trained it."""
+    from kdbench.engine import train
+    cfg = dict(widths=[784, 48, 48, 10], epochs=1, train_fraction=0.05, val_size=500, lr=0.05, batch_size=100,
+               dropout_hidden=0.2)
+
+    def run(which, out):
+        monkeypatch.setattr(models, "MATMUL", which)
+        return train.train(cfg, [0, 1], out, device="cpu", root=mnist_root, progress=False)
+
+    ref, got = run("torch", tmp_path / "torch"), run(path, tmp_path / path)
+    for a, b in zip(ref, got):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+        assert abs(b["val_errors"][-1] - a["val_errors"][-1]) <= 2
+    assert got[0]["matmul"] == (f"numpy ({blas.numpy_library()})" if path == "numpy"
+                                else f"torch ({blas.torch_library()})")
+    assert "unknown" not in got[0]["matmul"]

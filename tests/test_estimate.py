@@ -56,3 +56,30 @@ def test_a_dataset_measured_only_on_another_cpu_is_estimated_from_it_and_says_so
     assert "about 10 min" in text and "mnist from epochs measured on another cpu" in text, text
     none = estimate.message(cfg, [job("s", "speech", [1040, 32, 31], [0, 1], 10)], tmp_path)
     assert "no estimate: no run on speech was measured on any cpu" in none and "0 min" not in none, none
+
+
+def test_a_job_with_records_but_no_weights_is_to_train_and_the_plan_says_so(tmp_path, monkeypatch):
+    """Issue 39: what `kdbench plan` counts is what snakemake plans: a job missing any output (a seed's record, its
+    model.pt or logits.pt, which git does not keep) trains again; a job with all of them does not. The message says
+    how many retrain committed runs, and a short plan lists its jobs, prerequisites first."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(estimate, "device_kind", lambda device: "cpu: Test CPU")
+    runs = tmp_path / "results" / "quick" / "runs"
+    record(tmp_path / "results", "teacher", "mnist", [784, 100, 10], 2, [6.0])  # records, no weights: a fresh clone
+    (runs / "teacher" / "seed1").mkdir()
+    (runs / "teacher" / "seed1" / "metrics.json").write_text("{}")
+    done = runs / "baseline"
+    for f in ("model.pt", "logits.pt", "seed0/metrics.json", "seed1/metrics.json"):
+        (done / f).parent.mkdir(parents=True, exist_ok=True)
+        (done / f).write_text("x")
+    jobs = {n: job(n, "mnist", [784, 100, 10], [0, 1], 10) for n in ("teacher", "baseline", "variants/e/mine")}
+    todo = estimate.not_run(jobs, runs)
+    assert [j.name for j in todo] == ["teacher", "variants/e/mine"]
+    assert estimate.recorded(todo, runs) == 1
+    text = estimate.announce({"profile": "quick", "device": "cpu"}, todo)
+    assert text.startswith("kdbench: 2 training jobs of profile 'quick' to run; about 2 min"), text
+    assert "kdbench: 1 of them retrain runs whose records are committed" in text
+    assert "kdbench: first, what the variants' students need: teacher (about 1 min)" in text
+    assert "kdbench: then the variants' students: variants/e/mine (about 1 min)" in text
+    (done / "model.pt").unlink()  # one output gone: it trains again
+    assert [j.name for j in estimate.not_run(jobs, runs)] == ["teacher", "baseline", "variants/e/mine"]

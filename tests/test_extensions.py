@@ -2,6 +2,7 @@
 plus its profile block: each test writes the extension a user would, in one file, and trains on it (the dataset
 and the section through the workflow, the model on MNIST)."""
 import json
+import re
 import subprocess
 import sys
 
@@ -175,9 +176,9 @@ def test_a_dataset_from_one_file_trains_through_the_workflow(tmp_path):
     r = snakemake(work, target, data_root=tmp_path / "data", configfile=profile)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert "rule fetch_blobs:" in r.stdout + r.stderr
-    # before the first job, the run says what it will train (issue 25); no run on blobs was ever measured here
-    assert "kdbench: 1 training job of profile 'smoke' to run" in r.stderr
-    assert "not counted: the jobs on blobs: no run on it was measured" in r.stderr
+    # before the first job, the run says what it will train (issue 25); no run on blobs was ever measured here,
+    # on any CPU: no estimate, never "0 min" (issue 39)
+    assert "kdbench: 1 training job of profile 'smoke' to run; no estimate: no run on blobs was measured" in r.stderr
     assert (tmp_path / "data" / "Blobs" / "blobs.pt").exists()
     run = work / "results/smoke/runs/ensembles/blobs/ensemble"
     assert json.loads((run / "config.json").read_text())["config"]["extensions"] == ["blobs.py"]
@@ -200,3 +201,89 @@ def test_a_model_family_from_one_file_trains_an_epoch_on_mnist(tmp_path, mnist_r
     assert min(accs) > 0.85, accs
     blob = torch.load(tmp_path / "run" / "model.pt", weights_only=False)
     assert blob["model"] == "tiny_cnn" and blob["model_config"]["input_shape"] == (1, 28, 28)
+
+
+BLOBS_KD = '''
+"""A section with a distillation experiment (a user's, in one file): a 32-unit net on the blobs teaches an 8-unit
+one at T=4; every KD variant of the profile runs in it beside hinton."""
+from pathlib import Path
+
+from kdbench import layout, sections
+
+
+def _student(cfg):
+    runs = layout.runs(cfg["profile"])
+    return {"dataset": "blobs", "widths": [16, 8, 4], "epochs": cfg["blobs_kd"]["epochs"], "val_size": 100,
+            "lr": 0.05, "variant": "hinton", "variant_params": {"temperature": 4.0, "hard_weight": 0.1},
+            "teacher_logits": str(layout.train_logits(runs, "blobs_kd/teacher"))}
+
+
+@sections.register
+class BlobsKD:
+    NAME = "blobs_kd"
+    OUTPUTS = ["blobs_kd.md"]
+    SUMMARY = False
+    SCHEMA = {"type": "object", "required": ["epochs"], "properties": {"epochs": {"type": "integer"}}}
+
+    @staticmethod
+    def jobs(cfg):
+        teacher = {"dataset": "blobs", "widths": [16, 32, 4], "epochs": cfg["blobs_kd"]["epochs"], "val_size": 100,
+                   "lr": 0.05}
+        return [sections.JobSpec("blobs_kd/teacher", tuple(cfg["seeds"]), teacher),
+                sections.JobSpec("blobs_kd/student", tuple(cfg["seeds"]), _student(cfg))]
+
+    @staticmethod
+    def distillation_experiments(cfg):
+        runs = layout.runs(cfg["profile"])
+        teacher = "blobs_kd/teacher"
+        return [sections.Experiment("blobs_T4", "blobs", _student(cfg), str(layout.train_logits(runs, teacher)),
+                                    str(layout.model(runs, teacher)), None, hinton_run="blobs_kd/student",
+                                    seeds=tuple(cfg["seeds"]), metric="test_accuracy_pct",
+                                    title="Blobs: an 8-unit student of a 32-unit net, test accuracy %")]
+
+    @staticmethod
+    def write(cfg, runs, out, paper, **_):
+        (Path(out) / "blobs_kd.md").write_text("Its rows are in variants.md.\\n")
+        return "blobs_kd: its rows are in variants.md"
+'''
+
+
+def test_a_section_with_a_distillation_experiment_gets_variant_rows_without_editing_variants_py(tmp_path):
+    """Issue 38: a user's section declares a distillation experiment in its one file; the plan trains every variant's
+    student in it (a dry run plans them through the training rule), and the variants table gives them a group of
+    their own, titled by the section, beside the built-in groups."""
+    work = tmp_path / "w"
+    work.mkdir()
+    (work / "blobs.py").write_text(BLOBS)
+    (work / "blobs_kd.py").write_text(BLOBS_KD)
+    cfg = yaml.safe_load(SMOKE.read_text())
+    cfg["extensions"] = ["blobs.py", "blobs_kd.py"]
+    cfg["blobs_kd"] = {"epochs": 2}
+    profile = work / "profile.yaml"
+    profile.write_text(yaml.safe_dump(cfg))
+    r = snakemake(work, "results/smoke/variants.md", "-n", data_root=tmp_path / "data", configfile=profile)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    planned = set(re.findall(r"^\s+wildcards: job=(\S+)", out, re.M))
+    assert {f"variants/blobs_T4/{v}" for v in cfg["variants"] if v != "hinton"} <= planned, sorted(planned)
+    assert "blobs_kd/student" in planned and "variants/blobs_T4/hinton" not in planned  # hinton is its own run
+    script = '''
+import json, random
+from kdbench import layout, profile
+from kdbench.sections import variants
+cfg = profile.load("profile.yaml")
+spec = variants.table_config(cfg)
+runs = layout.runs(cfg["profile"])
+for e in spec["experiments"]:
+    for job in e["jobs"].values():
+        for s in e["seeds"]:
+            p = layout.metrics(runs, job, s)
+            p.parent.mkdir(parents=True, exist_ok=True)
+            rec = {"test_errors": 10, "test_accuracy": random.random(), "config": {"variant_params": {}}}
+            p.write_text(json.dumps(rec))
+print(variants.markdown(variants.table(spec, runs), spec))
+'''
+    r = subprocess.run([sys.executable, "-c", script], cwd=work, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "## Blobs: an 8-unit student of a 32-unit net, test accuracy %" in r.stdout, r.stdout[-3000:]
+    assert "| variant | blobs_T4 |" in r.stdout and "## MNIST students (section 3)" in r.stdout

@@ -98,7 +98,7 @@ def test_a_share_is_the_ratio_of_seed_means_with_the_delta_method_interval():
     """Seed 0 closes 1 of a 1-point gap, seed 1 9 of a 19-point gap: the ratio of means is 10/20 = 50% (the mean of
     the per-seed shares, 73.7%, would let the tiny gap dominate). Its interval is the ratio estimator's."""
     parts = [(0, 2.0, 1.0, 2.0), (1, 19.0, 10.0, 29.0)]
-    cell = aggregate.share_cell("d", "t", "s", "m", [(*p, f"src{p[0]}") for p in parts])
+    cell = aggregate.share_cell("d", "t", "s", "gap_closed_pct", [(*p, f"src{p[0]}") for p in parts])
     row = cell.summary({})
     assert row["mean"] == pytest.approx(50.0)
     d = [100 * ((2 - 1) - 0.5 * 1) / 10, 100 * ((19 - 10) - 0.5 * 19) / 10]  # a_s - R b_s over mean(b)
@@ -108,7 +108,10 @@ def test_a_share_is_the_ratio_of_seed_means_with_the_delta_method_interval():
     assert (row["ci95_low"], row["ci95_high"]) == (pytest.approx(50 - half), pytest.approx(50 + half))
     assert [v for _, v, _ in cell.values] == [pytest.approx(100.0), pytest.approx(100 * 9 / 19)]
     assert [src for _, _, src in cell.values] == ["src0", "src1"]
-    assert math.isnan(aggregate.share_cell("d", "t", "s", "m", [(0, 1.0, 1.0, 1.0, "x")]).summary({})["mean"])
+    one = aggregate.share_cell("d", "t", "s", "gap_closed_pct", [(0, 1.0, 1.0, 1.0, "x")])
+    assert math.isnan(one.summary({})["mean"])
+    with pytest.raises(ValueError, match="a share's metric"):  # a reader of the tables must know it is a share
+        aggregate.share_cell("d", "t", "s", "test_errors", [(*p, "x") for p in parts])
 
 
 @pytest.mark.parametrize("errors, pooled, chosen", [

@@ -153,9 +153,10 @@ def test_kdbench_plan_lists_the_jobs(capsys):
     from kdbench.cli import main
     assert main(["plan", str(REPO / ".test" / "config.yaml"), "--configs"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[-2].startswith(f"{len(plan.jobs(SMOKE))} training jobs")
-    # and how long the jobs not yet run should take here (issue 25), or that none is left
-    assert "training jobs of profile 'smoke' to run" in out[-1] or out[-1] == "every planned job has a run record"
+    count = next(i for i, line in enumerate(out) if line.startswith(f"{len(plan.jobs(SMOKE))} training jobs (plus"))
+    # and how long the jobs to train here should take (issue 25), or that none is left
+    assert ("training jobs of profile 'smoke' to run" in out[count + 1]
+            or out[count + 1] == "every planned job has its run records, weights and logits here: nothing to train")
     fit = next(line for line in out if line.startswith("variants/speech_soft3/fitnets "))
     assert '"teacher_members": [0, 3, 6]' in fit and "seeds=[0, 1, 2]" in fit
 

@@ -515,3 +515,67 @@ def test_report_on_results_made_elsewhere_says_so_in_one_line(smoke_run, all_dat
     assert r.returncode == 0 and (tmp_path / "report.html").stat().st_size > 10_000, out[-3000:]
     assert "Missing metadata" not in out
     assert len(re.findall(r"^kdbench report: \d+ result files have no snakemake metadata", out, re.M)) == 1, out
+
+
+def test_a_fresh_clone_hears_the_same_plan_and_estimate_from_kdbench_plan_and_a_dry_run(smoke_run, all_data_root,
+                                                                                          tmp_path):
+    """Issue 39: in a checkout with the committed records but no `*.pt` (a fresh clone), `kdbench plan` and
+    `snakemake -n` count the same training jobs, every one of them, give the same estimate, and say that they retrain
+    runs whose records are committed."""
+    import shutil
+    copy = tmp_path / "clone"
+    shutil.copytree(smoke_run.parents[1], copy, ignore=shutil.ignore_patterns(".snakemake", "*.pt"))
+    plan = subprocess.run([sys.executable, "-m", "kdbench.cli", "plan", "config.yaml"], cwd=copy,
+                          capture_output=True, text=True)
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    dry = snakemake(copy, "-n", data_root=all_data_root, configfile=copy / "config.yaml")
+    assert dry.returncode == 0, (dry.stdout + dry.stderr)[-2000:]
+    said = re.findall(r"^kdbench: (\d+) training jobs? of profile 'smoke' to run; (.*)$", plan.stdout, re.M)
+    heard = re.findall(r"^kdbench: dry run: (\d+) training jobs? of profile 'smoke' to run; (.*)$", dry.stderr, re.M)
+    assert said and said == heard, (plan.stdout[-1500:], dry.stderr[-1500:])
+    planned = int(re.search(r"^(\d+) training jobs \(plus the specialists", plan.stdout, re.M).group(1))
+    assert int(said[0][0]) == planned  # no weights anywhere: every planned job trains again
+    again = re.search(r"^kdbench: (\d+) of them retrain runs whose records are committed", plan.stdout, re.M)
+    assert again and int(again.group(1)) == planned, plan.stdout[-1500:]
+    assert f"kdbench: {again.group(1)} of them retrain runs whose records are committed" in dry.stderr
+
+
+def test_one_variant_in_a_fresh_clone_trains_its_students_and_what_they_need_listed_with_times(
+        smoke_run, all_data_root, tmp_path):
+    """Issue 39: `snakemake variant_<name>` in a checkout without `*.pt`: the dry run plans that variant's students
+    in every experiment and their prerequisites (the MNIST teacher, the ensembles), no other variant's students and
+    no table, and lists the jobs with their time before anything trains."""
+    import shutil
+    copy = tmp_path / "clone"
+    shutil.copytree(smoke_run.parents[1], copy, ignore=shutil.ignore_patterns(".snakemake", "*.pt"))
+    dry = snakemake(copy, "-n", "variant_js_kd", data_root=all_data_root, configfile=copy / "config.yaml")
+    assert dry.returncode == 0, (dry.stdout + dry.stderr)[-2000:]
+    trained = set(re.findall(r"^\s+wildcards: job=(\S+)", dry.stdout + dry.stderr, re.M))
+    students = {f"variants/{e}/js_kd" for e in EXPERIMENTS}
+    assert students <= trained, sorted(trained)
+    assert not {j for j in trained if j.startswith("variants/")} - students, sorted(trained)
+    assert "teacher" in trained and any(j.startswith("ensembles/") for j in trained), sorted(trained)
+    assert not re.search(r"^rule aggregate", dry.stdout + dry.stderr, re.M)
+    first = re.search(r"^kdbench: first, what the variants' students need: (.*)$", dry.stderr, re.M)
+    then = re.search(r"^kdbench: then the variants' students: (.*)$", dry.stderr, re.M)
+    assert first and then, dry.stderr[-2000:]
+    listed = r"(\S+) \((?:about [\d.]+ (?:min|h)|no estimate)\)"
+    assert set(re.findall(listed, then.group(1))) == students, then.group(1)
+    assert set(re.findall(listed, first.group(1))) == trained - students, first.group(1)
+
+
+def test_a_dry_run_with_a_mirror_that_lacks_the_data_says_so_with_a_fix(tmp_path):
+    """Issue 39: a dry run whose data is not there yet names the datasets it would fetch, and where KDBENCH_MIRROR
+    points at a folder without them, says that the fetch would fall back to a download, and how to fix it."""
+    empty = tmp_path / "empty-mirror"
+    empty.mkdir()
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path / "w"),
+           "--configfile", str(SMOKE), "--config", f"data_root={tmp_path / 'no-data'}", "--cores", "2", "-n",
+           "mnist_section"]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, "KDBENCH_MIRROR": str(empty)})
+    assert r.returncode == 0, (r.stdout + r.stderr)[-2000:]
+    fetched = f"kdbench: dry run: not under {tmp_path / 'no-data'} yet, so fetched first: mnist"
+    assert fetched in r.stderr, r.stderr[-2000:]
+    assert (f"kdbench: mnist: KDBENCH_MIRROR={empty} holds no MNIST/, so its fetch falls back to a download, which "
+            f"fails without internet. Fix: point KDBENCH_MIRROR at a folder holding MNIST/") in r.stderr
+    assert "fashion_mnist" not in r.stderr.split("fetched first:")[1].splitlines()[0]  # the target needs MNIST alone

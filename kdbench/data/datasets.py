@@ -370,7 +370,7 @@ def _entry(name: str, title: str) -> registry.Dataset:
         name, title, tuple(spec["classes"]), (1, 28, 28), 60000, "images",
         files=lambda root: [raw_dir(root, name) / f for f in spec["files"]],
         fetch=lambda root, mirror=None, allow_download=True: fetch(name, root, mirror, allow_download),
-        load=lambda train, root, device: load(name, train, root, device))
+        load=lambda train, root, device: load(name, train, root, device), mirror_folder=spec["folder"])
 
 
 registry.register(_entry("mnist", "MNIST"))

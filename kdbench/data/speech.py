@@ -372,7 +372,7 @@ def _entry(split: str) -> registry.Dataset:
         split, TITLES[split], CLASS_NAMES, (CONTEXT, N_MELS), train_utterances(split), "utterances",
         files=lambda root: [features_path(root, split)],
         fetch=lambda root, mirror=None, allow_download=True: prepare(split, root, mirror, allow_download),
-        load=lambda train, root, device: load(split, train, root, device))
+        load=lambda train, root, device: load(split, train, root, device), mirror_folder="FSDD")
 
 
 for _split in SPLITS:

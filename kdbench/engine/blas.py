@@ -46,3 +46,19 @@ class _NumpyBaddbmm(torch.autograd.Function):
 def numpy_baddbmm(bias: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """bias (K, 1, O) + x (K, B, I) @ w (K, I, O), by numpy's BLAS, with autograd."""
     return _NumpyBaddbmm.apply(bias, x, w)
+
+
+def numpy_library() -> str:
+    """numpy's BLAS as its build names it, e.g. "scipy-openblas 0.3.31.188.0"."""
+    try:
+        c = np.__config__.CONFIG["Build Dependencies"]["blas"]
+        return f"{c.get('name', 'unknown')} {c.get('version', '')}".strip()
+    except (AttributeError, KeyError, TypeError):
+        return "unknown"
+
+
+def torch_library() -> str:
+    """torch's CPU BLAS as its build settings name it (e.g. "mkl")."""
+    import re
+    m = re.search(r"BLAS_INFO=(\w+)", torch.__config__.show())
+    return m.group(1) if m else "unknown"

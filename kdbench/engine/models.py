@@ -25,6 +25,15 @@ SINGLE_MEMBER_MM = True
 MATMUL = "torch"
 
 
+def matmul_path(device: torch.device | str) -> str:
+    """What multiplies the MLP's layers on `device`, as every run records it (`metrics.json`: `matmul`)."""
+    if torch.device(device).type != "cpu":
+        return f"torch ({torch.device(device).type})"
+    if MATMUL == "numpy":
+        return f"numpy ({blas.numpy_library()})"
+    return f"torch ({blas.torch_library()})"
+
+
 class MLP(nn.Module):
     def __init__(self, widths: list[int], members: int = 1, seeds: list[int] | None = None,
                  dropout_input: float = 0.0, dropout_hidden: float = 0.0, max_norm: float | None = None):

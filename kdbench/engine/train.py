@@ -364,7 +364,8 @@ def write_records(eng: Engine, data: RunData, history: dict, best, out_dir: Path
               "versions": package_versions(), "device": device_description(facts["device"]),
               "wall_seconds": facts["wall"], "members_trained_together": len(seeds),
               "variant_module_sha256": facts["module_hashes"], "epochs": cfg["epochs"],
-              "precision": cfg["precision"], "train_examples": data.sampler.epoch_size,
+              "precision": cfg["precision"], "matmul": models.matmul_path(facts["device"]),
+              "train_examples": data.sampler.epoch_size,
               "resumed_after_epoch": facts["start_epoch"],
               "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "val_examples": int(len(data.val_idx)),
               "epoch_seconds": history["epoch_seconds"]}

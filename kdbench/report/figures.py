@@ -98,6 +98,40 @@ def variants(df, path: Path | str) -> None:
     _save(fig, path)
 
 
+def variants_leaderboard(df, path: Path | str) -> None:
+    """Each variant's paired difference to `hinton` with its 95% interval, turned so that up is better (fewer
+    errors, more accuracy), one panel per group of experiments, a line at 0: where a whisker clears it, the variant
+    beats or loses to hinton in that experiment."""
+    others = df[df.variant != "hinton"]
+    groups = list(dict.fromkeys(others.table)) if "table" in others else [None]
+    names = list(dict.fromkeys(others.variant))
+    fig, axes = plt.subplots(max(len(groups), 1), 1, figsize=(12, 3.2 * max(len(groups), 1) + 0.6), squeeze=False)
+    width = 0.8 / max(len(names), 1)
+    for ax, g in zip(axes[:, 0], groups):
+        sub_g = others if g is None else others[others.table == g]
+        exps = list(dict.fromkeys(sub_g.experiment))
+        sign = -1.0 if sub_g.metric.iloc[0] == "test_errors" else 1.0
+        for i, v in enumerate(names):
+            sub = sub_g[sub_g.variant == v].set_index("experiment").reindex(exps)
+            mid = sign * sub["diff_vs_hinton_mean"].to_numpy(dtype=float)
+            ends = np.sort(sign * sub[["diff_ci95_low", "diff_ci95_high"]].to_numpy(dtype=float), axis=1)
+            yerr = np.nan_to_num(np.stack([mid - ends[:, 0], ends[:, 1] - mid]))
+            ax.errorbar(np.arange(len(exps)) + (i - (len(names) - 1) / 2) * width, mid, yerr=yerr, fmt="o",
+                        capsize=2, color=f"C{i}", label=v)
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        ax.set_xticks(np.arange(len(exps)))
+        ax.set_xticklabels(exps, fontsize=8)
+        ax.set_xlim(-0.6, len(exps) - 0.4)
+        ax.set_ylabel("fewer errors than hinton" if sign < 0 else "accuracy points over hinton")
+        ax.grid(axis="y", linewidth=0.4, alpha=0.6)
+        title = PANEL_TITLES.get(g, "KD variants").split(":")[0]
+        ax.set_title(f"{title}: difference to hinton, paired 95% interval, up is better", fontsize=10)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=min(max(len(names), 1), 8), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / (3.2 * max(len(groups), 1) + 0.6)))
+    _save(fig, path)
+
+
 def ci_errors(rows) -> np.ndarray:
     """(2, n) error-bar lengths below and above each summary row's mean to its 95% interval (0 where it has none)."""
     mean = np.array([r["mean"] for r in rows], dtype=float)

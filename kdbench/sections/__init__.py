@@ -7,7 +7,8 @@ A built-in section is a module of this package with an `ORDER` (its place in the
 section is an object (a class, say) registered with `@register` in a file listed under the profile's `extensions`.
 A section has:
 - `NAME` (a user's section; a module's name is its file's) and `jobs(cfg) -> [JobSpec]`: every training job it plans;
-- `distillation_experiments(cfg) -> [Experiment]` (optional): its experiments that every KD variant is re-run in;
+- `distillation_experiments(cfg) -> [Experiment]` (optional): its experiments that every KD variant is re-run in (a
+  group of its own in the variants tables, titled by the experiments' `title`, where `table` is a new group);
 - `OUTPUTS`: the files under `results/<profile>/` that `rule all` asks of it; `SUMMARY`: whether it writes
   `<name>_summary.csv` and `<name>_provenance.csv` parts of the suite's summary;
 - `write(cfg, runs, out_dir, paper=..., root=..., clusters=...)`: its tables and figures (`kdbench aggregate`);
@@ -110,3 +111,4 @@ class Experiment:
     choice: dict | None = None  # what that choice compares: the sweep's runs of {"width"}, or {"dataset"}'s nets
     metric: str = "test_errors"  # "test_errors" (count) or "test_accuracy_pct"
     seeds: tuple[int, ...] = ()  # the seeds its students train on: its section's
+    title: str | None = None  # its group's title in the variants tables, for a group kdbench does not know

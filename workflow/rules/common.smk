@@ -1,9 +1,11 @@
 # Shared definitions, and no rules (snakemake --lint): paths (kdbench.layout), the job plan (kdbench.plan, checked
 # before any job runs), the seed lists the training rules serve, and the input functions of the sections' rules.
+import atexit
 import json
 import os
 import re
 import shlex
+import sys
 from pathlib import Path
 
 from kdbench import layout, plan, sections
@@ -98,6 +100,37 @@ def all_specialists(w):
 
 
 def variant_table_inputs(spec):
-    """Every run record the table reads: each experiment's jobs on that experiment's own seeds."""
-    return [layout.metrics(RUNS, job, s) for e in spec["experiments"] for job in e["jobs"].values()
+    """Every run record the table reads: each experiment's jobs (and every setting of a tuned variant, among which
+    the table chooses on validation) on that experiment's own seeds."""
+    return [layout.metrics(RUNS, job, s) for e in spec["experiments"]
+            for job in [*e["jobs"].values(), *(j for t in e.get("tuned", {}).values() for j in t["settings"].values())]
             for s in e["seeds"]]
+
+
+def announce_training(dry=False):
+    """How long the training about to run should take here, from the epochs measured here (kdbench.estimate): the
+    planned training jobs of the DAG snakemake is about to run (what `kdbench plan` counts for `rule all`)."""
+    from kdbench import estimate
+
+    todo = {j.wildcards.get("job") for j in workflow.dag.needrun_jobs() if j.rule.name.startswith("train")}
+    note = estimate.announce(config, [PLAN[n] for n in sorted(todo) if n in PLAN])
+    if note:
+        print(("kdbench: dry run: " + note.removeprefix("kdbench: ")) if dry else note, file=sys.stderr)
+
+
+def announce_after_a_dry_run():
+    """A dry run runs no onstart: the same message once its DAG is known, as the process ends; and which datasets
+    it would fetch first, from where (a fix where the mirror lacks one)."""
+    try:
+        if workflow.dryrun and not workflow.remote_exec:
+            announce_training(dry=True)
+            fetch = sorted({j.rule.name.removeprefix("fetch_") for j in workflow.dag.needrun_jobs()
+                            if j.rule.name.startswith("fetch_")})
+            note = data_registry.fetch_note(fetch, DATA, os.environ.get("KDBENCH_MIRROR"))
+            if note:
+                print(note, file=sys.stderr)
+    except Exception:  # the DAG was never built (an error before it): snakemake has said why
+        pass
+
+
+atexit.register(announce_after_a_dry_run)

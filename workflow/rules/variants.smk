@@ -26,6 +26,20 @@ rule choose_temperature:
         "exec kdbench choose-temperature --config-json {params.cfg} --runs {params.runs} --out {output} > {log} 2>&1"
 
 
+# one target per variant: `snakemake variant_<name>` trains that variant's students in every experiment and only what
+# they need (teachers, ensembles, the temperature choices), not the tables; before it starts (or at the end of a dry
+# run) it lists those jobs with their time (kdbench.estimate.announce)
+for _v in [v for v in config["variants"] if v != "hinton"]:
+
+    rule:
+        name:
+            f"variant_{_v}"
+        input:
+            [layout.metrics(RUNS, j.name, s) for j in variants.jobs(config) if j.name.split("/")[2] == _v
+             for s in j.seeds],
+        localrule: True
+
+
 VARIANT_TABLES = variants.table_config(config)
 VARIANT_TABLES_MNIST = variants.table_config(config, tables=("mnist",), name="variants_mnist")
 
@@ -38,6 +52,8 @@ rule aggregate_variants:
         csv=RESULTS / "variants.csv",
         table=report(RESULTS / "variants.md", caption="../report/variants.rst", category="KD variants"),
         figure=report(RESULTS / "variants.png", caption="../report/variants.rst", category="KD variants"),
+        leaderboard=report(RESULTS / "variants_leaderboard.png", caption="../report/variants_leaderboard.rst",
+                           category="KD variants"),
     params:
         runs=RUNS,
         out=RESULTS,
@@ -57,6 +73,7 @@ rule aggregate_variants_mnist:
         csv=RESULTS / "variants_mnist.csv",
         table=RESULTS / "variants_mnist.md",
         figure=RESULTS / "variants_mnist.png",
+        leaderboard=RESULTS / "variants_mnist_leaderboard.png",
     params:
         runs=RUNS,
         out=RESULTS,
