@@ -115,7 +115,7 @@ def announce_training(dry=False):
     todo = {j.wildcards.get("job") for j in workflow.dag.needrun_jobs() if j.rule.name.startswith("train")}
     note = estimate.announce(config, [PLAN[n] for n in sorted(todo) if n in PLAN])
     if note:
-        print(("kdbench: dry run: " + note.removeprefix("kdbench: ")) if dry else note, file=sys.stderr)
+        print(f"kdbench: dry run: {note.removeprefix('kdbench: ')}" if dry else note, file=sys.stderr)
 
 
 def announce_after_a_dry_run():
