@@ -243,3 +243,19 @@ def test_the_committed_leaderboard_is_recomputed_from_variants_csv():
     text = (quick / "variants.md").read_text()
     for line in variants.verdict_lines(df):
         assert f"- {line}" in text, line
+
+
+def test_the_readme_states_each_variants_verdict_as_variants_csv_gives_it():
+    """Issue 37 item 5: the README's results section gets each variant's verdict line, the very lines `verdict_lines`
+    computes from the committed variants.csv, all of them and nothing else."""
+    import re
+    from pathlib import Path
+
+    import pandas as pd
+
+    from kdbench.sections import variants
+    repo = Path(__file__).resolve().parents[1]
+    block = re.search(r"<!-- verdicts.*?-->(.*?)<!-- /verdicts -->", (repo / "README.md").read_text(), re.S)
+    assert block, "README: no <!-- verdicts --> block"
+    stated = [line[2:] for line in block.group(1).splitlines() if line.startswith("- ")]
+    assert stated == variants.verdict_lines(pd.read_csv(repo / "results" / "quick" / "variants.csv"))
