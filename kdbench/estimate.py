@@ -143,7 +143,8 @@ def per_job(cfg: dict, todo: list, results_root: Path | str = "results") -> list
         seconds, unknown = expected_seconds([job], here)
         if unknown:
             seconds, unknown = expected_seconds([job], family)
-        out.append((job, "no estimate" if unknown else f"about {_duration(seconds)}"))
+        when = "no estimate" if unknown else "under 1 min" if seconds < 60 else f"about {_duration(seconds)}"
+        out.append((job, when))
     return out
 
 

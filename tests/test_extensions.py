@@ -269,9 +269,10 @@ def test_a_section_with_a_distillation_experiment_gets_variant_rows_without_edit
     assert "blobs_kd/student" in planned and "variants/blobs_T4/hinton" not in planned  # hinton is its own run
     script = '''
 import json, random
-from kdbench import layout, profile
+from kdbench import layout, plan, profile
 from kdbench.sections import variants
 cfg = profile.load("profile.yaml")
+plan.jobs(cfg)  # imports the profile's extensions, as the workflow does: the user's section registers
 spec = variants.table_config(cfg)
 runs = layout.runs(cfg["profile"])
 for e in spec["experiments"]:

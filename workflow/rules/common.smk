@@ -107,12 +107,17 @@ def variant_table_inputs(spec):
             for s in e["seeds"]]
 
 
+def needed():
+    """The jobs of the DAG that need to run, finished or not (a dry run marks every one finished as it prints it)."""
+    return workflow.dag.needrun_jobs(exclude_finished=False)
+
+
 def announce_training(dry=False):
     """How long the training about to run should take here, from the epochs measured here (kdbench.estimate): the
     planned training jobs of the DAG snakemake is about to run (what `kdbench plan` counts for `rule all`)."""
     from kdbench import estimate
 
-    todo = {j.wildcards.get("job") for j in workflow.dag.needrun_jobs() if j.rule.name.startswith("train")}
+    todo = {j.wildcards.get("job") for j in needed() if j.rule.name.startswith("train")}
     note = estimate.announce(config, [PLAN[n] for n in sorted(todo) if n in PLAN])
     if note:
         print(f"kdbench: dry run: {note.removeprefix('kdbench: ')}" if dry else note, file=sys.stderr)
@@ -124,8 +129,7 @@ def announce_after_a_dry_run():
     try:
         if workflow.dryrun and not workflow.remote_exec:
             announce_training(dry=True)
-            fetch = sorted({j.rule.name.removeprefix("fetch_") for j in workflow.dag.needrun_jobs()
-                            if j.rule.name.startswith("fetch_")})
+            fetch = sorted({j.rule.name.removeprefix("fetch_") for j in needed() if j.rule.name.startswith("fetch_")})
             note = data_registry.fetch_note(fetch, DATA, os.environ.get("KDBENCH_MIRROR"))
             if note:
                 print(note, file=sys.stderr)
