@@ -72,14 +72,14 @@ def test_a_job_with_records_but_no_weights_is_to_train_and_the_plan_says_so(tmp_
     for f in ("model.pt", "logits.pt", "seed0/metrics.json", "seed1/metrics.json"):
         (done / f).parent.mkdir(parents=True, exist_ok=True)
         (done / f).write_text("x")
-    jobs = {n: job(n, "mnist", [784, 100, 10], [0, 1], 10) for n in ("teacher", "baseline", "variants/e/mine")}
+    jobs = {n: job(n, "mnist", [784, 100, 10], [0, 1], 20) for n in ("teacher", "baseline", "variants/e/mine")}
     todo = estimate.not_run(jobs, runs)
     assert [j.name for j in todo] == ["teacher", "variants/e/mine"]
     assert estimate.recorded(todo, runs) == 1
     text = estimate.announce({"profile": "quick", "device": "cpu"}, todo)
-    assert text.startswith("kdbench: 2 training jobs of profile 'quick' to run; about 2 min"), text
+    assert text.startswith("kdbench: 2 training jobs of profile 'quick' to run; about 4 min"), text
     assert "kdbench: 1 of them retrain runs whose records are committed" in text
-    assert "kdbench: first, what the variants' students need: teacher (about 1 min)" in text
-    assert "kdbench: then the variants' students: variants/e/mine (about 1 min)" in text
+    assert "kdbench: first, what the variants' students need: teacher (about 2 min)" in text
+    assert "kdbench: then the variants' students: variants/e/mine (about 2 min)" in text
     (done / "model.pt").unlink()  # one output gone: it trains again
     assert [j.name for j in estimate.not_run(jobs, runs)] == ["teacher", "baseline", "variants/e/mine"]
