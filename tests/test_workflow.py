@@ -336,8 +336,8 @@ def test_unlock_beside_a_live_run_stops_the_second_run_and_ctrl_c_stops_the_firs
     work.mkdir()
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work), "--configfile",
            str(configfile), "--config", f"data_root={mnist_root}", "--cores", "2", target]
-    first = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
+    first_out = (tmp_path / "first.log").open("w")
+    first = subprocess.Popen(cmd, cwd=REPO, stdout=first_out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         ckpt = work / "results" / "smoke" / "runs" / "teacher" / "checkpoint.pt"
         deadline = time.time() + 300
@@ -352,7 +352,14 @@ def test_unlock_beside_a_live_run_stops_the_second_run_and_ctrl_c_stops_the_firs
         assert first.poll() is None, "the live run died when a second one was started beside it"
     finally:
         os.killpg(first.pid, signal.SIGINT)
-        first.wait(timeout=120)
+        try:
+            first.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+            pytest.fail("the run did not stop within 300 s of Ctrl-C: "
+                        + (tmp_path / "first.log").read_text()[-3000:])
+        first_out.close()
     log = (work / "results" / "smoke" / "logs" / "train" / "teacher.log").read_text()
     assert "kdbench train: interrupted (Ctrl-C)" in log and "Traceback" not in log, log[-2000:]
     assert not list(work.rglob("*.tmp")) and not (work / target).exists()
@@ -515,29 +522,6 @@ def test_report_on_results_made_elsewhere_says_so_in_one_line(smoke_run, all_dat
     assert r.returncode == 0 and (tmp_path / "report.html").stat().st_size > 10_000, out[-3000:]
     assert "Missing metadata" not in out
     assert len(re.findall(r"^kdbench report: \d+ result files have no snakemake metadata", out, re.M)) == 1, out
-
-
-def test_a_fresh_clone_hears_the_same_plan_and_estimate_from_kdbench_plan_and_a_dry_run(smoke_run, all_data_root,
-                                                                                          tmp_path):
-    """Issue 39: in a checkout with the committed records but no `*.pt` (a fresh clone), `kdbench plan` and
-    `snakemake -n` count the same training jobs, every one of them, give the same estimate, and say that they retrain
-    runs whose records are committed."""
-    import shutil
-    copy = tmp_path / "clone"
-    shutil.copytree(smoke_run.parents[1], copy, ignore=shutil.ignore_patterns(".snakemake", "*.pt"))
-    plan = subprocess.run([sys.executable, "-m", "kdbench.cli", "plan", "config.yaml"], cwd=copy,
-                          capture_output=True, text=True)
-    assert plan.returncode == 0, plan.stderr[-2000:]
-    dry = snakemake(copy, "-n", data_root=all_data_root, configfile=copy / "config.yaml")
-    assert dry.returncode == 0, (dry.stdout + dry.stderr)[-2000:]
-    said = re.findall(r"^kdbench: (\d+) training jobs? of profile 'smoke' to run; (.*)$", plan.stdout, re.M)
-    heard = re.findall(r"^kdbench: dry run: (\d+) training jobs? of profile 'smoke' to run; (.*)$", dry.stderr, re.M)
-    assert said and said == heard, (plan.stdout[-1500:], dry.stderr[-1500:])
-    planned = int(re.search(r"^(\d+) training jobs \(plus the specialists", plan.stdout, re.M).group(1))
-    assert int(said[0][0]) == planned  # no weights anywhere: every planned job trains again
-    again = re.search(r"^kdbench: (\d+) of them retrain runs whose records are committed", plan.stdout, re.M)
-    assert again and int(again.group(1)) == planned, plan.stdout[-1500:]
-    assert f"kdbench: {again.group(1)} of them retrain runs whose records are committed" in dry.stderr
 
 
 def test_one_variant_in_a_fresh_clone_trains_its_students_and_what_they_need_listed_with_times(
