@@ -337,7 +337,10 @@ def test_unlock_beside_a_live_run_stops_the_second_run_and_ctrl_c_stops_the_firs
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work), "--configfile",
            str(configfile), "--config", f"data_root={mnist_root}", "--cores", "2", target]
     first_out = (tmp_path / "first.log").open("w")
-    first = subprocess.Popen(cmd, cwd=REPO, stdout=first_out, stderr=subprocess.STDOUT, start_new_session=True)
+    # Ctrl-C's default action in the run, even where pytest itself was started in the background (a shell's
+    # background job inherits SIGINT ignored, and Python then keeps ignoring it)
+    first = subprocess.Popen(cmd, cwd=REPO, stdout=first_out, stderr=subprocess.STDOUT, start_new_session=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         ckpt = work / "results" / "smoke" / "runs" / "teacher" / "checkpoint.pt"
         deadline = time.time() + 300
