@@ -62,9 +62,9 @@ def jobs(cfg: dict) -> list[JobSpec]:
         if any(losses.get(v).teacher == "self" for v in names) and "hard" not in names:
             names.append("hard")  # born-again teachers: the experiment's own hard run
         for v in names:
-            for point in grid(cfg, v):  # a tuned variant: one student per setting of its grid
-                out.append(JobSpec(setting_job(exp, v, point), exp.seeds, train_config(cfg, exp, v, point)))
-            if grid(cfg, v):
+            points = grid(cfg, v)
+            if points:  # a tuned variant: one student per setting of its grid
+                out += [JobSpec(setting_job(exp, v, p), exp.seeds, train_config(cfg, exp, v, p)) for p in points]
                 continue
             name = job_name(exp, v)
             if name == exp.hinton_run:

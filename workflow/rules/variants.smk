@@ -35,7 +35,7 @@ for _v in [v for v in config["variants"] if v != "hinton"]:
         name:
             f"variant_{_v}"
         input:
-            [layout.metrics(RUNS, j.name, s) for j in variants.jobs(config) if j.name.split("/")[2] == _v
+            [layout.metrics(RUNS, n, s) for n, j in PLAN.items() if n.startswith("variants/") and n.split("/")[2] == _v
              for s in j.seeds],
         localrule: True
 
