@@ -136,26 +136,35 @@ def _listing(cfg: dict, jobs: list) -> str:
 
 def per_job(cfg: dict, todo: list, results_root: Path | str = "results") -> list[tuple]:
     """(job, "about N min" or "no estimate") for each job of `todo`, as `message` estimates them."""
-    kind = device_kind(cfg.get("device", "auto"))
-    here, family = measured(results_root, kind), measured(results_root, kind.split(":")[0] + ":")
+    runs = _measurements(results_root, device_kind(cfg.get("device", "auto")))
     out = []
     for job in todo:
-        seconds, unknown = expected_seconds([job], here)
-        if unknown:
-            seconds, unknown = expected_seconds([job], family)
+        seconds, _, unknown = _seconds([job], *runs)
         when = "no estimate" if unknown else "under 1 min" if seconds < 60 else f"about {_duration(seconds)}"
         out.append((job, when))
     return out
 
 
-def _time(cfg: dict, todo: list, results_root: Path | str) -> str:
-    kind = device_kind(cfg.get("device", "auto"))
-    seconds, unknown = expected_seconds(todo, measured(results_root, kind))
+def _measurements(results_root: Path | str, kind: str) -> tuple[dict, dict]:
+    """The runs measured on this kind of device, and on any machine of its class (another CPU, say)."""
+    return measured(results_root, kind), measured(results_root, kind.split(":")[0] + ":")
+
+
+def _seconds(todo: list, here: dict, family: dict) -> tuple[float, list[str], list[str]]:
+    """(seconds, datasets estimated from another machine of the same class, datasets with no measured run) of the
+    jobs `todo`: the epochs measured on this kind of device (`here`), else on another machine of its class."""
+    seconds, unknown = expected_seconds(todo, here)
     borrowed = []
     if unknown:  # no run on those datasets measured on this kind: runs of another machine of the same class
-        family = kind.split(":")[0] + ":"
-        more, still = expected_seconds([j for j in todo if j.dataset in unknown], measured(results_root, family))
+        more, still = expected_seconds([j for j in todo if j.dataset in unknown], family)
         seconds, borrowed, unknown = seconds + more, [d for d in unknown if d not in still], still
+    return seconds, borrowed, unknown
+
+
+def _time(cfg: dict, todo: list, results_root: Path | str) -> str:
+    kind = device_kind(cfg.get("device", "auto"))
+    family = kind.split(":")[0] + ":"
+    seconds, borrowed, unknown = _seconds(todo, *_measurements(results_root, kind))
     jobs = f"kdbench: {len(todo)} training job{'s' if len(todo) != 1 else ''} of profile {cfg['profile']!r} to run"
     if unknown and len(unknown) == len({j.dataset for j in todo}):
         return f"{jobs}; no estimate: no run on {', '.join(unknown)} was measured on any {family[:-1]} here"
