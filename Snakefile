@@ -69,10 +69,13 @@ onstart:
 
 
 rule all:
+    """Every table and figure, and every planned job's weights and logits: a checkout holding the committed records
+    but no `*.pt` (a fresh clone) trains every planned job again, as `kdbench plan` says beforehand (issue 39)."""
     input:
         RESULTS / "summary.csv",
         RESULTS / "provenance.csv",
         [RESULTS / f for name in sections.names() for f in sections.get(name).OUTPUTS],
+        [RUNS / job / f for job in PLAN for f in ("model.pt", "logits.pt")],
     default_target: True
 
 

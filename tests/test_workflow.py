@@ -527,6 +527,31 @@ def test_report_on_results_made_elsewhere_says_so_in_one_line(smoke_run, all_dat
     assert len(re.findall(r"^kdbench report: \d+ result files have no snakemake metadata", out, re.M)) == 1, out
 
 
+def test_a_fresh_clone_hears_the_same_plan_and_estimate_from_kdbench_plan_and_a_dry_run(smoke_run, all_data_root,
+                                                                                          tmp_path):
+    """Issue 39: in a checkout with the committed records but no `*.pt` (a fresh clone), `kdbench plan` and
+    `snakemake -n` count the same training jobs, every one of them (rule `all` asks for every planned job's weights),
+    give the same estimate, and say that they retrain runs whose records are committed."""
+    import shutil
+    copy = tmp_path / "clone"
+    shutil.copytree(smoke_run.parents[1], copy, ignore=shutil.ignore_patterns(".snakemake", "*.pt"))
+    plan = subprocess.run([sys.executable, "-m", "kdbench.cli", "plan", "config.yaml"], cwd=copy,
+                          capture_output=True, text=True)
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    dry = snakemake(copy, "-n", data_root=all_data_root, configfile=copy / "config.yaml")
+    assert dry.returncode == 0, (dry.stdout + dry.stderr)[-2000:]
+    said = re.findall(r"^kdbench: (\d+) training jobs? of profile 'smoke' to run; (.*)$", plan.stdout, re.M)
+    heard = re.findall(r"^kdbench: dry run: (\d+) training jobs? of profile 'smoke' to run; (.*)$", dry.stderr, re.M)
+    assert said and said == heard, (plan.stdout[-1500:], dry.stderr[-1500:])
+    planned = int(re.search(r"^(\d+) training jobs \(plus the specialists", plan.stdout, re.M).group(1))
+    assert int(said[0][0]) == planned  # no weights anywhere: every planned job trains again
+    trained = set(re.findall(r"^\s+wildcards: job=(\S+)", dry.stdout + dry.stderr, re.M))
+    assert len(trained) == planned, sorted(trained)
+    again = re.search(r"^kdbench: (\d+) of them retrain runs whose records are committed", plan.stdout, re.M)
+    assert again and int(again.group(1)) == planned, plan.stdout[-1500:]
+    assert f"kdbench: {again.group(1)} of them retrain runs whose records are committed" in dry.stderr
+
+
 def test_one_variant_in_a_fresh_clone_trains_its_students_and_what_they_need_listed_with_times(
         smoke_run, all_data_root, tmp_path):
     """Issue 39: a new variant (`js_kd`, not run yet) in a checkout without `*.pt`, a fresh clone: `snakemake

@@ -1,6 +1,7 @@
 # Shared definitions, and no rules (snakemake --lint): paths (kdbench.layout), the job plan (kdbench.plan, checked
 # before any job runs), the seed lists the training rules serve, and the input functions of the sections' rules.
 import atexit
+import contextlib
 import json
 import os
 import re
@@ -21,6 +22,8 @@ SEEDS = config["seeds"]
 PAPER = Path(config["paper_numbers"])
 PAPER = Path(os.path.relpath(PAPER if PAPER.is_absolute() else Path(workflow.basedir) / PAPER))
 # every job that trains or runs a net asks the scheduler for one GPU when the config trains on CUDA (SLURM: --gpus)
+# the working directory (`-d`): snakemake leaves it before the atexit hook below runs, whose paths are relative
+WORKDIR = Path.cwd()
 GPU = 1 if config["device"].startswith("cuda") else 0
 
 
@@ -124,15 +127,17 @@ def announce_training(dry=False):
 
 
 def announce_after_a_dry_run():
-    """A dry run runs no onstart: the same message once its DAG is known, as the process ends; and which datasets
-    it would fetch first, from where (a fix where the mirror lacks one)."""
+    """A dry run runs no onstart: the same message once its DAG is known, as the process ends (back in the working
+    directory, which snakemake has left by then); and which datasets it would fetch first, from where (a fix where
+    the mirror lacks one)."""
     try:
         if workflow.dryrun and not workflow.remote_exec:
-            announce_training(dry=True)
-            fetch = sorted({j.rule.name.removeprefix("fetch_") for j in needed() if j.rule.name.startswith("fetch_")})
-            note = data_registry.fetch_note(fetch, DATA, os.environ.get("KDBENCH_MIRROR"))
-            if note:
-                print(note, file=sys.stderr)
+            with contextlib.chdir(WORKDIR):
+                announce_training(dry=True)
+                fetch = sorted({j.rule.name.removeprefix("fetch_") for j in needed() if j.rule.name.startswith("fetch_")})
+                note = data_registry.fetch_note(fetch, DATA, os.environ.get("KDBENCH_MIRROR"))
+                if note:
+                    print(note, file=sys.stderr)
     except Exception:  # the DAG was never built (an error before it): snakemake has said why
         pass
 
