@@ -64,3 +64,59 @@ def test_dropout_only_in_training_and_own_masks_per_member():
     torch.manual_seed(1)
     b = m(x)
     assert not torch.allclose(b[0], b[1])  # identical weights, different masks
+
+
+def test_dropout_scales_the_kept_units_and_zeroes_the_rest_with_the_mask_rand_ge_p():
+    """The mask is `rand >= p` of the generator's stream (the stream every committed run drew), kept units scaled by
+    1 / (1 - p): the same values as `x * keep / (1 - p)`, forward and backward."""
+    m = MLP([30, 8, 3], dropout_input=0.25)
+    m.train()
+    x = torch.randn(1, 5, 30, requires_grad=True)
+    torch.manual_seed(4)
+    got = m._dropout(x, 0.25)
+    torch.manual_seed(4)
+    keep = torch.rand_like(x) >= 0.25
+    want = x * keep / 0.75
+    assert torch.equal(got, want) and 0 < keep.sum() < keep.numel()
+    g = torch.randn_like(x)
+    (ga,) = torch.autograd.grad(got, x, g)
+    (gb,) = torch.autograd.grad(want, x, g)
+    assert torch.equal(ga, gb)
+
+
+def test_one_member_takes_the_2d_path_with_the_batched_paths_numbers():
+    """K=1 multiplies 2-D views (addmm); its outputs, hidden features and gradients match the batched path's."""
+    from kdbench.engine import models
+    x = torch.randn(6, 20)
+    out = {}
+    for single in (True, False):
+        models.SINGLE_MEMBER_MM = single
+        try:
+            m = MLP([20, 16, 16, 5], members=1, seeds=[3])
+            logits, hidden = m(x, hidden=True)
+            (logits.square().sum() + hidden.sum()).backward()
+            out[single] = logits, hidden, [p.grad for p in m.parameters()]
+        finally:
+            models.SINGLE_MEMBER_MM = True
+    (la, ha, ga), (lb, hb, gb) = out[True], out[False]
+    assert la.shape == lb.shape == (1, 6, 5) and ha.shape == hb.shape == (1, 6, 16)
+    assert torch.allclose(la, lb, atol=1e-6) and torch.allclose(ha, hb, atol=1e-6)
+    assert all(a.shape == b.shape and torch.allclose(a, b, atol=1e-5) for a, b in zip(ga, gb))
+
+
+def test_kdbench_sgd_is_torch_sgd_bit_for_bit():
+    """kdbench.engine.optim.SGD (no torch.optim import in a job) makes torch.optim.SGD's updates exactly, with
+    Nesterov momentum, plain momentum and weight decay."""
+    from kdbench.engine import optim
+    for kw in (dict(momentum=0.9, nesterov=True), dict(momentum=0.9), dict(momentum=0.5, weight_decay=1e-2), {}):
+        torch.manual_seed(0)
+        a = MLP([12, 10, 4], members=2, seeds=[0, 1])
+        b = MLP([12, 10, 4], members=2, seeds=[0, 1])
+        ours, theirs = optim.SGD(a.parameters(), lr=0.1, **kw), torch.optim.SGD(b.parameters(), lr=0.1, **kw)
+        for _ in range(4):
+            x = torch.randn(2, 6, 12)
+            for net, opt in ((a, ours), (b, theirs)):
+                opt.zero_grad()
+                net(x).square().mean().backward()
+                opt.step()
+        assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters())), kw

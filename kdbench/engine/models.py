@@ -63,10 +63,12 @@ class MLP(nn.Module):
                 b[k].copy_(torch.empty(b.shape[1:]).uniform_(-bound, bound, generator=g))
 
     def _dropout(self, x: torch.Tensor, p: float) -> torch.Tensor:
+        """Each unit kept with probability 1 - p and scaled by 1 / (1 - p). The mask is drawn as `rand >= p` and
+        applied by `where` (the same values as `x * keep / (1 - p)`, one pass fewer and no float copy of the mask)."""
         if not self.training or p == 0.0:
             return x
         keep = torch.rand_like(x) >= p
-        return x * keep / (1.0 - p)
+        return torch.where(keep, x / (1.0 - p), 0.0)
 
     def forward(self, x: torch.Tensor, hidden: bool = False):
         """x: (K, B, D) per-member inputs, or (B, D) shared by all members. Returns logits (K, B, C), or with
@@ -74,18 +76,24 @@ class MLP(nn.Module):
         KD variants."""
         if x.dim() == 2:
             x = x.unsqueeze(0).expand(self.members, -1, -1)
+        numpy_path = MATMUL == "numpy" and blas.usable(x, self.weights[0])
+        # one member: 2-D products on views (squeeze, whose backward is a view too: indexing [0] would make its
+        # backward fill a zero tensor of the weight's size and copy the gradient in, every step)
+        single = SINGLE_MEMBER_MM and self.members == 1 and not numpy_path
+        if single:
+            x = x.squeeze(0)
         x = self._dropout(x, self.dropout_input)
         last, h = len(self.weights) - 1, x
-        single = SINGLE_MEMBER_MM and self.members == 1
-        numpy_path = MATMUL == "numpy" and blas.usable(x, self.weights[0])
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             if numpy_path:
                 x = blas.numpy_baddbmm(b.unsqueeze(1), x, w)
             else:
-                x = torch.addmm(b[0], x[0], w[0]).unsqueeze(0) if single else torch.baddbmm(b.unsqueeze(1), x, w)
+                x = torch.addmm(b.squeeze(0), x, w.squeeze(0)) if single else torch.baddbmm(b.unsqueeze(1), x, w)
             if i < last:
                 h = torch.relu(x)
                 x = self._dropout(h, self.dropout_hidden)
+        if single:
+            x, h = x.unsqueeze(0), h.unsqueeze(0)
         return (x, h) if hidden else x
 
     @property
@@ -100,7 +108,9 @@ class MLP(nn.Module):
             return
         for w in list(self.weights)[:-1]:
             norms = w.norm(dim=1, keepdim=True)  # (K, 1, fan_out): one norm per unit of each member
-            w.mul_(torch.clamp(self.max_norm / (norms + 1e-12), max=1.0))
+            scale = torch.clamp(self.max_norm / (norms + 1e-12), max=1.0)
+            if bool((scale < 1.0).any()):  # a pass over the weights only when a unit is over the bound (x 1.0 is exact)
+                w.mul_(scale)
 
     def member_module(self, k: int) -> nn.Sequential:
         """Member k as a plain nn.Sequential of Linear/ReLU (weights copied; dropout not included)."""

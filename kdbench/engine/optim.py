@@ -33,6 +33,8 @@ class SGD:
 
     @torch.no_grad()
     def step(self) -> None:
+        """torch.optim.SGD's update, with Nesterov's look-ahead added into the gradient in place (the gradient is
+        spent: `zero_grad` drops it before the next backward) rather than into a new tensor the size of the weights."""
         lr = self.lr
         for i, p in enumerate(self.params):
             if p.grad is None:
@@ -46,7 +48,7 @@ class SGD:
                     buf = self.buffers[i] = grad.detach().clone()
                 else:
                     buf.mul_(self.momentum).add_(grad, alpha=1.0)
-                grad = grad.add(buf, alpha=self.momentum) if self.nesterov else buf
+                grad = grad.add_(buf, alpha=self.momentum) if self.nesterov else buf
             p.add_(grad, alpha=-lr)
         self.steps += 1
 
