@@ -168,10 +168,10 @@ def planned_jobs(cfg: dict) -> dict:
                          f"{cfg['mnist']['sweep']['widths']}")
     for name in cfg["variants"]:
         if name not in losses.VARIANTS:
-            close = difflib.get_close_matches(name, list(losses.VARIANTS), n=1)
+            close = difflib.get_close_matches(name, losses.VARIANTS.names(), n=1)
             raise ValueError(f"config: variants: unknown KD variant {name!r}"
                              + (f" (did you mean {close[0]!r}?)" if close else "")
-                             + f". Fix: one of {sorted(losses.VARIANTS)}, or register your own in a file listed "
+                             + f". Fix: one of {losses.VARIANTS.names()}, or register your own in a file listed "
                                f"under variant_modules (docs/adding-a-variant.md)")
     for name, params in cfg.get("variant_params", {}).items():
         if name not in cfg["variants"]:

@@ -59,8 +59,8 @@ def load_files(paths, key: str = "extensions") -> dict[str, str]:
 class Registry:
     """name -> entry, with the user file that registered each (`sources`)."""
 
-    def __init__(self, kind: str, builtins: tuple[str, ...] = ()):
-        self.kind, self._builtins = kind, builtins
+    def __init__(self, kind: str, builtins: tuple[str, ...] = (), files_key: str = "extensions"):
+        self.kind, self._builtins, self.files_key = kind, builtins, files_key
         self._entries: dict[str, object] = {}
         self.sources: dict[str, str | None] = {}
 
@@ -68,11 +68,16 @@ class Registry:
         for module in self._builtins:  # the modules whose import registers the built-in entries
             importlib.import_module(module)
 
-    def add(self, name: str, entry) -> None:
+    def add(self, name: str, entry, same=None) -> None:
+        """Register `entry` as `name`. Registering a name again is refused when it is other code: by default, when
+        another user file registers it; with `same(old, new)`, when that says the two are not the same code."""
         source = current_source()
-        if name in self._entries and self.sources[name] != source and source is not None:
-            raise ValueError(f"a {self.kind} named {name!r} is already registered (by "
-                             f"{self.sources[name] or 'kdbench'}); choose another name")
+        if name in self._entries:
+            clash = (not same(self._entries[name], entry) if same is not None
+                     else self.sources[name] != source and source is not None)
+            if clash:
+                raise ValueError(f"a {self.kind} named {name!r} is already registered (by "
+                                 f"{self.sources[name] or 'kdbench'}); choose another name")
         self._entries[name] = entry
         self.sources.setdefault(name, source)
 
@@ -80,7 +85,7 @@ class Registry:
         self._load_builtins()
         if name not in self._entries:
             raise KeyError(f"unknown {self.kind} {name!r}; registered: {self.names()}. Fix: choose one of those, or "
-                           f"list the file that registers it under `extensions`")
+                           f"list the file that registers it under `{self.files_key}`")
         return self._entries[name]
 
     def names(self) -> list[str]:

@@ -104,7 +104,8 @@ def _same_kind(default):
     return (lambda v: True), "any value"
 
 
-VARIANTS: dict[str, Variant] = {}
+# the KD variants: the built-ins of this file, and those users' files (`variant_modules`) register
+VARIANTS = registry.Registry("KD variant", files_key="variant_modules")
 
 
 def register(name: str, needs_teacher: bool = True, teacher: str = "teacher", features: bool = False,
@@ -123,14 +124,16 @@ def register(name: str, needs_teacher: bool = True, teacher: str = "teacher", fe
         raise ValueError("a variant that learns from features needs the experiment's teacher (teacher='teacher')")
 
     def deco(fn):
-        old = VARIANTS.get(name)
-        if old is not None and (old.fn.__module__, old.fn.__qualname__) != (fn.__module__, fn.__qualname__):
-            raise ValueError(f"a KD variant named {name!r} is already registered")
-        source = registry.current_source() if old is None or old.source is None else old.source
-        VARIANTS[name] = Variant(name, fn, needs_teacher, dict(defaults), teacher, features, parameters, source,
-                                 progress)
+        source = VARIANTS.sources.get(name) or registry.current_source()
+        VARIANTS.add(name, Variant(name, fn, needs_teacher, dict(defaults), teacher, features, parameters, source,
+                                   progress), same=_same_code)
         return fn
     return deco
+
+
+def _same_code(old: Variant, new: Variant) -> bool:
+    """A variant registered again by the same function (its file imported again) is the same variant."""
+    return (old.fn.__module__, old.fn.__qualname__) == (new.fn.__module__, new.fn.__qualname__)
 
 
 def load_modules(paths: list[str | Path]) -> dict[str, str]:
@@ -146,9 +149,7 @@ def modules_of(name: str) -> list[str]:
 
 
 def get(name: str) -> Variant:
-    if name not in VARIANTS:
-        raise KeyError(f"unknown KD variant {name!r}; registered: {sorted(VARIANTS)}")
-    return VARIANTS[name]
+    return VARIANTS.get(name)
 
 
 def _members(teacher_logits, student_logits: torch.Tensor) -> torch.Tensor:
