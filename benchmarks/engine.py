@@ -138,7 +138,7 @@ def engine_epoch(cfg: dict, seeds, root, device, steps: int = 40, threads: int |
 def step_candidates(add, net: str, cfg: dict, root, device, steps: int) -> dict[str, float]:
     """Rows of the step candidates for one net, each against its fp32 step timed in the same run; returns the
     seconds per epoch of the fastest path for one member and for five batched ({"1": s, "5": s})."""
-    from kdbench.engine import models
+    from kdbench.engine import models, optim
     base, _ = engine_epoch(cfg, [0], root, device, steps)
     fastest = {"1": base}
     ref = f"step_{net}_fp32"
@@ -153,6 +153,15 @@ def step_candidates(add, net: str, cfg: dict, root, device, steps: int) -> dict[
     add(f"step_{net}_{'bmm' if models.SINGLE_MEMBER_MM else 'addmm'}_single_member", other, ref, base, steps=steps)
     add(f"step_{net}_1_thread", engine_epoch(cfg, [0], root, device, steps, threads=1)[0], ref, base, steps=steps)
     fastest["5"], _ = engine_epoch(cfg, list(range(5)), root, device, steps)
+    for members, reference in ((1, base), (5, fastest["5"])):  # torch's fused SGD kernel (kdbench.engine.optim.FUSED)
+        optim.FUSED = not optim.FUSED
+        try:
+            other, _ = engine_epoch(cfg, list(range(members)), root, device, steps)
+        finally:
+            optim.FUSED = not optim.FUSED
+        add(f"step_{net}_{members}_members_{'loop' if optim.FUSED else 'fused'}_sgd", other, ref if members == 1
+            else f"step_{net}_5_members", reference, steps=steps)
+    add(f"step_{net}_5_members", fastest["5"], steps=steps)
     if device.type == "cpu":  # issue 36: the layers' products through numpy's BLAS (kdbench.engine.blas)
         for members, reference in ((1, base), (5, fastest["5"])):
             add(f"step_{net}_{members}_members_torch", reference, steps=steps)

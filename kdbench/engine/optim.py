@@ -3,6 +3,9 @@
 What this file achieves: `SGD` applies exactly torch.optim.SGD's update (weight decay added to the gradient, the
 momentum buffer started from the first gradient, Nesterov's look-ahead, the same tensor operations in the same order,
 so the numbers are bit-identical) and sets its learning rate for every step from `kdbench.engine.train`'s schedule.
+`FUSED = True` makes the update in one pass over the weights with torch's fused SGD kernel (`torch._fused_sgd_`),
+a candidate benchmarks/engine.py measures: the same arithmetic, but not always the same bits (one unit in the last
+place, now and then, on the CPU it was tried on), so it is off unless its speed is worth that.
 Why not torch.optim: constructing any torch.optim optimizer imports torch._dynamo, 1.7 s of every job on a CPU, about
 half the wall time of a small workflow job; a job of the smoke profile trains for about a second.
 """
@@ -11,6 +14,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+
+
+# torch's fused kernel for the whole update (see above; benchmarks/engine.py measures the step with and without it)
+FUSED = False
 
 
 class SGD:
@@ -33,8 +40,12 @@ class SGD:
 
     @torch.no_grad()
     def step(self) -> None:
-        """torch.optim.SGD's update, with Nesterov's look-ahead added into the gradient in place (the gradient is
-        spent: `zero_grad` drops it before the next backward) rather than into a new tensor the size of the weights."""
+        """torch.optim.SGD's update: fused when every weight has a gradient, else tensor by tensor, with Nesterov's
+        look-ahead added into the gradient in place (the gradient is spent: `zero_grad` drops it before the next
+        backward) rather than into a new tensor the size of the weights."""
+        if self.momentum != 0 and FUSED and self._fused(self.lr):
+            self.steps += 1
+            return
         lr = self.lr
         for i, p in enumerate(self.params):
             if p.grad is None:
@@ -51,6 +62,21 @@ class SGD:
                 grad = grad.add_(buf, alpha=self.momentum) if self.nesterov else buf
             p.add_(grad, alpha=-lr)
         self.steps += 1
+
+    def _fused(self, lr: float) -> bool:
+        """One fused kernel call for every weight; False (nothing done) where it does not apply."""
+        first = all(b is None for b in self.buffers)
+        if any(p.grad is None for p in self.params) or (not first and any(b is None for b in self.buffers)):
+            return False
+        buffers = [torch.empty_like(p) for p in self.params] if first else self.buffers
+        try:
+            torch._fused_sgd_(self.params, [p.grad for p in self.params], buffers, weight_decay=self.weight_decay,
+                              momentum=self.momentum, lr=lr, dampening=0.0, nesterov=self.nesterov, maximize=False,
+                              is_first_step=first)
+        except (AttributeError, NotImplementedError, RuntimeError):  # no fused kernel here (torch, device, dtype)
+            return False
+        self.buffers = buffers
+        return True
 
     def state_dict(self) -> dict:
         return {"steps": self.steps, "lr": self.lr, "buffers": list(self.buffers)}
