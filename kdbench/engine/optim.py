@@ -15,7 +15,6 @@ from collections.abc import Callable
 
 import torch
 
-
 # torch's fused kernel for the whole update (see above; benchmarks/engine.py measures the step with and without it)
 FUSED = False
 
