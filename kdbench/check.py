@@ -2,8 +2,8 @@
 
 What this file achieves: `problems(cfg)` reads `results/<profile>/` and returns one line per problem, naming the file:
   - a run record (`runs/<job>/seed<S>/metrics.json`) whose recorded config is not the plan's config for that job
-    (`kdbench.plan`, resolved by `kdbench.config.resolve`, with the temperature chosen on validation where the job
-    reads one); a key the record lacks counts as its default (keys added to the engine later, at their default,
+    (`kdbench.plan`, resolved by `kdbench.engine.config.resolve`, with the temperature chosen on validation where the
+    job reads one); a key the record lacks counts as its default (keys added to the engine later, at their default,
     change nothing); specialists' jobs (planned from their clusters) are checked for their commit only;
   - a run record whose job the plan no longer has;
   - a run record made from a `-dirty` tree, or from a commit that is not in this repository's history;
@@ -54,7 +54,7 @@ def _commit_known(sha: str, cache: dict) -> bool:
 
 
 def _planned_config(job, root: Path) -> dict:
-    from kdbench.config import resolve
+    from kdbench.engine.config import resolve
     cfg = resolve(job.config, where=f"job {job.name!r}")
     if job.temperature_from and (root / job.temperature_from).exists():
         chosen = json.loads((root / job.temperature_from).read_text())["temperature"]
@@ -81,7 +81,7 @@ def report(cfg: dict, root: Path | str = ".") -> tuple[list[str], object]:
     """The problems, and the `kdbench.rederive.Outcome` of re-deriving the tables (how many cells it compared and
     how many it could not re-derive)."""
     from kdbench import plan, rederive
-    from kdbench.config import DEFAULTS
+    from kdbench.engine.config import DEFAULTS
     root = Path(root)
     results = root / layout.results(cfg["profile"])
     runs = root / layout.runs(cfg["profile"])
@@ -125,7 +125,7 @@ def _run_tree_problems(runs: Path, root: Path, jobs: dict) -> list[str]:
     """Every folder under `runs/` belongs to a planned job (its folder, a folder above jobs, or one of its seeds'
     folders); a job's `config.json` is the plan's and its records'; a job that has a folder has every seed's record.
     The specialists' runs (planned from their clusters) need only their seeds' records."""
-    from kdbench.config import DEFAULTS
+    from kdbench.engine.config import DEFAULTS
     out = []
     if not runs.is_dir():
         return out

@@ -177,7 +177,7 @@ def _cmd_plan(args) -> int:
     import json
 
     from kdbench import estimate, layout, profile
-    from kdbench.config import ConfigError
+    from kdbench.engine.config import ConfigError
     try:
         cfg = profile.load(args.configfile)
         jobs = profile.check(cfg)
@@ -269,12 +269,12 @@ def _training_commands(sub) -> None:
     t = sub.add_parser(
         "train", help="train the seeds of one config together",
         description="Train one config's seeds together as one batched model; every key is checked before anything "
-                    "loads. Keys and defaults: kdbench.config.DEFAULTS (python -c 'from kdbench.config import "
-                    "DEFAULTS; print(DEFAULTS)').",
+                    "loads. Keys and defaults: kdbench.engine.config.DEFAULTS (python -c 'from kdbench.engine.config "
+                    "import DEFAULTS; print(DEFAULTS)').",
         epilog="example: kdbench train --config-json '{\"widths\": [784, 800, 800, 10], \"epochs\": 20}' "
                "--seeds 0 1 2 --out runs/baseline --root data",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("--config", help="YAML file of training keys (see kdbench.config.DEFAULTS)")
+    t.add_argument("--config", help="YAML file of training keys (see kdbench.engine.config.DEFAULTS)")
     t.add_argument("--config-json", help="the same keys as one JSON object (what the workflow passes)")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     t.add_argument("--temperature-from", default=None,

@@ -77,7 +77,7 @@ def expected_seconds(jobs: list, runs: dict[str, list[tuple[float, float]]]) -> 
     """(seconds, datasets without a measured run) of training `jobs` (kdbench.plan.Job): each job's epochs x its
     work x the median seconds per unit of work of the measured jobs on its dataset within a factor 2 of its work
     (else of the closest one)."""
-    from kdbench.config import DEFAULTS
+    from kdbench.engine.config import DEFAULTS
     seconds, unknown = 0.0, set()
     for job in jobs:
         cfg = {**DEFAULTS, **job.config}

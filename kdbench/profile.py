@@ -5,7 +5,7 @@ the string YAML 1.1 makes of it); `numbers(cfg)` does the same for a config snak
 checks it against `workflow/schemas/config.schema.yaml` and raises `ProfileError` with one line per problem, naming
 the key's path, what is wrong and, for a misspelt key, the known keys beside it (not the whole schema and config,
 which is what snakemake's own validation prints); `check(cfg)` adds the job plan with every job's training config
-resolved by `kdbench.config.resolve` (`planned_jobs`, the workflow's job plan). The Snakefile validates and
+resolved by `kdbench.engine.config.resolve` (`planned_jobs`, the workflow's job plan). The Snakefile validates and
 plans with these; `kdbench plan` calls `check`, which does both.
 """
 from __future__ import annotations

@@ -9,7 +9,8 @@ import pytest
 import yaml
 from workflow_helpers import REPO, SMOKE
 
-from kdbench import check, config, layout, plan
+from kdbench import check, layout, plan
+from kdbench.engine import config
 from kdbench.report import aggregate
 from kdbench.sections import variants
 

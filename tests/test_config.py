@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from kdbench import config, records
-from kdbench.engine import train
+from kdbench import records
+from kdbench.engine import config, train
 
 GOOD = dict(widths=[784, 16, 10], epochs=1, train_fraction=0.02, val_size=500)
 

@@ -139,7 +139,7 @@ def test_collapse_to_subset_is_exact_at_its_temperature():
 def test_specialist_learns_from_its_generalists_soft_targets_collapsed_to_its_outputs(data_root, tmp_path):
     """Section 6.1: seed s's specialist reads generalist s's cached logits, collapsed onto its cluster and dustbin
     at the distillation temperature and shifted to its training prior."""
-    from kdbench import config as kconfig
+    from kdbench.engine import config as kconfig
     from kdbench.engine.teachers import Teacher, cache_logits, collapse_to_subset
     gen_cfg = dict(widths=[784, 32, 10], epochs=1, train_fraction=0.1, val_size=1000, dataset="fashion_mnist")
     train.train(gen_cfg, [0, 1], tmp_path / "gen", device="cpu", root=data_root, progress=False)

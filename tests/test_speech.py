@@ -5,9 +5,9 @@ import shutil
 import pytest
 import torch
 
-from kdbench import config
 from kdbench.data import datasets as data
 from kdbench.data import sampling, speech
+from kdbench.engine import config
 
 
 @pytest.fixture(scope="session")

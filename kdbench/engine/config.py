@@ -12,6 +12,11 @@ from __future__ import annotations
 
 import numbers
 
+from kdbench import registry
+from kdbench.data import registry as data_registry
+from kdbench.data import speech
+from kdbench.engine import losses, models
+
 DEFAULTS = dict(
     dataset="mnist",
     model="mlp",                # a name in kdbench.engine.models.MODELS
@@ -145,7 +150,6 @@ CLASHES = [
 
 def _check_val_speakers(out: dict, where: str) -> None:
     """val_speakers names some training speakers of a speech split, with more utterances than val_size."""
-    from kdbench.data import speech
     if out["dataset"] not in speech.SPLITS:
         raise ConfigError(f"{where}: val_speakers applies to speech splits only, not {out['dataset']!r}. Fix: remove "
                           f"val_speakers")
@@ -162,9 +166,6 @@ def _check_val_speakers(out: dict, where: str) -> None:
 
 def _dataset_and_model(out: dict, where: str):
     """Import the job's `extensions`, check that its dataset and model are registered; the dataset's entry."""
-    from kdbench import registry
-    from kdbench.data import registry as data_registry
-    from kdbench.engine import models
     try:
         registry.load_files(out["extensions"])
     except (OSError, SyntaxError, ImportError, ValueError) as e:
@@ -180,8 +181,6 @@ def _dataset_and_model(out: dict, where: str):
 
 def resolve(cfg: dict, where: str = "training config") -> dict:
     """Defaults filled in and every key checked (see the module docstring); raises ConfigError."""
-    from kdbench.engine import losses
-
     if not isinstance(cfg, dict):
         raise ConfigError(f"{where}: expected a mapping of training keys, got {type(cfg).__name__}")
     unknown = set(cfg) - set(DEFAULTS)
