@@ -27,7 +27,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from kdbench import layout
+from kdbench import layout, plan, profile, rederive, sections
+from kdbench.data import registry as data_registry
+from kdbench.engine.config import DEFAULTS, resolve
+from kdbench.records import cited_records, run_identity
 
 REPO = Path(__file__).resolve().parent.parent
 RULE_FILES = [REPO / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.smk"))]
@@ -36,8 +39,6 @@ RULE_FILES = [REPO / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.
 def workflow_rules() -> set[str]:
     """The rule names the workflow defines (`rule NAME:`, `use rule ... as NAME`, one `fetch_<dataset>` per
     registered dataset, which `workflow/rules/data.smk` makes, and one `aggregate_<section>` per section)."""
-    from kdbench import sections
-    from kdbench.data import registry as data_registry
     names = {f"fetch_{name}" for name in data_registry.names()} | {f"aggregate_{n}" for n in sections.names()}
     for path in RULE_FILES:
         text = path.read_text()
@@ -54,7 +55,6 @@ def _commit_known(sha: str, cache: dict) -> bool:
 
 
 def _planned_config(job, root: Path) -> dict:
-    from kdbench.engine.config import resolve
     cfg = resolve(job.config, where=f"job {job.name!r}")
     if job.temperature_from and (root / job.temperature_from).exists():
         chosen = json.loads((root / job.temperature_from).read_text())["temperature"]
@@ -80,8 +80,6 @@ def problems(cfg: dict, root: Path | str = ".") -> list[str]:
 def report(cfg: dict, root: Path | str = ".") -> tuple[list[str], object]:
     """The problems, and the `kdbench.rederive.Outcome` of re-deriving the tables (how many cells it compared and
     how many it could not re-derive)."""
-    from kdbench import plan, rederive
-    from kdbench.engine.config import DEFAULTS
     root = Path(root)
     results = root / layout.results(cfg["profile"])
     runs = root / layout.runs(cfg["profile"])
@@ -125,7 +123,6 @@ def _run_tree_problems(runs: Path, root: Path, jobs: dict) -> list[str]:
     """Every folder under `runs/` belongs to a planned job (its folder, a folder above jobs, or one of its seeds'
     folders); a job's `config.json` is the plan's and its records'; a job that has a folder has every seed's record.
     The specialists' runs (planned from their clusters) need only their seeds' records."""
-    from kdbench.engine.config import DEFAULTS
     out = []
     if not runs.is_dir():
         return out
@@ -202,7 +199,6 @@ def _citations(results: Path) -> list[tuple[Path, dict[str, str | None]]]:
 def _citation_problems(table: Path, cited: dict[str, str | None], root: Path, bad_records: set[str]) -> list[str]:
     """A cited source must exist (a run's records, for a file git does not keep such as logits.pt), be current
     (no record of its run among `bad_records`), and be the run the table was made from (the same identity)."""
-    from kdbench.records import cited_records, run_identity
     out = []
     for src, sha in sorted(cited.items()):
         now = run_identity(root / src)
@@ -220,7 +216,6 @@ def _citation_problems(table: Path, cited: dict[str, str | None], root: Path, ba
 
 
 def main(configfile: str, root: str = ".") -> int:
-    from kdbench import profile
     cfg = profile.load(configfile)
     found, derived = report(cfg, root)
     for line in found:

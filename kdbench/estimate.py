@@ -19,6 +19,8 @@ import statistics
 from pathlib import Path
 
 from kdbench import layout
+from kdbench.engine.config import DEFAULTS
+from kdbench.records import cpu_model
 
 LONG = 2 * 3600  # seconds above which the message says the run is long and how to choose a smaller one
 
@@ -34,7 +36,6 @@ def device_kind(device: str) -> str:
     """What a run record's `device` starts with on this machine for `device` (auto: CUDA when there is one)."""
     import torch
 
-    from kdbench.records import cpu_model
     if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
         return f"cuda: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "cuda"
     return f"cpu: {cpu_model()}"
@@ -77,7 +78,6 @@ def expected_seconds(jobs: list, runs: dict[str, list[tuple[float, float]]]) -> 
     """(seconds, datasets without a measured run) of training `jobs` (kdbench.plan.Job): each job's epochs x its
     work x the median seconds per unit of work of the measured jobs on its dataset within a factor 2 of its work
     (else of the closest one)."""
-    from kdbench.engine.config import DEFAULTS
     seconds, unknown = 0.0, set()
     for job in jobs:
         cfg = {**DEFAULTS, **job.config}

@@ -14,8 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kdbench import layout, sections
+from kdbench import layout, registry, sections
 from kdbench.data import registry as data_registry
+from kdbench.engine import models
 from kdbench.sections import specialists
 
 
@@ -45,7 +46,6 @@ def _job(name: str, seeds, config: dict, temperature_from: str | None = None) ->
 def with_extensions(config: dict) -> dict:
     """The config with `extensions` naming the user files that register its dataset and model, if any: a job
     depends on those files alone (a built-in dataset and model add nothing, so the config stays as it was)."""
-    from kdbench.engine import models
     files = [f for f in (data_registry.DATASETS.source(config["dataset"]),
                          models.MODELS.source(config.get("model", "mlp"))) if f]
     return {**config, "extensions": sorted(set(files))} if files else config
@@ -54,7 +54,6 @@ def with_extensions(config: dict) -> dict:
 def jobs(cfg: dict) -> dict[str, Job]:
     """Every training job of the profile known before any runs, by name (after importing the profile's user
     files: a user's section plans jobs too)."""
-    from kdbench import registry
     registry.load_files(cfg.get("extensions", []))
     out: dict[str, Job] = {}
     specs = [spec for section in sections.modules() for spec in section.jobs(cfg)]

@@ -16,6 +16,11 @@ from pathlib import Path
 
 import yaml
 
+from kdbench import plan, registry, sections
+from kdbench.data import registry as data_registry
+from kdbench.engine import losses, train
+from kdbench.sections import ensembles, specialists, variants
+
 SCHEMA = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
 # YAML 1.2's floats that YAML 1.1 (PyYAML) reads as strings: no dot, or an exponent without a sign
 _FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)$")
@@ -52,7 +57,6 @@ def _schema() -> dict:
     """The schema file, with a property for each registered section it does not know (a user's section: its
     `SCHEMA`, then required, else any mapping), so that such a section's block of the profile is checked by its own
     schema."""
-    from kdbench import sections
     schema = yaml.safe_load(SCHEMA.read_text())
     for name in sections.names():
         if name not in schema["properties"]:
@@ -65,7 +69,6 @@ def _schema() -> dict:
 def _load_extensions(cfg: dict) -> None:
     """Import the profile's user files (KD variants, datasets, models, sections), so that what they register is
     known to the schema and the plan; a file that is missing or fails stops here, naming it."""
-    from kdbench import registry
     for key in ("variant_modules", "extensions"):
         files = cfg.get(key, [])
         if not (isinstance(files, list) and all(isinstance(f, str) for f in files)):
@@ -152,10 +155,6 @@ def planned_jobs(cfg: dict) -> dict:
     training config now, with the same validation `kdbench train` uses, so a bad value, variant or variant parameter
     stops the workflow (or `kdbench plan`) before any job, naming the job and key; returns the plan's jobs. The
     workflow's `PLAN`."""
-    from kdbench import plan
-    from kdbench.data import registry as data_registry
-    from kdbench.engine import losses, train
-    from kdbench.sections import ensembles, specialists
     for row in ensembles.datasets(cfg):
         data = ensembles.data_of(cfg, row)
         if data not in data_registry.DATASETS:
@@ -196,8 +195,6 @@ def planned_jobs(cfg: dict) -> dict:
 def _check_grids(cfg: dict) -> None:
     """`variant_grids`: each a variant that is run (not hinton, whose temperature its sections choose), each setting
     a valid set of its parameters (named by its place in the profile)."""
-    from kdbench.engine import losses
-    from kdbench.sections import variants
     for name in cfg.get("variant_grids", {}):
         if name not in cfg["variants"] or name == "hinton":
             raise ValueError(f"config: variant_grids: {name!r} is not one of the variants run beside hinton, "

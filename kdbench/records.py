@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from kdbench import __version__
+
 
 def default_mode() -> int:
     """The mode a plain open() would give a new file under the current umask (0644 under the usual 022)."""
@@ -158,7 +160,6 @@ def package_versions() -> dict:
 
     import numpy
 
-    from kdbench import __version__
     try:
         vision = metadata.version("torchvision")
     except metadata.PackageNotFoundError:

@@ -25,7 +25,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from kdbench import layout
+from kdbench import layout, sections
+from kdbench.report import aggregate
+from kdbench.sections import bias, mnist, specialists, variants
 
 REPO = Path(__file__).resolve().parent.parent
 MAX_CELLS = 8  # differing cells named per file; the rest are counted
@@ -139,7 +141,6 @@ def compare_folder(committed: Path, rebuilt: Path, files: list[str], rel: Path) 
 # ------------------------------------------------------------------------------------------------ the sections
 
 def _paper(cfg: dict, root: Path) -> dict:
-    from kdbench.report import aggregate
     p = Path(cfg.get("paper_numbers", "config/paper_numbers.yaml"))
     path = p if p.is_absolute() else (root / p if (root / p).exists() else REPO / p)
     return aggregate.load_paper(path)
@@ -159,8 +160,6 @@ def as_the_rules_pass_it(obj: dict) -> dict:
 
 def _writes(cfg: dict, paper: dict) -> list[tuple[str, list[str], object]]:
     """(what, the committed files it makes, a function writing them into a folder) for every table of the suite."""
-    from kdbench import sections
-    from kdbench.sections import variants
     specs = [variants.table_config(cfg), variants.table_config(cfg, tables=("mnist",), name="variants_mnist")]
     cfg = as_the_rules_pass_it(cfg)
     runs, data = layout.runs(cfg["profile"]), cfg.get("data_root")
@@ -188,7 +187,6 @@ def problems(cfg: dict, root: Path | str = ".") -> Outcome:
     out = Outcome()
     if not (root / results).is_dir():
         return out
-    from kdbench import sections
     paper = _paper(cfg, root)
     # from the checkout's root: the tables cite their sources relative to it, as the workflow writes them
     with contextlib.chdir(root), tempfile.TemporaryDirectory(prefix="kdbench-check-") as tmp:
@@ -294,7 +292,6 @@ def _provenance_against_records(prov: pd.DataFrame, prov_file: Path) -> Outcome:
 
 def _summary_against_provenance(summary: pd.DataFrame, prov: pd.DataFrame, path: Path, prov_file: Path) -> Outcome:
     """Each summary row that is a plain statistic of its seeds (not a share), recomputed from the provenance."""
-    from kdbench.report import aggregate
     out = Outcome()
     for i, row in summary.iterrows():
         vals = prov[(prov.section == row.section) & (prov.table == row.table) & (prov.system == row.system)
@@ -340,8 +337,6 @@ def _markdown(path: Path, rendered: str | None) -> Outcome:
 
 def parts(results: Path, tmp: Path) -> Outcome:
     """summary.csv and provenance.csv: the sections' parts, in the sections' order (`kdbench summary`)."""
-    from kdbench import sections
-    from kdbench.report import aggregate
     out = Outcome()
     names = [n for n in sections.names() if sections.get(n).SUMMARY and (results / f"{n}_summary.csv").exists()]
     if not names:
@@ -360,7 +355,6 @@ def parts(results: Path, tmp: Path) -> Outcome:
 
 def choices(cfg: dict, results: Path) -> Outcome:
     """Each committed choice derived from the runs, re-applied by the section's own rule to its committed inputs."""
-    from kdbench.sections import specialists, variants
     out = Outcome()
     runs = layout.runs(cfg["profile"])
     for exp in variants.experiments(cfg):
@@ -407,7 +401,6 @@ def choices(cfg: dict, results: Path) -> Outcome:
 def _bias(cfg: dict, system: str, path: Path, logits: Path) -> Outcome:
     import torch
 
-    from kdbench.sections import bias, mnist
     out = Outcome()
     s = mnist.bias_settings(cfg, system)
     now = bias.correct(torch.load(logits, map_location="cpu"), s["classes"], s["grid"], s["paper_shift"])

@@ -16,6 +16,7 @@ import math
 import torch
 
 from kdbench.data import datasets as kdata
+from kdbench.data import speech
 
 
 def training_indices(cfg: dict, train_labels: torch.Tensor, groups: torch.Tensor | None = None,
@@ -41,7 +42,6 @@ def training_indices(cfg: dict, train_labels: torch.Tensor, groups: torch.Tensor
 def speaker_split(cfg: dict, groups: torch.Tensor, speakers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(training indices: every frame of the other speakers, validation indices: val_size whole utterances of the
     val_speakers)."""
-    from kdbench.data import speech
     if speakers is None:
         raise ValueError("val_speakers needs a speech split (its frames carry their speakers)")
     wanted = torch.tensor([speech.SPEAKERS.index(s) for s in cfg["val_speakers"]])

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from kdbench.data import registry
-from kdbench.records import default_mode, file_lock
+from kdbench.records import atomic_torch_save, default_mode, file_lock
 
 FSDD_COMMIT = "26eb9aaf76e81b692f806f9140c2d2777410d7a1"
 FSDD_ARCHIVE = f"https://github.com/Jakobovski/free-spoken-digit-dataset/archive/{FSDD_COMMIT}.tar.gz"
@@ -237,7 +237,6 @@ def features_path(root: Path | str, split: str) -> Path:
 
 def build_features(root: Path | str, split: str, out: Path | str | None = None) -> Path:
     """Compute the split's cache (one pass over the recordings) and write it atomically; returns its path."""
-    from kdbench.records import atomic_torch_save
 
     if split not in SPLITS:
         raise ValueError(f"unknown speech split {split!r}; known: {sorted(SPLITS)}")

@@ -18,6 +18,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from kdbench.records import atomic_write_bytes, run_identity
+
 SUMMARY_COLUMNS = ["section", "table", "system", "metric", "paper", "mean", "std", "ci95_low", "ci95_high", "n_seeds",
                    "unit"]
 # two-sided 95% quantiles of Student's t for 1..30 degrees of freedom; beyond, the Cornish-Fisher expansion
@@ -150,7 +152,6 @@ def share_cell(section: str, table: str, system: str, metric: str,
 
 def tables(cells: list[Cell], paper: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     summary = pd.DataFrame([c.summary(paper) for c in cells], columns=SUMMARY_COLUMNS)
-    from kdbench.records import run_identity
     rows = [r for c in cells for r in c.provenance()]
     identity = {src: run_identity(src) for src in {r["source"] for r in rows if r["source"]}}
     prov = pd.DataFrame([{**r, "source_sha256": identity.get(r["source"])} for r in rows], columns=PROVENANCE_COLUMNS)
@@ -189,7 +190,6 @@ def fmt_paper(row) -> str:
 
 
 def write_csv(df: pd.DataFrame, path: Path | str) -> None:
-    from kdbench.records import atomic_write_bytes
     atomic_write_bytes(path, df.to_csv(index=False, float_format="%.6g").encode())
 
 

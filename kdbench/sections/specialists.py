@@ -32,6 +32,8 @@ import torch
 
 from kdbench import layout
 from kdbench.data import registry as data_registry
+from kdbench.records import atomic_write_bytes
+from kdbench.report import aggregate
 from kdbench.report.aggregate import Cell, fmt_claim, fmt_paper, fmt_row, read_json
 from kdbench.sections import JobSpec, ensembles
 
@@ -369,9 +371,7 @@ def markdown(summary: pd.DataFrame, cfg: dict, facts: dict) -> str:
 def write(cfg: dict, runs: Path, out: Path, paper: dict, clusters: dict[str, Path] | None = None,
           figures: bool = True, **_) -> str:
     """The section's outputs: specialists_summary.csv, its provenance, specialists.md, specialists.png."""
-    from kdbench.records import atomic_write_bytes
-    from kdbench.report import aggregate
-    from kdbench.report import figures as plots
+    from kdbench.report import figures as plots  # matplotlib, only when a table is written
     files = clusters or {ds: layout.clusters(runs, ds) for ds in datasets(cfg)}
     cells_, facts = cells(cfg, runs, files)
     summary = aggregate.write_tables(cells_, paper, out, "specialists")

@@ -33,6 +33,8 @@ import pandas as pd
 
 from kdbench import layout, sections
 from kdbench.engine import losses
+from kdbench.records import atomic_write_bytes, run_identity
+from kdbench.report import aggregate
 from kdbench.report.aggregate import ci95, fmt, mean_std, paired_note, read_json
 from kdbench.sections import Experiment, JobSpec, ensembles, mnist
 
@@ -240,7 +242,6 @@ def table_config(cfg: dict, tables: tuple[str, ...] = tuple(TABLES), name: str =
 def table(spec: dict, runs: Path | str) -> pd.DataFrame:
     """Tidy rows (experiment, variant, the seeds' metric, paired difference to hinton with its 95% interval) from
     `table_config`'s spec; `sources` and their `kdbench.records.run_identity` (`kdbench check` compares them)."""
-    from kdbench.records import run_identity
     rows = []
     for exp in spec["experiments"]:
         ref = {s: _value(read_json(layout.metrics(runs, exp["jobs"]["hinton"], s)), exp["metric"])
@@ -390,9 +391,7 @@ def leaderboard_markdown(df: pd.DataFrame) -> list[str]:
 def write(spec: dict, runs: Path, out: Path, figures: bool = True, **_) -> str:
     """The section's outputs from `table_config`'s spec: <name>.csv, <name>.md, <name>.png and
     <name>_leaderboard.png (name: variants; the figures only with `figures`)."""
-    from kdbench.records import atomic_write_bytes
-    from kdbench.report import aggregate
-    from kdbench.report import figures as plots
+    from kdbench.report import figures as plots  # matplotlib, only when a table is written
     df, name = table(spec, runs), spec.get("name", "variants")
     aggregate.write_csv(df, out / f"{name}.csv")
     atomic_write_bytes(out / f"{name}.md", markdown(df, spec).encode())
