@@ -185,6 +185,12 @@ def planned_jobs(cfg: dict) -> dict:
     for ds in specialists.datasets(cfg):
         if ds not in ensembles.datasets(cfg):
             raise ValueError(f"config: specialists.datasets: {ds!r} has no generalist; add it to ensembles.datasets")
+        model = specialists.generalist_config(cfg, ds).get("model", "mlp")
+        if model != "mlp":
+            raise ValueError(f"config: specialists.datasets.{ds}: its generalist is a {model!r}, and the specialists "
+                             f"start from an MLP generalist's hidden layers (they copy its weights). Fix: set `model: "
+                             f"mlp` and `model_params: {{}}` under specialists.datasets.{ds}.generalist, or leave {ds} "
+                             f"out of the specialists")
         train.resolve(plan.specialist_example(cfg, ds), where=f"config: job 'specialists/{ds}/spec0'")
     jobs = plan.jobs(cfg)
     for job in jobs.values():

@@ -46,9 +46,15 @@ registry.register(registry.Dataset("blobs", "Four blobs", ("a", "b", "c", "d"), 
 '''
 
 TINY_CNN = '''
-"""A small CNN family: K members, each conv(1->C, 3x3, stride 2) -> ReLU -> linear, on 28x28 images."""
+"""A small CNN family: K members, each conv(1->channels, kernel x kernel, stride 2) -> ReLU -> linear, on images;
+its own settings `channels` and `kernel` (model_params), not widths (widths: [input size, classes]). Every parameter
+is stacked by member (K, ...), as kdbench's families are: the K members run as one grouped convolution and one
+batched product."""
+import math
+
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from kdbench.data import registry
 from kdbench.engine import models
@@ -56,37 +62,52 @@ from kdbench.engine import models
 
 @models.register("tiny_cnn")
 class TinyCNN(nn.Module):
-    def __init__(self, widths, members, seeds, input_shape):
+    PARAMS = {"channels": 8, "kernel": 3}
+
+    def __init__(self, widths, members, seeds, input_shape, channels, kernel):
         super().__init__()
         self.widths, self.members, self.seeds, self.input_shape = list(widths), members, list(seeds), input_shape
-        channels, side = widths[1], (input_shape[-1] + 1) // 2
-        nets = []
-        for seed in seeds:
-            torch.manual_seed(seed)
-            nets.append(nn.ModuleDict({"conv": nn.Conv2d(input_shape[0], channels, 3, stride=2, padding=1),
-                                       "out": nn.Linear(channels * side * side, widths[-1])}))
-        self.nets = nn.ModuleList(nets)
+        self.channels, self.kernel = channels, kernel
+        self.side = (input_shape[-1] + 1) // 2
+        c_in, feats = input_shape[0], channels * self.side * self.side
+        self.conv_w = nn.Parameter(torch.empty(members, channels, c_in, kernel, kernel))
+        self.conv_b = nn.Parameter(torch.empty(members, channels))
+        self.out_w = nn.Parameter(torch.empty(members, feats, widths[-1]))
+        self.out_b = nn.Parameter(torch.empty(members, widths[-1]))
+        with torch.no_grad():
+            for k, seed in enumerate(self.seeds):  # member k from its own seed
+                g = torch.Generator().manual_seed(seed)
+                for p, fan_in in ((self.conv_w, c_in * kernel * kernel), (self.conv_b, c_in * kernel * kernel),
+                                  (self.out_w, feats), (self.out_b, feats)):
+                    p[k].uniform_(-1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in), generator=g)
 
     @classmethod
     def build(cls, cfg, seeds):
-        return cls(cfg["widths"], len(seeds), seeds, registry.get(cfg["dataset"]).input_shape)
+        return cls(cfg["widths"], len(seeds), seeds, registry.get(cfg["dataset"]).input_shape,
+                   **cfg["model_params"])
 
     def forward(self, x, hidden=False):
         if x.dim() == 2:
             x = x.unsqueeze(0).expand(self.members, -1, -1)
-        feats = [torch.relu(net["conv"](xk.view(-1, *self.input_shape))).flatten(1) for net, xk in zip(self.nets, x)]
-        logits = torch.stack([net["out"](f) for net, f in zip(self.nets, feats)])
-        return (logits, torch.stack(feats)) if hidden else logits
+        k, b = x.shape[:2]
+        c, h, w = self.input_shape
+        images = x.reshape(k, b, c, h, w).transpose(0, 1).reshape(b, k * c, h, w)
+        conv = F.conv2d(images, self.conv_w.reshape(k * self.channels, c, self.kernel, self.kernel),
+                        self.conv_b.reshape(-1), stride=2, padding=self.kernel // 2, groups=k)
+        feats = torch.relu(conv).reshape(b, k, -1).transpose(0, 1)  # (K, B, channels * side * side)
+        logits = torch.baddbmm(self.out_b.unsqueeze(1), feats, self.out_w)
+        return (logits, feats) if hidden else logits
 
     @property
     def feature_dim(self):
-        return self.nets[0]["out"].in_features
+        return self.out_w.shape[1]
 
     def apply_max_norm(self):
         pass
 
     def config(self):
-        return dict(widths=self.widths, members=self.members, seeds=self.seeds, input_shape=self.input_shape)
+        return dict(widths=self.widths, members=self.members, seeds=self.seeds, input_shape=self.input_shape,
+                    channels=self.channels, kernel=self.kernel)
 '''
 
 BLOBS_TABLE = '''
@@ -161,6 +182,40 @@ def test_a_section_from_one_file_and_its_profile_block_runs_through_the_workflow
     assert (work / "results/smoke/blobs_table.md").read_text().startswith(f"| net | {mean:.1f}")
 
 
+def test_a_model_family_with_its_own_settings_trains_as_teacher_student_and_ensemble_member(tmp_path):
+    """Issue 38: a CNN family with `channels` and `kernel` of its own (its file plus the profile's lines) is the
+    MNIST section's teacher and its distilled student, and the Fashion-MNIST ensemble's members, through the
+    workflow; each run records its settings."""
+    work = tmp_path / "w"
+    work.mkdir()
+    (work / "tiny_cnn.py").write_text(TINY_CNN)
+    cfg = yaml.safe_load(SMOKE.read_text())
+    cfg["extensions"] = ["tiny_cnn.py"]
+    cnn = {"model": "tiny_cnn", "widths": [784, 10]}
+    cfg["mnist"]["teacher"] = {**cnn, "model_params": {"channels": 6, "kernel": 5}, "epochs": 2, "lr": 0.05}
+    cfg["mnist"]["distilled"].update(cnn, model_params={"channels": 2})
+    cfg["ensembles"]["datasets"]["fashion_mnist"].update(cnn, model_params={"kernel": 3})
+    profile = work / "profile.yaml"
+    profile.write_text(yaml.safe_dump(cfg))
+    r = snakemake(work, "-n", data_root=tmp_path / "data", configfile=profile)  # the specialists need an MLP
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "specialists.datasets.fashion_mnist: its generalist is a 'tiny_cnn'" in out, out
+    cfg["specialists"]["datasets"]["fashion_mnist"]["generalist"] = {"model": "mlp", "model_params": {},
+                                                                     "widths": [784, 16, 10]}
+    profile.write_text(yaml.safe_dump(cfg))
+    runs = work / "results/smoke/runs"
+    targets = ["results/smoke/runs/distilled_T20/model.pt",
+               "results/smoke/runs/ensembles/fashion_mnist/ensemble/model.pt"]
+    r = snakemake(work, *targets, data_root=tmp_path / "data", configfile=profile)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    for job, params in (("teacher", {"channels": 6, "kernel": 5}), ("distilled_T20", {"channels": 2, "kernel": 3}),
+                        ("ensembles/fashion_mnist/ensemble", {"channels": 8, "kernel": 3})):
+        rec = json.loads(next((runs / job).glob("seed*/metrics.json")).read_text())
+        assert rec["config"]["model"] == "tiny_cnn" and rec["config"]["model_params"] == params, (job, rec["config"])
+        assert rec["test_accuracy"] > 0.5, (job, rec["test_accuracy"])  # chance is 0.1
+    assert (runs / "teacher" / "train_logits.pt").exists()  # the student learnt from the CNN teacher's logits
+
+
 def test_a_dataset_from_one_file_trains_through_the_workflow(tmp_path):
     """The dataset file and one profile entry: the workflow fetches it with its own rule and trains an ensemble on
     it, and the job's config names the file it depends on."""
@@ -190,8 +245,8 @@ def test_a_model_family_from_one_file_trains_an_epoch_on_mnist(tmp_path, mnist_r
     """The model file alone: `kdbench train` imports it from `extensions`, trains two members one epoch on MNIST,
     and the saved model loads back."""
     (tmp_path / "tiny_cnn.py").write_text(TINY_CNN)
-    cfg = {"model": "tiny_cnn", "extensions": ["tiny_cnn.py"], "widths": [784, 8, 10], "epochs": 1,
-           "train_fraction": 0.25, "val_size": 1000, "lr": 0.05}
+    cfg = {"model": "tiny_cnn", "model_params": {"channels": 6, "kernel": 5}, "extensions": ["tiny_cnn.py"],
+           "widths": [784, 10], "epochs": 1, "train_fraction": 0.25, "val_size": 1000, "lr": 0.05}
     r = subprocess.run([sys.executable, "-m", "kdbench.cli", "train", "--config-json", json.dumps(cfg),
                         "--seeds", "0", "1", "--out", "run", "--root", str(mnist_root), "--threads", "2"],
                        cwd=tmp_path, capture_output=True, text=True)
@@ -201,6 +256,14 @@ def test_a_model_family_from_one_file_trains_an_epoch_on_mnist(tmp_path, mnist_r
     assert min(accs) > 0.85, accs
     blob = torch.load(tmp_path / "run" / "model.pt", weights_only=False)
     assert blob["model"] == "tiny_cnn" and blob["model_config"]["input_shape"] == (1, 28, 28)
+    assert blob["model_config"]["channels"] == 6 and blob["state_dict"]["conv_w"].shape == (2, 6, 1, 5, 5)
+    rec = json.loads((tmp_path / "run" / "seed0" / "metrics.json").read_text())
+    assert rec["config"]["model_params"] == {"channels": 6, "kernel": 5}
+    bad = {**cfg, "model_params": {"channels": 6, "kernels": 5}}
+    r = subprocess.run([sys.executable, "-m", "kdbench.cli", "train", "--config-json", json.dumps(bad), "--seeds", "0",
+                        "--out", "bad", "--root", str(mnist_root)], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode != 0 and "model 'tiny_cnn' has no setting(s) ['kernels']" in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "bad").exists()
 
 
 BLOBS_KD = '''

@@ -120,3 +120,25 @@ def test_kdbench_sgd_is_torch_sgd_bit_for_bit():
                 net(x).square().mean().backward()
                 opt.step()
         assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters())), kw
+
+
+def test_a_model_family_whose_parameters_are_not_stacked_by_member_is_refused_with_a_fix():
+    from kdbench.engine import models
+
+    @models.register("unstacked_for_test")
+    class Unstacked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 3)
+
+        @classmethod
+        def build(cls, cfg, seeds):
+            return cls()
+
+    try:
+        models.build({"model": "unstacked_for_test"}, [0, 1])
+    except ValueError as e:
+        assert "parameter lin.weight is (3, 4), not stacked by member (2, ...). Fix:" in str(e)
+    else:
+        raise AssertionError("an unstacked family was built")
+    assert models.family_params("mlp", {}) == {}

@@ -20,6 +20,7 @@ from kdbench.engine import losses, models
 DEFAULTS = dict(
     dataset="mnist",
     model="mlp",                # a name in kdbench.engine.models.MODELS
+    model_params={},            # the model family's own settings: the keys of its PARAMS (their defaults filled in)
     widths=[784, 800, 800, 10],
     dropout_input=0.0,
     dropout_hidden=0.0,
@@ -89,6 +90,7 @@ def _ints(v) -> bool:
 RULES = {
     "dataset": (lambda v: isinstance(v, str), "a dataset name"),
     "model": (lambda v: isinstance(v, str), "a model name"),
+    "model_params": (lambda v: isinstance(v, dict), "a mapping of the model family's own settings"),
     "widths": (lambda v: _ints(v) and len(v) >= 2 and min(v) >= 1, "a list of at least two integers >= 1"),
     "dropout_input": (lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
     "dropout_hidden": (lambda v: _num(v) and 0 <= v < 1, "a number in [0, 1)"),
@@ -173,6 +175,10 @@ def _dataset_and_model(out: dict, where: str):
     if out["model"] not in models.MODELS:
         raise ConfigError(f"{where}: model: unknown model {out['model']!r}. Fix: choose one of "
                           f"{models.MODELS.names()}, or list the file that registers it under extensions")
+    try:
+        out["model_params"] = models.family_params(out["model"], out["model_params"])
+    except ValueError as e:
+        raise ConfigError(f"{where}: model_params: {e}") from None
     if out["dataset"] not in data_registry.DATASETS:
         raise ConfigError(f"{where}: dataset: unknown dataset {out['dataset']!r}. Fix: choose one of "
                           f"{data_registry.names()}, or list the file that registers it under extensions")

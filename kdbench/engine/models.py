@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from kdbench.engine import blas
-from kdbench.registry import Registry
+from kdbench.registry import Registry, load_files
 
 # a single member's layer as one `addmm` on 2-D tensors instead of a `baddbmm` over a batch of one (benchmarks/engine.py
 # measures both and this is the faster on the CPU it was measured on)
@@ -138,8 +138,34 @@ class MLP(nn.Module):
 # A family is an nn.Module class with: `build(cfg, seeds)` (a classmethod), `forward(x, hidden=False)` on flat inputs
 # (K, B, D) or (B, D) (reshape to `kdbench.data.registry.get(cfg["dataset"]).input_shape` inside if it needs to),
 # `config()` (the keyword arguments that rebuild it), `members`, `widths` (widths[0] the input size, widths[-1] the
-# classes), `feature_dim` and `apply_max_norm()`. A user's file registers one with `@register("name")`.
+# classes), `feature_dim` and `apply_max_norm()`; every parameter is stacked by member, (K, ...). Its own settings
+# (a CNN's channels and kernel, say) are its `PARAMS`, {name: default}: a config sets them under `model_params`,
+# checked against the defaults' types, and `build` reads them from `cfg["model_params"]` (defaults filled in). A
+# user's file registers one with `@register("name")`.
 MODELS = Registry("model")
+
+
+def family_params(name: str, given: dict) -> dict:
+    """The model family's settings: its `PARAMS` defaults updated by `given`; ValueError naming an unknown key or a
+    value of another type than its default's."""
+    defaults = getattr(MODELS.get(name), "PARAMS", {})
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ValueError(f"model {name!r} has no setting(s) {unknown}; its settings are {sorted(defaults) or 'none'}. "
+                         f"Fix: use only those")
+    for key, value in given.items():
+        if not _same_type(value, defaults[key]):
+            raise ValueError(f"model {name!r}: {key} must be of the type of its default {defaults[key]!r}, got "
+                             f"{value!r}. Fix: set {key} to such a value")
+    return {**defaults, **given}
+
+
+def _same_type(value, default) -> bool:
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return default is None or isinstance(value, type(default))
 
 
 def register(name: str):
@@ -153,8 +179,15 @@ register("mlp")(MLP)
 
 
 def build(cfg: dict, seeds: list[int]) -> nn.Module:
-    """The batched model of a resolved training config, one member per seed."""
-    return MODELS.get(cfg["model"]).build(cfg, seeds)
+    """The batched model of a resolved training config, one member per seed; a family whose parameters are not
+    stacked by member (K, ...) is refused, since keeping each member's best epoch and picking members need that."""
+    model = MODELS.get(cfg["model"]).build(cfg, seeds)
+    for name, p in model.named_parameters():
+        if p.dim() == 0 or p.shape[0] != len(seeds):
+            raise ValueError(f"model family {cfg['model']!r}: parameter {name} is {tuple(p.shape)}, not stacked by "
+                             f"member ({len(seeds)}, ...). Fix: hold every parameter of the K members as one tensor "
+                             f"whose first dimension is the member (kdbench.engine.models, MODELS)")
+    return model
 
 
 def load(path, members: list[int] | None = None, device: torch.device | str = "cpu") -> nn.Module:
@@ -172,7 +205,10 @@ def from_saved(blob: dict, members: list[int] | None = None, device: torch.devic
             raise ValueError(f"{where} has {model_config['members']} members, no member {max(idx)}")
         model_config.update(members=len(idx), seeds=[model_config["seeds"][i] for i in idx])
         state = {k: v[idx] for k, v in state.items()}
-    cls = MODELS.get(blob.get("model", "mlp"))
+    name = blob.get("model", "mlp")
+    if name not in MODELS:  # a user's family: the files its training config imported register it here too
+        load_files(blob.get("train_config", {}).get("extensions", []))
+    cls = MODELS.get(name)
     model = cls(**model_config)
     model.load_state_dict(state)
     return model.to(device)
@@ -184,6 +220,9 @@ def init_from_model(model: MLP, path, members: list[int], class_subset: list[int
     for a specialist the subset's output units copied and the dustbin unit set to the mean of the others' weights
     with bias mean + log(count), so that it starts near the generalist's total probability of those classes."""
     blob = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(model, MLP) or blob.get("model", "mlp") != "mlp":
+        raise ValueError(f"init_from copies an MLP's layers into an MLP; {path} holds a {blob.get('model', 'mlp')!r} "
+                         f"and this job trains a {type(model).__name__}. Fix: start from an MLP, or drop init_from")
     src = blob["state_dict"]
     idx = torch.tensor(members)
     layers = len(model.weights)
