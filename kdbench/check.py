@@ -29,7 +29,7 @@ import pandas as pd
 
 from kdbench import layout, plan, profile, rederive, sections
 from kdbench.data import registry as data_registry
-from kdbench.engine.config import DEFAULTS, resolve
+from kdbench.engine.config import DEFAULTS
 from kdbench.records import cited_records, run_identity
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,11 +55,8 @@ def _commit_known(sha: str, cache: dict) -> bool:
 
 
 def _planned_config(job, root: Path) -> dict:
-    cfg = resolve(job.config, where=f"job {job.name!r}")
-    if job.temperature_from and (root / job.temperature_from).exists():
-        chosen = json.loads((root / job.temperature_from).read_text())["temperature"]
-        cfg["variant_params"] = {**cfg["variant_params"], "temperature": chosen}
-    return cfg
+    chosen = root / job.temperature_from if job.temperature_from else None
+    return plan.bound_config(job.config, f"job {job.name!r}", chosen if chosen and chosen.exists() else None)
 
 
 def _config_differences(recorded: dict, planned: dict, defaults: dict) -> list[str]:

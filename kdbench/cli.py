@@ -55,6 +55,7 @@ def _cmd_train(args) -> int:
     import torch
     import yaml
 
+    from kdbench import plan
     from kdbench.data import datasets as data
     from kdbench.data import speech
     from kdbench.engine import train
@@ -76,16 +77,14 @@ def _cmd_train(args) -> int:
         print(f"kdbench: error: --device {args.device}: {device_error}", file=sys.stderr)
         return 2
     try:
+        cluster = None
         if args.cluster_file:  # a specialist: its cluster's classes and a dustbin become the outputs
-            from kdbench.sections import specialists
             clusters = json.loads(Path(args.cluster_file).read_text())["clusters"]
             if not 0 <= args.cluster_index < len(clusters):
                 raise ValueError(f"{args.cluster_file} has {len(clusters)} clusters, no index {args.cluster_index}")
-            cfg = specialists.with_cluster({**train.DEFAULTS, **cfg}, clusters[args.cluster_index])
-        cfg = train.resolve(cfg, where=f"training config {args.config or '--config-json'}")
-        if args.temperature_from and "temperature" in train.losses.get(cfg["variant"]).defaults:
-            chosen = json.loads(Path(args.temperature_from).read_text())["temperature"]
-            cfg["variant_params"] = {**cfg["variant_params"], "temperature": chosen}
+            cluster = clusters[args.cluster_index]
+        cfg = plan.bound_config(cfg, f"training config {args.config or '--config-json'}", args.temperature_from,
+                                cluster)
         if args.threads:
             torch.set_num_threads(args.threads)
         records = train.train(cfg, args.seeds, args.out, device=args.device, root=args.root,

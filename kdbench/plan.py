@@ -11,12 +11,14 @@ alone, a number that only a table uses reruns no training. The job writes its re
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kdbench import layout, registry, sections
 from kdbench.data import registry as data_registry
-from kdbench.engine import models
+from kdbench.engine import losses, models
+from kdbench.engine.config import DEFAULTS, resolve
 from kdbench.sections import specialists
 
 
@@ -62,6 +64,21 @@ def jobs(cfg: dict) -> dict[str, Job]:
             raise ValueError(f"two different jobs are both named {job.name!r}")
         out[job.name] = job
     return out
+
+
+def bound_config(config: dict, where: str, temperature_from: Path | str | None = None,
+                 cluster: list[int] | None = None) -> dict:
+    """A job's training config with what is known only after planning bound in, resolved: a specialist's cluster
+    (its classes and a dustbin as outputs) and the temperature chosen on validation (`temperature_from`, for a
+    variant that takes one). The one place both happen: `kdbench train` calls it before training, `kdbench check`
+    to judge a record against the plan."""
+    if cluster is not None:
+        config = specialists.with_cluster({**DEFAULTS, **config}, cluster)
+    cfg = resolve(config, where=where)
+    if temperature_from and "temperature" in losses.get(cfg["variant"]).defaults:
+        chosen = json.loads(Path(temperature_from).read_text())["temperature"]
+        cfg["variant_params"] = {**cfg["variant_params"], "temperature": chosen}
+    return cfg
 
 
 def teachers(cfg: dict, planned: dict[str, Job]) -> list[str]:
