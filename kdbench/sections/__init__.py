@@ -3,8 +3,9 @@ section a user's file adds.
 
 What this file achieves: `names()` lists the sections and `get(name)` gives each; the plan, the CLI, the
 Snakefile's targets, rules and summary, the profile's schema and the variants loop over them instead of naming them.
-A built-in section is a module of this package with an `ORDER` (its place in the summary), found by looking; a user's
-section is an object (a class, say) registered with `@register` in a file listed under the profile's `extensions`.
+A built-in section is a module of this package with an `ORDER` (its place in the summary), found by looking and
+registered in `SECTIONS`, the one `kdbench.registry.Registry` of sections; a user's section is an object (a class,
+say) registered there with `@register` in a file listed under the profile's `extensions`.
 A section has:
 - `NAME` (a user's section; a module's name is its file's) and `jobs(cfg) -> [JobSpec]`: every training job it plans;
 - `distillation_experiments(cfg) -> [Experiment]` (optional): its experiments that every KD variant is re-run in (a
@@ -30,17 +31,21 @@ from dataclasses import dataclass
 from kdbench import layout
 from kdbench.registry import Registry
 
-_USER = Registry("section")  # the sections users' files registered, with the file that registered each
+# every section, the built-ins (registered by `_builtins`, in their ORDER) and users' (with the file of each)
+SECTIONS = Registry("section")
 
 
 @functools.cache
-def _builtins() -> dict[str, object]:
+def _builtins() -> list[str]:
+    """Import this package's section modules (those with an ORDER) and register them, in their ORDER; their names."""
     found = []
     for info in pkgutil.iter_modules(__path__):
         module = importlib.import_module(f"{__name__}.{info.name}")
         if hasattr(module, "ORDER"):
             found.append((module.ORDER, info.name, module))
-    return {name: module for _, name, module in sorted(found, key=lambda f: f[0])}
+    for _, name, module in sorted(found, key=lambda f: f[0]):
+        SECTIONS.add(name, module, builtin=True)
+    return [name for _, name, _ in sorted(found, key=lambda f: f[0])]
 
 
 def register(section):
@@ -54,22 +59,21 @@ def register(section):
     missing = [a for a in ("jobs", "OUTPUTS", "SUMMARY", "write") if not hasattr(section, a)]
     if missing:
         raise ValueError(f"section {name!r} lacks {', '.join(missing)} (see kdbench/sections/__init__.py)")
-    _USER.add(name, section)
+    SECTIONS.add(name, section)
     return section
 
 
 def names() -> list[str]:
     """The built-ins in their ORDER, then users' sections by name."""
-    return [*_builtins(), *_USER.names()]
+    builtins = _builtins()
+    return [*builtins, *(n for n in SECTIONS.names() if n not in builtins)]
 
 
 def get(name: str):
-    if name in _builtins():
-        return _builtins()[name]
-    if name not in _USER:
+    if name not in _builtins() and name not in SECTIONS:
         raise KeyError(f"unknown section {name!r}; known: {names()}. Fix: a user's section comes from a "
                        f"file listed under the profile's `extensions`")
-    return _USER.get(name)
+    return SECTIONS.get(name)
 
 
 def modules() -> list:
@@ -78,7 +82,8 @@ def modules() -> list:
 
 def source(name: str) -> str | None:
     """The user file that registered section `name` (None for a built-in)."""
-    return None if name in _builtins() else _USER.source(name)
+    _builtins()
+    return SECTIONS.source(name)
 
 
 def aggregate_inputs(name: str, cfg: dict, runs) -> list:
