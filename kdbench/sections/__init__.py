@@ -9,7 +9,10 @@ say) registered there with `@register` in a file listed under the profile's `ext
 A section has:
 - `NAME` (a user's section; a module's name is its file's) and `jobs(cfg) -> [JobSpec]`: every training job it plans;
 - `distillation_experiments(cfg) -> [Experiment]` (optional): its experiments that every KD variant is re-run in (a
-  group of its own in the variants tables, titled by the experiments' `title`, where `table` is a new group);
+  group of its own in the variants tables, titled by the experiments' `title`, where `table` is a new group); an
+  experiment whose temperature is chosen on validation names its `section` and `choice`, and that section has
+  `choice_spec(cfg, choice)`, `choice_inputs(spec, runs)` and `choose_temperature(spec, runs)` (MNIST's sweep rule,
+  the ensembles' one-standard-error rule): the variants section runs the choice without knowing the rule;
 - `OUTPUTS`: the files under `results/<profile>/` that `rule all` asks of it; `SUMMARY`: whether it writes
   `<name>_summary.csv` and `<name>_provenance.csv` parts of the suite's summary;
 - `write(cfg, runs, out_dir, paper=..., root=..., clusters=...)`: its tables and figures (`kdbench aggregate`);
@@ -113,7 +116,10 @@ class Experiment:
     teacher_members: list | None  # which teacher_model member teaches each seed
     hinton_run: str | None = None  # a run of the sections that is this experiment's hinton student
     temperature_from: str | None = None  # the temperature chosen on validation, read when the job starts
-    choice: dict | None = None  # what that choice compares: the sweep's runs of {"width"}, or {"dataset"}'s nets
+    choice: dict | None = None  # what that choice compares (the owning section's own keys: MNIST's {"width"})
+    section: str | None = None  # the section that plans it and, with `choice`, makes its temperature choice: its
+    #                             `choice_spec(cfg, choice)`, `choice_inputs(spec, runs)`, `choose_temperature(spec,
+    #                             runs)`
     metric: str = "test_errors"  # "test_errors" (count) or "test_accuracy_pct"
     seeds: tuple[int, ...] = ()  # the seeds its students train on: its section's
     title: str | None = None  # its group's title in the variants tables, for a group kdbench does not know

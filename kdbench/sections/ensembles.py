@@ -19,7 +19,7 @@ speech), utterance error for speech (kdbench.data.speech.utterance_errors), arit
 the share of the ensemble's gain a distilled net keeps, and the share of the 3%-vs-100% gap soft targets recover
 (both `kdbench.report.aggregate.share_cell`: ratios of seed means with a paired interval).
 
-Choices are made on validation only: the distillation temperature (`choose_temperature`: the lowest validation
+Choices are made on validation only: the distillation temperature (`row_temperature`: the lowest validation
 error pooled over seeds, where candidates within one binomial standard error of the best tie and the tie goes to
 the paper's T=2) and Table 1's main row (`main_row`: of the rows on the paper's split, the one whose ensemble gains
 most over its members on validation).
@@ -174,7 +174,8 @@ def distillation_experiments(cfg: dict) -> list[Experiment]:
         name = f"{ds}_distilled_bestT"
         out.append(Experiment(name, "table1", train_config(cfg, ds, t0, whole), whole, ens_model, firsts,
                               temperature_from=str(layout.chosen_temperature(results, name)),
-                              choice={"dataset": ds}, metric="test_accuracy_pct", seeds=ens_seeds))
+                              choice={"dataset": ds}, section="ensembles", metric="test_accuracy_pct",
+                              seeds=ens_seeds))
         out.append(Experiment(f"{ds}_soft3", "table5", train_config(cfg, ds, "soft3", single), single, ens_model,
                               firsts, hinton_run=job(ds, "soft3"), metric="test_accuracy_pct", seeds=ens_seeds))
     return out
@@ -236,7 +237,7 @@ def _metrics(runs: Path, dataset: str, system: str, seed: int) -> tuple[dict, st
     return read_json(p), str(p)
 
 
-def choose_temperature(cfg: dict, runs: Path, dataset: str) -> tuple[float, dict[float, float]]:
+def row_temperature(cfg: dict, runs: Path, dataset: str) -> tuple[float, dict[float, float]]:
     """The distillation temperature of a row, chosen on validation (test never looked at): validation error pooled
     over seeds per candidate T; every candidate within one binomial standard error of the best,
     sqrt(p (1 - p) / n) on the n pooled validation examples, ties, and of the tied the paper's T wins (else the
@@ -247,6 +248,25 @@ def choose_temperature(cfg: dict, runs: Path, dataset: str) -> tuple[float, dict
         val[float(t)] = 100.0 - sum(accuracy_pct(blob["val"], blob["val_labels"])) / blob["val"].shape[0]
         pooled = blob["val"].shape[0] * blob["val"].shape[1]
     return pick_temperature(val, pooled), val
+
+
+def choice_spec(cfg: dict, choice: dict) -> dict:
+    """What a row's temperature choice reads besides its seeds: the candidate temperatures."""
+    temperatures = cfg["ensembles"]["distilled"]["temperatures"]
+    return {"choice": choice, "ensembles": {"distilled": {"temperatures": temperatures}}}
+
+
+def choice_inputs(spec: dict, runs) -> list[Path]:
+    """The validation logits of the row's candidate distilled students."""
+    return [layout.logits(runs, job(spec["choice"]["dataset"], distilled_name(t)))
+            for t in spec["ensembles"]["distilled"]["temperatures"]]
+
+
+def choose_temperature(spec: dict, runs) -> dict:
+    """A row's temperature for a `choice_spec` (`row_temperature`'s rule) and every candidate's pooled validation
+    error %."""
+    best, val = row_temperature(spec, Path(runs), spec["choice"]["dataset"])
+    return {"temperature": best, "val_error_pct_by_temperature": {f"{t:g}": e for t, e in val.items()}}
 
 
 def pick_temperature(val_error_pct: dict[float, float], n_pooled: int, paper_t: float = PAPER_TEMPERATURE) -> float:
@@ -333,7 +353,7 @@ def _table1(cfg: dict, runs: Path, ds: str, ens: dict, ev: _Eval, add) -> dict:
             [(s, v - b, ens_src) for s, v, b in zip(sds, vals["test_accuracy_pct"], per_seed_base)])
     gain_val = val_gain(cfg, ens)
     add(TABLE1, "ensemble_arithmetic", "val_gain_over_members_pct", [(s, g, ens_src) for s, g in zip(sds, gain_val)])
-    t_best, val_err = choose_temperature(cfg, runs, ds)
+    t_best, val_err = row_temperature(cfg, runs, ds)
     dist_src = _src(runs, ds, distilled_name(t_best))
     d = ev(_logits(runs, ds, distilled_name(t_best))["test"])
     for metric in metric_names:

@@ -87,7 +87,29 @@ def distillation_experiments(cfg: dict) -> list[Experiment]:
                        teacher_logits, teacher_model, None, hinton_run="distilled_T20", seeds=seeds),
             Experiment(best, "mnist", train_config(cfg, first, teacher_logits), teacher_logits, teacher_model, None,
                        temperature_from=str(layout.chosen_temperature(results, best)), choice={"width": width},
-                       seeds=seeds)]
+                       section="mnist", seeds=seeds)]
+
+
+def choice_spec(cfg: dict, choice: dict) -> dict:
+    """What the temperature choice of a W-unit student reads besides its seeds: the sweep's temperatures."""
+    return {"choice": choice, "mnist": {"sweep": {"temperatures": cfg["mnist"]["sweep"]["temperatures"]}}}
+
+
+def choice_inputs(spec: dict, runs) -> list[Path]:
+    """The run records of the sweep's W-unit students, every temperature and seed."""
+    return [layout.metrics(runs, sweep_name(spec["choice"]["width"], t), s)
+            for t in spec["mnist"]["sweep"]["temperatures"] for s in spec["seeds"]]
+
+
+def choose_temperature(spec: dict, runs) -> dict:
+    """The sweep's temperature with the fewest validation errors at its final epoch (mean over seeds; a tie: the
+    lower temperature) for the width of `spec`."""
+    width, scores = spec["choice"]["width"], {}
+    for t in spec["mnist"]["sweep"]["temperatures"]:
+        errs = [read_json(layout.metrics(runs, sweep_name(width, t), s))["val_errors"][-1] for s in spec["seeds"]]
+        scores[t] = sum(errs) / len(errs)
+    best = min(scores, key=lambda t: (scores[t], t))
+    return {"width": width, "temperature": best, "val_errors_by_temperature": {f"{t:g}": e for t, e in scores.items()}}
 
 
 def bias_settings(cfg: dict, system: str) -> dict:

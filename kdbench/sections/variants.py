@@ -36,7 +36,7 @@ from kdbench.engine import losses
 from kdbench.records import atomic_write_bytes, run_identity
 from kdbench.report import aggregate
 from kdbench.report.aggregate import ci95, fmt, mean_std, paired_note, read_json
-from kdbench.sections import Experiment, JobSpec, ensembles, mnist
+from kdbench.sections import Experiment, JobSpec
 
 # the section registry (kdbench.sections): what `rule all` asks of it, and whether it adds to summary.csv
 OUTPUTS = ["variants.md", "variants.csv", "variants.png", "variants_leaderboard.png"]
@@ -145,40 +145,21 @@ def train_config(cfg: dict, experiment: Experiment, variant: str, point: dict | 
 
 def choice_config(cfg: dict, experiment: Experiment) -> dict:
     """What an experiment's temperature choice reads, and nothing else (a new variant or a table setting must not
-    redo it, nor the runs that wait for it): seeds, the candidate temperatures and which runs to compare."""
-    c = experiment.choice
-    if "width" in c:
-        temps = {"mnist": {"sweep": {"temperatures": cfg["mnist"]["sweep"]["temperatures"]}}}
-    else:
-        temps = {"ensembles": {"distilled": {"temperatures": cfg["ensembles"]["distilled"]["temperatures"]}}}
-    return {"experiment": experiment.name, "seeds": list(experiment.seeds), "choice": c, **temps}
+    redo it, nor the runs that wait for it): its seeds, the section that makes the choice and what that section
+    compares (its `choice_spec`)."""
+    spec = sections.get(experiment.section).choice_spec(cfg, experiment.choice)
+    return {"experiment": experiment.name, "seeds": list(experiment.seeds), "section": experiment.section, **spec}
 
 
 def choice_inputs(spec: dict, runs: Path | str) -> list[Path]:
-    """The files `choose_temperature` reads for a `choice_config` spec."""
-    if "width" in spec["choice"]:
-        return [layout.metrics(runs, mnist.sweep_name(spec["choice"]["width"], t), s)
-                for t in spec["mnist"]["sweep"]["temperatures"] for s in spec["seeds"]]
-    return [layout.logits(runs, ensembles.job(spec["choice"]["dataset"], ensembles.distilled_name(t)))
-            for t in spec["ensembles"]["distilled"]["temperatures"]]
+    """The files `choose_temperature` reads for a `choice_config` spec (its section says which)."""
+    return sections.get(spec["section"]).choice_inputs(spec, runs)
 
 
 def choose_temperature(spec: dict, runs: Path | str) -> dict:
-    """The temperature an experiment's students use (`choice_config` spec): the one with the fewest validation
-    errors (final epoch, mean over seeds) among the MNIST sweep's runs of its width, or the ensembles section's
-    choice for its dataset."""
-    if "width" in spec["choice"]:
-        width, scores = spec["choice"]["width"], {}
-        for t in spec["mnist"]["sweep"]["temperatures"]:
-            errs = [read_json(layout.metrics(runs, mnist.sweep_name(width, t), s))["val_errors"][-1]
-                    for s in spec["seeds"]]
-            scores[t] = sum(errs) / len(errs)
-        best = min(scores, key=lambda t: (scores[t], t))
-        return {"experiment": spec["experiment"], "width": width, "temperature": best,
-                "val_errors_by_temperature": {f"{t:g}": e for t, e in scores.items()}}
-    best, val = ensembles.choose_temperature(spec, Path(runs), spec["choice"]["dataset"])
-    return {"experiment": spec["experiment"], "temperature": best,
-            "val_error_pct_by_temperature": {f"{t:g}": e for t, e in val.items()}}
+    """The temperature an experiment's students use (`choice_config` spec), by its section's rule on validation:
+    MNIST's fewest final-epoch validation errors over its sweep, the ensembles' one-standard-error rule."""
+    return {"experiment": spec["experiment"], **sections.get(spec["section"]).choose_temperature(spec, runs)}
 
 
 def _value(rec: dict, metric: str) -> float:
