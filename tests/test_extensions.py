@@ -182,7 +182,7 @@ def test_a_section_from_one_file_and_its_profile_block_runs_through_the_workflow
     assert (work / "results/smoke/blobs_table.md").read_text().startswith(f"| net | {mean:.1f}")
 
 
-def test_a_model_family_with_its_own_settings_trains_as_teacher_student_and_ensemble_member(tmp_path):
+def test_a_model_family_with_its_own_settings_trains_as_teacher_student_and_ensemble_member(tmp_path, all_data_root):
     """Issue 38: a CNN family with `channels` and `kernel` of its own (its file plus the profile's lines) is the
     MNIST section's teacher and its distilled student, and the Fashion-MNIST ensemble's members, through the
     workflow; each run records its settings."""
@@ -197,7 +197,7 @@ def test_a_model_family_with_its_own_settings_trains_as_teacher_student_and_ense
     cfg["ensembles"]["datasets"]["fashion_mnist"].update(cnn, model_params={"kernel": 3})
     profile = work / "profile.yaml"
     profile.write_text(yaml.safe_dump(cfg))
-    r = snakemake(work, "-n", data_root=tmp_path / "data", configfile=profile)  # the specialists need an MLP
+    r = snakemake(work, "-n", data_root=all_data_root, configfile=profile)  # the specialists need an MLP
     out = r.stdout + r.stderr
     assert r.returncode != 0 and "specialists.datasets.fashion_mnist: its generalist is a 'tiny_cnn'" in out, out
     cfg["specialists"]["datasets"]["fashion_mnist"]["generalist"] = {"model": "mlp", "model_params": {},
@@ -206,7 +206,7 @@ def test_a_model_family_with_its_own_settings_trains_as_teacher_student_and_ense
     runs = work / "results/smoke/runs"
     targets = ["results/smoke/runs/distilled_T20/model.pt",
                "results/smoke/runs/ensembles/fashion_mnist/ensemble/model.pt"]
-    r = snakemake(work, *targets, data_root=tmp_path / "data", configfile=profile)
+    r = snakemake(work, *targets, data_root=all_data_root, configfile=profile)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     for job, params in (("teacher", {"channels": 6, "kernel": 5}), ("distilled_T20", {"channels": 2, "kernel": 3}),
                         ("ensembles/fashion_mnist/ensemble", {"channels": 8, "kernel": 3})):
