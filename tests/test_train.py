@@ -141,6 +141,22 @@ def test_keep_best_ends_each_member_at_its_best_validation_epoch(mnist_root, tmp
         train.resolve({"keep_best": True, "val_size": 0})
 
 
+def test_val_every_thins_the_validation_history_and_leaves_training_as_it_was(mnist_root, tmp_path):
+    """`val_every: 2` validates after epochs 2 and 3 (the last) of 3, None between; the training, its losses and the
+    final nets are bit for bit those of validating every epoch. keep_best needs every epoch."""
+    cfg = {**SMALL, "epochs": 3}
+    every = _run(cfg, [0, 1], tmp_path / "a", mnist_root)
+    thin = _run({**cfg, "val_every": 2}, [0, 1], tmp_path / "b", mnist_root)
+    for a, b in zip(every, thin):
+        assert b["val_errors"] == [None, a["val_errors"][1], a["val_errors"][2]] and None not in a["val_errors"]
+        assert a["train_loss"] == b["train_loss"] and a["test_errors"] == b["test_errors"]
+    wa = torch.load(tmp_path / "a" / "model.pt", weights_only=False)["state_dict"]
+    wb = torch.load(tmp_path / "b" / "model.pt", weights_only=False)["state_dict"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    with pytest.raises(ValueError, match="keep_best compares every epoch on validation"):
+        train.resolve({"keep_best": True, "val_every": 5})
+
+
 def test_teacher_batch_gives_each_member_its_own_teachers():
     n, c = 50, 4
     teacher = torch.randn(6, n, c)  # 3 students x 2 teachers each, or 6 for everyone

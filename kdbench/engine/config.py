@@ -37,6 +37,8 @@ DEFAULTS = dict(
     jitter=0,                   # max translation in pixels (the paper's teacher: 2)
     val_size=10000,             # held out of the training set, seeded by val_seed; 0 = train on everything
     val_seed=0,
+    val_every=1,                # validate every N epochs and after the last (None in val_errors between); 1 with
+                                # keep_best. Training is the same whatever N: only the records' history thins out
     val_speakers=None,          # speech: these speakers leave training; validation draws val_size utterances of theirs
     transfer_classes=None,      # classes kept in the training (transfer) set; None = all
     train_fraction=1.0,         # seeded random fraction of the remaining training examples
@@ -107,6 +109,7 @@ RULES = {
     "jitter": (lambda v: _int(v) and 0 <= v <= MAX_JITTER, f"an integer number of pixels in [0, {MAX_JITTER}]"),
     "val_size": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
     "val_seed": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
+    "val_every": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
     "val_speakers": (lambda v: v is None or (isinstance(v, list) and len(v) >= 1
                                              and all(isinstance(x, str) for x in v)),
                      "null or a non-empty list of speaker names"),
@@ -147,6 +150,8 @@ CLASHES = [
      "bootstrap does not apply to a specialist (class_subset), whose epochs are drawn from its classes. Fix: remove "
      "bootstrap or class_subset"),
     (lambda c: c["keep_best"] and not c["val_size"], "keep_best needs a validation split. Fix: set val_size > 0"),
+    (lambda c: c["keep_best"] and c["val_every"] != 1,
+     "keep_best compares every epoch on validation. Fix: set val_every: 1 or remove keep_best"),
 ]
 
 

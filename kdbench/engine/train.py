@@ -321,7 +321,8 @@ def train(cfg: dict, seeds: list[int], out_dir: Path | str, device: str | None =
     for epoch in bar:
         t_epoch = time.perf_counter()
         names, mean_terms = run_epoch(eng, data, name, epoch)
-        val_err = validation_errors(eng, data)
+        due = (epoch + 1) % cfg["val_every"] == 0 or epoch + 1 == cfg["epochs"]  # the last epoch always
+        val_err = validation_errors(eng, data) if due else [None] * len(seeds)
         if best is not None:
             _keep_best(eng.student, best, val_err, epoch)
         history["train_terms"].append({t: mean_terms[i].tolist() for i, t in enumerate(names)})
