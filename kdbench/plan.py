@@ -19,7 +19,7 @@ from kdbench import layout, registry, sections
 from kdbench.data import registry as data_registry
 from kdbench.engine import losses, models
 from kdbench.engine.config import DEFAULTS, resolve
-from kdbench.sections import specialists
+from kdbench.sections import ensembles, specialists
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,21 @@ def jobs(cfg: dict) -> dict[str, Job]:
             raise ValueError(f"two different jobs are both named {job.name!r}")
         out[job.name] = job
     return out
+
+
+def train_rules(cfg: dict, planned: dict[str, Job]) -> dict[str, list[int]]:
+    """The workflow's training rules, by name, each with the seed list of the jobs it trains: a rule's outputs name
+    every seed's record, so one rule serves one list. The profile's seeds are `train`; the ensembles' S x M members,
+    the ensembles section's systems and the specialists' generalists keep the names the SLURM profile sets
+    resources by; any other list of the plan (a user section's) gets a numbered name. Lists no job uses get none."""
+    named = {"train": cfg["seeds"], "train_members": ensembles.ensemble_seeds(cfg),
+             "train_ensembles": ensembles.seeds(cfg), "train_generalists": specialists.seeds(cfg)}
+    out: dict[str, list[int]] = {}
+    for name, seeds in [*named.items(), *((None, j.seeds) for j in planned.values())]:
+        if list(seeds) not in out.values():
+            out[name or f"train_{len(out)}"] = list(seeds)
+    used = {tuple(j.seeds) for j in planned.values()}
+    return {name: seeds for name, seeds in out.items() if tuple(seeds) in used}
 
 
 def bound_config(config: dict, where: str, temperature_from: Path | str | None = None,

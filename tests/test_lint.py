@@ -34,11 +34,14 @@ def _indent(line: str) -> int:
     return len(line) - len(line.lstrip())
 
 
-def rule_notes(lines: list[str], name: str) -> str:
+def rule_notes(lines: list[str], name: str, lineno: int = 0) -> str:
     """The `# lint:` comments inside rule `name` (its lines up to the next line indented no deeper than its head); a
-    `use rule P as NAME` also carries P's. Found by name: snakemake's line numbers for `use rule` are unreliable."""
-    head = re.compile(rf"\s*(?:(?:rule|checkpoint) {name}:|use rule (\w+) as {name}\b)")
-    start = next(i for i, line in enumerate(lines) if head.match(line))
+    `use rule P as NAME` also carries P's. Found by name: snakemake's line numbers for `use rule` are unreliable; a
+    rule named by its `name:` directive (made in a loop, train.smk) is found at its line `lineno`, a `rule:` head."""
+    head = re.compile(rf"\s*(?:(?:rule|checkpoint) {name}:|use rule (\w+) as {name}\b|rule:)")
+    named = [i for i, line in enumerate(lines) if head.match(line) and not line.strip().startswith("rule:")]
+    unnamed = [lineno - 1] if 0 < lineno <= len(lines) and lines[lineno - 1].strip() == "rule:" else []
+    start = (named or unnamed)[0]
     depth = _indent(lines[start])
     end = next((i for i in range(start + 1, len(lines)) if lines[i].strip() and _indent(lines[i]) <= depth), len(lines))
     notes = " ".join(line.split("# lint:", 1)[1] for line in lines[start:end] if "# lint:" in line)
@@ -53,7 +56,7 @@ def justified(rule: str, path: str, lineno: int, finding: str) -> bool:
         return "# lint: conda" in (REPO / "Snakefile").read_text()
     if not rule:
         return False
-    notes = rule_notes(open(path).read().splitlines(), rule)
+    notes = rule_notes(open(path).read().splitlines(), rule, lineno)
     used = re.match(r"Shell command directly uses variable (\w+)", finding)
     return bool(used) and bool(re.search(rf"\b{used.group(1)}\b", notes))
 
@@ -75,6 +78,9 @@ def test_a_justification_names_what_it_allows_and_reaches_a_use_rule():
              "rule other:", "    shell: 'y'"]
     assert "DATA" in rule_notes(lines, "train_more") and "DATA" in rule_notes(lines, "train")
     assert "lint" not in rule_notes(lines, "other") and rule_notes(lines, "other") == ""
+    looped = ["for n in NAMES:", "", "    rule:", "        name: n", "        # lint: DATA stays out",
+              "        shell: 'x'", "", "rule other:", "    shell: 'y'"]
+    assert "DATA" in rule_notes(looped, "train_members", 3) and "DATA" not in rule_notes(looped, "other", 8)
 
 
 def test_the_lint_parser_reads_snakemakes_output():

@@ -149,6 +149,21 @@ def test_the_ensembles_section_trains_its_own_seeds_and_so_do_the_variants_of_it
     assert ensembles.seeds(_with(SMOKE, **{"ensembles.seeds": None})) == SMOKE["seeds"]
 
 
+@pytest.mark.parametrize("cfg", [SMOKE, QUICK, PAPER], ids=["smoke", "quick", "paper"])
+def test_every_planned_job_has_exactly_one_training_rule_and_a_new_seed_list_gets_its_own(cfg):
+    """train.smk makes one rule per seed list (plan.train_rules): a job whose seeds no rule lists would be planned but
+    never made, and two rules with one list would make the same files."""
+    jobs = plan.jobs(cfg)
+    rules = plan.train_rules(cfg, jobs)
+    assert rules["train"] == list(cfg["seeds"])
+    assert len({tuple(s) for s in rules.values()}) == len(rules)
+    assert all(sum(list(j.seeds) == s for s in rules.values()) == 1 for j in jobs.values())
+    odd = plan.Job("mysection/net", (7, 8), "mnist", {})
+    more = plan.train_rules(cfg, {**jobs, odd.name: odd})
+    (new,) = set(more) - set(rules)
+    assert more == {**rules, new: [7, 8]} and new.startswith("train_"), more
+
+
 def test_kdbench_plan_lists_the_jobs(capsys):
     from kdbench.cli import main
     assert main(["plan", str(REPO / ".test" / "config.yaml"), "--configs"]) == 0

@@ -68,14 +68,9 @@ def job_inputs(w):
     return {"data": plan.dataset_files(DATA, job.dataset), "needs": job.inputs()}
 
 
-# the ensembles train S seeds x M members (kdbench.sections.ensembles.ensemble_seeds) through the same rule, and so
-# do the ensembles section's other systems and the specialists' generalists (and specialists) when those sections
-# have seeds of their own
-MEMBER_SEEDS = ensembles.ensemble_seeds(config)
-ENSEMBLES_SEEDS = ensembles.seeds(config)
+# one training rule (train.smk) per seed list of the plan, by name (kdbench.plan.train_rules)
+TRAIN_RULES = plan.train_rules(config, PLAN)
 SPEC_SEEDS = specialists.seeds(config)
-assert all(list(j.seeds) in (SEEDS, MEMBER_SEEDS, ENSEMBLES_SEEDS, SPEC_SEEDS) for j in PLAN.values()), \
-    "a planned job with seeds no rule makes"
 
 
 # what the sections' rules share (snakemake --lint: functions live here, rules in the rule files)

@@ -1,68 +1,42 @@
-# The one training rule every planned job goes through (kdbench.plan), its variants for the sections' own seed
-# lists, and the teacher-logits cache.
+# The one training rule every planned job goes through (kdbench.plan), made once per seed list of the plan, and the
+# teacher-logits cache.
 
 
-rule train:
-    """Train every seed of one planned job together (a section's system, an ensemble, a variant's student); its
-    config, teacher files and chosen temperature come from the job plan (kdbench.plan)."""
-    input:
-        unpack(job_inputs),
-    output:
-        model=RUNS / "{job}" / "model.pt",
-        logits=RUNS / "{job}" / "logits.pt",
-        metrics=[RUNS / "{job}" / f"seed{s}" / "metrics.json" for s in SEEDS],
-    wildcard_constraints:
-        job=one_of(n for n, j in PLAN.items() if list(j.seeds) == SEEDS),
-    params:
-        cfg=lambda w: quoted_json(PLAN[w.job].config),
-        temperature=lambda w: f"--temperature-from {PLAN[w.job].temperature_from}" if PLAN[w.job].temperature_from else "",
-        seeds=lambda w: " ".join(str(s) for s in PLAN[w.job].seeds),
-        out=lambda w: RUNS / w.job,
-    threads: config["threads"]
-    resources:
-        gpu=GPU,
-    log:
-        layout.log(RESULTS, "train", "{job}"),
-    benchmark:
-        layout.benchmark(RESULTS, "train", "{job}")
-    # lint: config (the device) and DATA (the data root) stay out of params on purpose: a finished run is not
-    # redone when a profile moves to a GPU or the data to another disk
-    shell:
-        "exec kdbench train --config-json {params.cfg} {params.temperature} --seeds {params.seeds} --out {params.out} "
-        "--name {wildcards.job} --device {config[device]} --root {DATA} --threads {threads} > {log} 2>&1"
+for _name, _seeds in TRAIN_RULES.items():
 
-
-
-
-use rule train as train_members with:
-    output:
-        model=RUNS / "{job}" / "model.pt",
-        logits=RUNS / "{job}" / "logits.pt",
-        metrics=[RUNS / "{job}" / f"seed{s}" / "metrics.json" for s in MEMBER_SEEDS],
-    wildcard_constraints:
-        job=one_of(n for n, j in PLAN.items() if list(j.seeds) == MEMBER_SEEDS),
-
-
-if ENSEMBLES_SEEDS != SEEDS:
-
-    use rule train as train_ensembles with:
+    rule:
+        """Train every seed of one planned job together (a section's system, an ensemble, a variant's student); its
+        config, teacher files and chosen temperature come from the job plan (kdbench.plan). One rule per seed list of
+        the plan (common.smk, TRAIN_RULES): `train` for the profile's seeds."""
+        name:
+            _name
+        input:
+            unpack(job_inputs),
         output:
             model=RUNS / "{job}" / "model.pt",
             logits=RUNS / "{job}" / "logits.pt",
-            metrics=[RUNS / "{job}" / f"seed{s}" / "metrics.json" for s in ENSEMBLES_SEEDS],
+            metrics=[RUNS / "{job}" / f"seed{s}" / "metrics.json" for s in _seeds],
         wildcard_constraints:
-            job=one_of(n for n, j in PLAN.items() if list(j.seeds) == ENSEMBLES_SEEDS),
-
-
-if SPEC_SEEDS not in (SEEDS, MEMBER_SEEDS, ENSEMBLES_SEEDS):
-
-    use rule train as train_generalists with:
-        output:
-            model=RUNS / "{job}" / "model.pt",
-            logits=RUNS / "{job}" / "logits.pt",
-            metrics=[RUNS / "{job}" / f"seed{s}" / "metrics.json" for s in SPEC_SEEDS],
-        wildcard_constraints:
-            job=one_of(n for n, j in PLAN.items() if list(j.seeds) == SPEC_SEEDS),
+            job=one_of(n for n, j in PLAN.items() if list(j.seeds) == _seeds),
+        params:
+            cfg=lambda w: quoted_json(PLAN[w.job].config),
+            temperature=lambda w: (f"--temperature-from {PLAN[w.job].temperature_from}"
+                                   if PLAN[w.job].temperature_from else ""),
+            seeds=lambda w: " ".join(str(s) for s in PLAN[w.job].seeds),
+            out=lambda w: RUNS / w.job,
+        threads: config["threads"]
+        resources:
+            gpu=GPU,
+        log:
+            layout.log(RESULTS, "train", "{job}"),
+        benchmark:
+            layout.benchmark(RESULTS, "train", "{job}")
+        # lint: config (the device) and DATA (the data root) stay out of params on purpose: a finished run is not
+        # redone when a profile moves to a GPU or the data to another disk
+        shell:
+            "exec kdbench train --config-json {params.cfg} {params.temperature} --seeds {params.seeds} "
+            "--out {params.out} --name {wildcards.job} --device {config[device]} --root {DATA} --threads {threads} "
+            "> {log} 2>&1"
 
 
 rule teacher_logits:
