@@ -18,6 +18,8 @@ import math
 import statistics
 from pathlib import Path
 
+import torch
+
 from kdbench import layout
 from kdbench.engine.config import DEFAULTS
 from kdbench.records import cpu_model
@@ -34,8 +36,6 @@ def work(cfg: dict, members: int) -> float:
 
 def device_kind(device: str) -> str:
     """What a run record's `device` starts with on this machine for `device` (auto: CUDA when there is one)."""
-    import torch
-
     if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
         return f"cuda: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "cuda"
     return f"cpu: {cpu_model()}"

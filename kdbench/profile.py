@@ -14,6 +14,7 @@ import difflib
 import re
 from pathlib import Path
 
+import jsonschema
 import yaml
 
 from kdbench import plan, registry, sections
@@ -139,7 +140,6 @@ def _fix(error) -> str:
 def validate(cfg: dict) -> None:
     """Raise ProfileError listing every schema violation of `cfg`, one short line each (after importing its user
     files, whose sections' blocks the schema then checks too)."""
-    import jsonschema
     _load_extensions(cfg)
     validator = jsonschema.Draft202012Validator(_schema())
     errors = sorted(validator.iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path)))

@@ -4,14 +4,17 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import io
 import json
 import os
 import platform
 import subprocess
 import tempfile
 import time
+from importlib import metadata
 from pathlib import Path
 
+import numpy
 import torch
 
 from kdbench import __version__
@@ -94,7 +97,6 @@ def atomic_write_json(path: Path | str, obj) -> None:
 
 
 def atomic_torch_save(path: Path | str, obj) -> None:
-    import io
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
@@ -156,10 +158,6 @@ def git_commit(where: Path | str | None = None) -> str:
 
 def package_versions() -> dict:
     """Versions of what a run used; torchvision's from its metadata (importing it costs about a second)."""
-    from importlib import metadata
-
-    import numpy
-
     try:
         vision = metadata.version("torchvision")
     except metadata.PackageNotFoundError:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from kdbench import layout, sections
 from kdbench.report import aggregate
@@ -399,8 +400,6 @@ def choices(cfg: dict, results: Path) -> Outcome:
 
 
 def _bias(cfg: dict, system: str, path: Path, logits: Path) -> Outcome:
-    import torch
-
     out = Outcome()
     s = mnist.bias_settings(cfg, system)
     now = bias.correct(torch.load(logits, map_location="cpu"), s["classes"], s["grid"], s["paper_shift"])

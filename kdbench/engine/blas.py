@@ -11,6 +11,8 @@ caller keeps torch's path.
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import torch
 
@@ -59,6 +61,5 @@ def numpy_library() -> str:
 
 def torch_library() -> str:
     """torch's CPU BLAS as its build settings name it (e.g. "mkl")."""
-    import re
     m = re.search(r"BLAS_INFO=(\w+)", torch.__config__.show())
     return m.group(1) if m else "unknown"

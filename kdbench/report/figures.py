@@ -1,30 +1,37 @@
 """Matplotlib figures: MNIST test errors vs temperature per width, errors per class on the transfer sets with and
-without the bias correction, KD variants, and the ensembles section's bars. Written atomically as PNG."""
+without the bias correction, KD variants, and the ensembles section's bars. Written atomically as PNG.
+
+Matplotlib loads when the first figure is drawn (`_plt`), not when this module is imported: the sections import it at
+their top, and every `kdbench train` and workflow parse imports the sections."""
 from __future__ import annotations
 
 import io
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+from kdbench.records import atomic_write_bytes
 
-from kdbench.records import atomic_write_bytes  # noqa: E402
+
+def _plt():
+    """matplotlib.pyplot on the file-only Agg backend, imported on the first figure (about 0.5 s)."""
+    import matplotlib  # deferred: only a table writer draws
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # deferred: after use("Agg"), which must come first
+    return plt
 
 
 def _save(fig, path: Path | str) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    _plt().close(fig)
     atomic_write_bytes(path, buf.getvalue())
 
 
 def sweep(summary, widths: list[int], temperatures: list[float], name_of, path: Path | str) -> None:
     """Test errors (mean ± std over seeds) vs T, one line per hidden width; teacher and baseline as references."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = _plt().subplots(figsize=(6.5, 4.2))
     errs = summary[summary.metric == "test_errors"].set_index("system")
     for w in widths:
         m = [errs.loc[name_of(w, t), "mean"] for t in temperatures]
@@ -47,7 +54,7 @@ def sweep(summary, widths: list[int], temperatures: list[float], name_of, path: 
 def transfer(panels: list[tuple[str, list[dict]]], path: Path | str) -> None:
     """Errors per true class, mean over seeds: raw, validation-chosen shift, the paper's shift. `panels` holds
     (title, per-seed records of kdbench.sections.bias.correct)."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 3.8), squeeze=False)
+    fig, axes = _plt().subplots(1, len(panels), figsize=(6 * len(panels), 3.8), squeeze=False)
     for ax, (title, members) in zip(axes[0], panels):
         classes = np.arange(len(members[0]["raw"]["per_class_errors"]))
         for i, (key, label) in enumerate((("raw", "no correction"), ("val_chosen", "shift chosen on validation"),
@@ -75,7 +82,7 @@ def variants(df, path: Path | str) -> None:
     Points with error bars, not bars: the y axis holds the values' range, which a bar from zero would hide."""
     groups = list(dict.fromkeys(df.table)) if "table" in df else [None]
     names = list(dict.fromkeys(df.variant))
-    fig, axes = plt.subplots(len(groups), 1, figsize=(12, 3.2 * len(groups) + 0.6), squeeze=False)
+    fig, axes = _plt().subplots(len(groups), 1, figsize=(12, 3.2 * len(groups) + 0.6), squeeze=False)
     width = 0.8 / len(names)
     for ax, g in zip(axes[:, 0], groups):
         sub_g = df if g is None else df[df.table == g]
@@ -105,7 +112,7 @@ def variants_leaderboard(df, path: Path | str) -> None:
     others = df[df.variant != "hinton"]
     groups = list(dict.fromkeys(others.table)) if "table" in others else [None]
     names = list(dict.fromkeys(others.variant))
-    fig, axes = plt.subplots(max(len(groups), 1), 1, figsize=(12, 3.2 * max(len(groups), 1) + 0.6), squeeze=False)
+    fig, axes = _plt().subplots(max(len(groups), 1), 1, figsize=(12, 3.2 * max(len(groups), 1) + 0.6), squeeze=False)
     width = 0.8 / max(len(names), 1)
     for ax, g in zip(axes[:, 0], groups):
         sub_g = others if g is None else others[others.table == g]
@@ -161,7 +168,7 @@ def _claims(ax, summary, ds: str) -> None:
 def ensembles(summary, facts: dict, dataset_names: list[str], path: Path | str) -> None:
     """Per dataset: Table 1 bars (baseline, ensembles, distilled), Table 5 bars (100%, 3% hard, 3% soft) with
     mean ± std error bars, test accuracy against ensemble size, and the derived claims with 95% intervals."""
-    fig, axes = plt.subplots(len(dataset_names), 4, figsize=(18, 3.8 * len(dataset_names)), squeeze=False)
+    fig, axes = _plt().subplots(len(dataset_names), 4, figsize=(18, 3.8 * len(dataset_names)), squeeze=False)
     for row, ds in zip(axes, dataset_names):
         acc = summary[(summary.section == ds) & (summary.metric == "test_accuracy_pct")].set_index(["table", "system"])
         for ax, table, systems, title in (
@@ -197,7 +204,7 @@ def specialists(summary, facts: dict, path: Path | str) -> None:
     """Per dataset: the relative change in accuracy (mean and 95% interval over seeds) by the number of specialists
     covering the test case's correct class (the paper's Table 4), with the number of test cases under each bar."""
     names = list(facts)
-    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 3.8), squeeze=False)
+    fig, axes = _plt().subplots(1, len(names), figsize=(5.5 * len(names), 3.8), squeeze=False)
     for ax, ds in zip(axes[0], names):
         counts = list(facts[ds]["per_seed"][0]["by_coverage"])
         rows = [summary[(summary.system == f"{ds}/covered_by_{n}") & (summary.metric == "relative_change_pct")]

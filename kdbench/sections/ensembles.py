@@ -37,6 +37,7 @@ from kdbench.data import registry as data_registry
 from kdbench.data import speech
 from kdbench.records import atomic_write_bytes
 from kdbench.report import aggregate
+from kdbench.report import figures as plots
 from kdbench.report.aggregate import Cell, fmt_claim, fmt_paper, fmt_row, read_json, share_cell
 from kdbench.sections import Experiment, JobSpec
 
@@ -515,7 +516,6 @@ def _table5_markdown(summary: pd.DataFrame, cfg: dict, ds: str, f: dict) -> list
 def write(cfg: dict, runs: Path, out: Path, paper: dict, root: Path | str | None = None, figures: bool = True,
           **_) -> str:
     """The section's outputs: ensembles_summary.csv, its provenance, ensembles.md, ensembles.png."""
-    from kdbench.report import figures as plots  # matplotlib, only when a table is written
     cells_, facts = cells(cfg, runs, root=root)
     summary = aggregate.write_tables(cells_, paper, out, "ensembles")
     atomic_write_bytes(out / "ensembles.md", markdown(summary, cfg, facts).encode())

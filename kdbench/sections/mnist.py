@@ -15,6 +15,7 @@ from kdbench import layout
 from kdbench.data import registry as data_registry
 from kdbench.records import atomic_write_bytes
 from kdbench.report import aggregate
+from kdbench.report import figures as plots
 from kdbench.report.aggregate import Cell, fmt, fmt_claim, read_json, share_cell
 from kdbench.sections import Experiment, JobSpec
 
@@ -222,7 +223,6 @@ def markdown(summary, cfg: dict, profile: str, facts: dict | None = None) -> str
 def write(cfg: dict, runs: Path, out: Path, paper: dict, figures: bool = True, **_) -> str:
     """The section's outputs: mnist_summary.csv, its provenance, mnist.md, mnist_sweep.png, mnist_transfer.png (the
     figures only with `figures`: `kdbench check` re-derives the tables alone)."""
-    from kdbench.report import figures as plots  # matplotlib, only when a table is written
     summary = aggregate.write_tables(cells(cfg, runs), paper, out, "mnist")
     atomic_write_bytes(out / "mnist.md", markdown(summary, cfg, cfg["profile"], run_facts(cfg, runs)).encode())
     if not figures:

@@ -34,6 +34,7 @@ from kdbench import layout
 from kdbench.data import registry as data_registry
 from kdbench.records import atomic_write_bytes
 from kdbench.report import aggregate
+from kdbench.report import figures as plots
 from kdbench.report.aggregate import Cell, fmt_claim, fmt_paper, fmt_row, read_json
 from kdbench.sections import JobSpec, ensembles
 
@@ -121,7 +122,7 @@ def correlation(cov: torch.Tensor) -> torch.Tensor:
 def find_clusters(cov: torch.Tensor, ks: list[int], min_size: int, max_size: int, seed: int) -> list[list[int]]:
     """k-means on the columns of a (covariance or correlation) matrix for each k; clusters of min_size..max_size
     classes, deduplicated, in order of first appearance."""
-    from sklearn.cluster import KMeans
+    from sklearn.cluster import KMeans  # deferred: about a second to import, needed only to find clusters
 
     cols = cov.double().numpy()
     out: list[list[int]] = []
@@ -371,7 +372,6 @@ def markdown(summary: pd.DataFrame, cfg: dict, facts: dict) -> str:
 def write(cfg: dict, runs: Path, out: Path, paper: dict, clusters: dict[str, Path] | None = None,
           figures: bool = True, **_) -> str:
     """The section's outputs: specialists_summary.csv, its provenance, specialists.md, specialists.png."""
-    from kdbench.report import figures as plots  # matplotlib, only when a table is written
     files = clusters or {ds: layout.clusters(runs, ds) for ds in datasets(cfg)}
     cells_, facts = cells(cfg, runs, files)
     summary = aggregate.write_tables(cells_, paper, out, "specialists")

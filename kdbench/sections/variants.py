@@ -35,6 +35,7 @@ from kdbench import layout, sections
 from kdbench.engine import losses
 from kdbench.records import atomic_write_bytes, run_identity
 from kdbench.report import aggregate
+from kdbench.report import figures as plots
 from kdbench.report.aggregate import ci95, fmt, mean_std, paired_note, read_json
 from kdbench.sections import Experiment, JobSpec
 
@@ -372,7 +373,6 @@ def leaderboard_markdown(df: pd.DataFrame) -> list[str]:
 def write(spec: dict, runs: Path, out: Path, figures: bool = True, **_) -> str:
     """The section's outputs from `table_config`'s spec: <name>.csv, <name>.md, <name>.png and
     <name>_leaderboard.png (name: variants; the figures only with `figures`)."""
-    from kdbench.report import figures as plots  # matplotlib, only when a table is written
     df, name = table(spec, runs), spec.get("name", "variants")
     aggregate.write_csv(df, out / f"{name}.csv")
     atomic_write_bytes(out / f"{name}.md", markdown(df, spec).encode())
