@@ -19,7 +19,7 @@ import yaml
 
 from kdbench import plan, registry, sections
 from kdbench.data import registry as data_registry
-from kdbench.engine import losses, train
+from kdbench.engine import config, losses, train
 from kdbench.sections import ensembles, specialists, variants
 
 SCHEMA = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
@@ -55,10 +55,12 @@ def load(path: Path | str) -> dict:
 
 
 def _schema() -> dict:
-    """The schema file, with a property for each registered section it does not know (a user's section: its
+    """The schema file, with the training keys of `$defs/train` made from kdbench.engine.config.KEYS, and a property
+    for each registered section it does not know (a user's section: its
     `SCHEMA`, then required, else any mapping), so that such a section's block of the profile is checked by its own
     schema."""
     schema = yaml.safe_load(SCHEMA.read_text())
+    schema["$defs"]["train"]["properties"] = {**config.profile_schema(), **schema["$defs"]["train"]["properties"]}
     for name in sections.names():
         if name not in schema["properties"]:
             section = sections.get(name)

@@ -1,4 +1,5 @@
 """The smoke profile runs the whole DAG end to end in a temporary directory; bad config stops before any job."""
+import dataclasses
 import json
 import os
 import re
@@ -250,13 +251,36 @@ def test_bad_config_stops_before_any_job(tmp_path, mutate, message):
     assert not (tmp_path / "w" / "results").exists() and not (tmp_path / "no-data").exists()
 
 
-def test_schema_train_keys_are_engine_keys():
-    from kdbench.engine.train import DEFAULTS
+def test_the_schemas_training_keys_are_made_from_the_engines_keys(monkeypatch):
+    """Each training key's type and range is stated once (kdbench.engine.config.KEYS): the profile's schema takes it
+    from there, so the engine and the profile cannot disagree; a key the sections set is no profile's."""
+    from kdbench import profile
+    from kdbench.engine import config
     schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
-    # `data` is the one exception: an ensembles row names the dataset it reads, and strips the key before its jobs'
-    # configs are made (kdbench.sections.ensembles.train_config); anywhere else the engine refuses it as unknown
-    assert set(schema["$defs"]["train"]["properties"]) - {"data"} <= set(DEFAULTS)
-    assert "data" not in DEFAULTS
+    # `data` is the file's one own key: an ensembles row names the dataset it reads, and strips the key before its
+    # jobs' configs are made (kdbench.sections.ensembles.train_config); anywhere else the engine refuses it
+    assert set(schema["$defs"]["train"]["properties"]) == {"data"} and "data" not in config.DEFAULTS
+    made = profile._schema()["$defs"]["train"]["properties"]
+    assert set(made) == {k for k, key in config.KEYS.items() if key.profile} | {"data"}
+    assert "teacher_logits" not in made and made["epochs"]["minimum"] == 1
+    # a changed range reaches the profile's check without touching the schema file
+    monkeypatch.setitem(config.KEYS, "epochs", dataclasses.replace(config.KEYS["epochs"],
+                                                                    schema={"type": "integer", "minimum": 5}))
+    assert profile._schema()["$defs"]["train"]["properties"]["epochs"]["minimum"] == 5
+
+
+def test_a_profile_is_held_tighter_than_the_engine_only_where_a_key_says_so():
+    from kdbench import profile
+    from kdbench.engine import config
+    assert config.good("val_size", 0)  # the engine: 0 trains on everything
+    cfg = profile.load(SMOKE)
+    cfg["mnist"]["baseline"]["val_size"] = 0  # a profile's sections choose on validation
+    with pytest.raises(profile.ProfileError, match=r"mnist.*baseline.*val_size"):
+        profile.validate(cfg)
+    cfg["mnist"]["baseline"]["val_size"] = 100
+    cfg["mnist"]["baseline"]["epochs"] = 0
+    with pytest.raises(profile.ProfileError, match=r"mnist.*baseline.*epochs"):
+        profile.validate(cfg)
 
 
 def _processes_in(workdir: Path) -> list[int]:
