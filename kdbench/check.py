@@ -38,8 +38,10 @@ RULE_FILES = [REPO / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.
 
 def workflow_rules() -> set[str]:
     """The rule names the workflow defines (`rule NAME:`, `use rule ... as NAME`, one `fetch_<dataset>` per
-    registered dataset, which `workflow/rules/data.smk` makes, and one `aggregate_<section>` per section)."""
+    registered dataset, which `workflow/rules/data.smk` makes, one `aggregate_<section>` per section, and the
+    training rule, which train.smk makes in a loop, one per seed list, all logging under `plan.TRAIN_RULE`)."""
     names = {f"fetch_{name}" for name in data_registry.names()} | {f"aggregate_{n}" for n in sections.names()}
+    names.add(plan.TRAIN_RULE)
     for path in RULE_FILES:
         text = path.read_text()
         names |= set(re.findall(r"^(?:rule|checkpoint) (\w+):", text, re.M))

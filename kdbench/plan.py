@@ -66,12 +66,16 @@ def jobs(cfg: dict) -> dict[str, Job]:
     return out
 
 
+TRAIN_RULE = "train"  # the training rule's name for the profile's seeds, and the folder of every training job's log
+                      # and benchmark (logs/train/, benchmarks/train/), whichever seed list's rule ran it
+
+
 def train_rules(cfg: dict, planned: dict[str, Job]) -> dict[str, list[int]]:
     """The workflow's training rules, by name, each with the seed list of the jobs it trains: a rule's outputs name
     every seed's record, so one rule serves one list. The profile's seeds are `train`; the ensembles' S x M members,
     the ensembles section's systems and the specialists' generalists keep the names the SLURM profile sets
     resources by; any other list of the plan (a user section's) gets a numbered name. Lists no job uses get none."""
-    named = {"train": cfg["seeds"], "train_members": ensembles.ensemble_seeds(cfg),
+    named = {TRAIN_RULE: cfg["seeds"], "train_members": ensembles.ensemble_seeds(cfg),
              "train_ensembles": ensembles.seeds(cfg), "train_generalists": specialists.seeds(cfg)}
     out: dict[str, list[int]] = {}
     for name, seeds in [*named.items(), *((None, j.seeds) for j in planned.values())]:

@@ -64,6 +64,19 @@ def test_clean_results_pass(results):
     assert check.problems(cfg, root) == []
 
 
+
+def test_files_of_a_rule_the_workflow_lacks_fail_and_the_training_rules_folder_is_known(results):
+    """The training rule is made in a loop (train.smk), one per seed list, and logs under plan.TRAIN_RULE: its folder
+    is the workflow's, a folder of no rule is named."""
+    cfg, root = results
+    results_dir = root / "results" / cfg["profile"]
+    assert (results_dir / "benchmarks" / plan.TRAIN_RULE).is_dir()
+    assert plan.TRAIN_RULE in check.workflow_rules() and "teacher_logits" in check.workflow_rules()
+    (results_dir / "logs" / "train_old").mkdir(parents=True)
+    found = check.problems(cfg, root)
+    assert found == [f"results/{cfg['profile']}/logs/train_old/: files of rule 'train_old', which the workflow no "
+                     f"longer has"], found
+
 def test_an_edited_run_config_fails(results):
     cfg, root = results
     path = _record(root, cfg)

@@ -28,9 +28,9 @@ for _name, _seeds in TRAIN_RULES.items():
         resources:
             gpu=GPU,
         log:
-            layout.log(RESULTS, "train", "{job}"),
+            layout.log(RESULTS, plan.TRAIN_RULE, "{job}"),
         benchmark:
-            layout.benchmark(RESULTS, "train", "{job}")
+            layout.benchmark(RESULTS, plan.TRAIN_RULE, "{job}")
         # lint: config (the device) and DATA (the data root) stay out of params on purpose: a finished run is not
         # redone when a profile moves to a GPU or the data to another disk
         shell:
