@@ -126,6 +126,13 @@ def _inspect_commands(sub) -> None:
     pl = sub.add_parser("plan", help="list the training jobs of a profile (the workflow's job plan)")
     pl.add_argument("configfile", help="a profile, e.g. config/quick.yaml")
     pl.add_argument("--configs", action="store_true", help="also print each job's training config")
+    pl.add_argument("--jobs", nargs="+", metavar="PATTERN", default=None,
+                    help="only the jobs whose names match one of these shell patterns (e.g. 'variants/mnist_*'): a "
+                         "piece of a run too long for one sitting")
+    pl.add_argument("--targets", action="store_true",
+                    help="print only the selected jobs' run records, one line, as snakemake's targets: `snakemake "
+                         "--cores 2 --configfile PROFILE $(kdbench plan PROFILE --jobs ... --targets)` trains them "
+                         "and what they need")
     pl.set_defaults(func="cmd_plan")
 
     ck = sub.add_parser("check", help="is every committed result what the current plan trains, from committed code?")

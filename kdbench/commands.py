@@ -5,6 +5,7 @@ Each function is a thin wrapper around one library function: it reads the argume
 line of what it made, and turns a known error into one line and an exit status."""
 from __future__ import annotations
 
+import fnmatch
 import json
 import subprocess
 import sys
@@ -161,11 +162,28 @@ def cmd_plan(args) -> int:
     except (profile.ProfileError, ConfigError, ValueError) as e:
         print(f"kdbench: error: {args.configfile}: {e}", file=sys.stderr)
         return 1
+    every = len(jobs)
+    if args.jobs:
+        jobs = {name: job for name, job in jobs.items() if any(fnmatch.fnmatchcase(name, p) for p in args.jobs)}
+        if not jobs:
+            print(f"kdbench: error: {args.configfile}: no planned job matches {' '.join(args.jobs)}. Fix: a shell "
+                  f"pattern over the names `kdbench plan {args.configfile}` lists, e.g. 'variants/mnist_*'",
+                  file=sys.stderr)
+            return 1
+    runs = layout.runs(cfg["profile"])
+    if args.targets:
+        print(" ".join(str(layout.metrics(runs, job.name, s)) for job in jobs.values() for s in job.seeds))
+        return 0
     for job in jobs.values():
         line = f"{job.name}  seeds={list(job.seeds)}"
         print(line + (f"  {json.dumps(job.config, sort_keys=True)}" if args.configs else ""))
-    print(f"{len(jobs)} training jobs (plus the specialists, once their clusters are known)")
-    note = estimate.announce(cfg, estimate.not_run(jobs, layout.runs(cfg["profile"])))
+    if args.jobs:
+        print(f"{len(jobs)} of the {every} training jobs match {' '.join(args.jobs)}; what they need that is not "
+              f"here (teachers, ensembles, a temperature's candidates) is not counted: `snakemake -n` on their "
+              f"targets (--targets) lists it all with its time")
+    else:
+        print(f"{every} training jobs (plus the specialists, once their clusters are known)")
+    note = estimate.announce(cfg, estimate.not_run(jobs, runs))
     print(note or "every planned job has its run records, weights and logits here: nothing to train")
     return 0
 

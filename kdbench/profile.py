@@ -184,6 +184,7 @@ def planned_jobs(cfg: dict) -> dict:
             raise ValueError(f"config: variant_params.{name}: {e}. Fix: correct it under variant_params.{name} "
                              f"(its parameters and defaults: {losses.get(name).defaults})") from None
     _check_grids(cfg)
+    _check_scope(cfg)
     for ds in specialists.datasets(cfg):
         if ds not in ensembles.datasets(cfg):
             raise ValueError(f"config: specialists.datasets: {ds!r} has no generalist; add it to ensembles.datasets")
@@ -198,6 +199,24 @@ def planned_jobs(cfg: dict) -> dict:
     for job in jobs.values():
         train.resolve(job.config, where=f"config: job {job.name!r}")
     return jobs
+
+
+def _check_scope(cfg: dict) -> None:
+    """`variant_scope`: each a variant that is run beside hinton (hinton, the reference, runs everywhere), each place
+    an experiment's name or a table group of the suite's experiments."""
+    exps = variants.experiments(cfg)
+    places = list(dict.fromkeys([e.table for e in exps] + [e.name for e in exps]))
+    for name, scope in cfg.get("variant_scope", {}).items():
+        if name not in cfg["variants"] or name == "hinton":
+            raise ValueError(f"config: variant_scope: {name!r} is not one of the variants run beside hinton, "
+                             f"{[v for v in cfg['variants'] if v != 'hinton']}. Fix: correct the name, or add it to "
+                             f"variants")
+        for place in scope:
+            if place not in places:
+                close = difflib.get_close_matches(place, places, n=1)
+                raise ValueError(f"config: variant_scope.{name}: {place!r} is no distillation experiment of this "
+                                 f"profile" + (f" (did you mean {close[0]!r}?)" if close else "")
+                                 + f". Fix: name experiments or table groups from {places}")
 
 
 def _check_grids(cfg: dict) -> None:

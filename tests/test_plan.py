@@ -238,3 +238,22 @@ def test_mixup_adds_its_own_pair_of_3pct_nets_and_changes_no_paper_protocol_job(
             k: v for k, v in paper.config.items() if k != "teacher_logits"}
     for name, job in jobs.items():
         train.resolve(job.config, where=name)
+
+
+def test_kdbench_plan_selects_a_piece_and_prints_its_targets(capsys):
+    """A run too long for one sitting goes in pieces: `--jobs` keeps the jobs whose names match a shell pattern,
+    `--targets` prints their run records, the snakemake targets that train them and what they need."""
+    from kdbench.cli import main
+    smoke = str(REPO / ".test" / "config.yaml")
+    wanted = sorted(n for n in plan.jobs(SMOKE) if n.startswith("variants/mnist_") or n == "teacher")
+    assert main(["plan", smoke, "--jobs", "variants/mnist_*", "teacher"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert sorted(line.split()[0] for line in out[:len(wanted)]) == wanted
+    assert out[len(wanted)].startswith(f"{len(wanted)} of the {len(plan.jobs(SMOKE))} training jobs match")
+    assert main(["plan", smoke, "--jobs", "variants/mnist_*", "teacher", "--targets"]) == 0
+    targets = capsys.readouterr().out.split()
+    runs = layout.runs("smoke")
+    assert targets == [str(layout.metrics(runs, n, s)) for n, j in plan.jobs(SMOKE).items() if n in wanted
+                       for s in j.seeds]
+    assert main(["plan", smoke, "--jobs", "variant/*"]) == 1  # a misspelt pattern matches nothing: said, with a fix
+    assert "no planned job matches variant/*. Fix:" in capsys.readouterr().err

@@ -45,6 +45,7 @@ ORDER = 2  # its place in the suite's summary and targets (kdbench.sections)
 SUMMARY = False
 
 
+NOT_RUN = "—"  # a variants table's cell where the variant does not run (outside its `variant_scope`)
 TABLES = {"mnist": "MNIST students (section 3), test errors of 10,000",
           "table1": "Students of the ensembles (Table 1), test accuracy % (frame accuracy for speech)",
           "table5": "Nets on 3% of the training set learning from the 100%-data net (Table 5), test accuracy %"}
@@ -56,12 +57,19 @@ def experiments(cfg: dict) -> list[Experiment]:
             for e in section.distillation_experiments(cfg)]
 
 
+def in_scope(cfg: dict, experiment: Experiment, variant: str) -> bool:
+    """Whether a variant runs in an experiment: `variant_scope[variant]` lists the experiments (by name, or by their
+    table group: mnist, table1, table5) it runs in; a variant the scope does not name runs in every experiment."""
+    scope = cfg.get("variant_scope", {}).get(variant)
+    return scope is None or experiment.name in scope or experiment.table in scope
+
+
 def jobs(cfg: dict) -> list[JobSpec]:
-    """Every variant's student in every experiment (the sections' own `hinton` runs excepted); born-again variants
-    add the experiment's `hard` run."""
+    """Every variant's student in every experiment of its scope (the sections' own `hinton` runs excepted);
+    born-again variants add the experiment's `hard` run."""
     out = []
     for exp in experiments(cfg):
-        names = list(cfg["variants"])
+        names = [v for v in cfg["variants"] if in_scope(cfg, exp, v)]
         if any(losses.get(v).teacher == "self" for v in names) and "hard" not in names:
             names.append("hard")  # born-again teachers: the experiment's own hard run
         for v in names:
@@ -211,11 +219,12 @@ def table_config(cfg: dict, tables: tuple[str, ...] = tuple(TABLES), name: str =
     chosen = [e for e in experiments(cfg) if e.table in tables or (e.table not in TABLES and tables == tuple(TABLES))]
     out = {"profile": cfg["profile"], "variants": cfg["variants"], "name": name,
            "experiments": [{"name": e.name, "table": e.table, "metric": e.metric, "seeds": list(e.seeds),
-                            "jobs": {v: job_name(e, v) for v in names if not grid(cfg, v)}} for e in chosen]}
+                            "jobs": {v: job_name(e, v) for v in names if not grid(cfg, v) and in_scope(cfg, e, v)}}
+                           for e in chosen]}
     tuned = [v for v in names if grid(cfg, v)]
     for spec, e in zip(out["experiments"], chosen):  # keys only where needed: a built-in spec reads as before
         if tuned:
-            spec["tuned"] = {v: _tuned(cfg, e, v) for v in tuned}
+            spec["tuned"] = {v: _tuned(cfg, e, v) for v in tuned if in_scope(cfg, e, v)}
         if e.table not in TABLES:  # a user's section's group: its own title
             spec["title"] = e.title or e.table
     return out
@@ -230,6 +239,8 @@ def table(spec: dict, runs: Path | str) -> pd.DataFrame:
                for s in exp["seeds"]}
         for variant in spec["variants"]:
             tuned = exp.get("tuned", {}).get(variant)
+            if tuned is None and variant not in exp["jobs"]:
+                continue  # not in the variant's scope: no run, no row
             setting, scores = choose_setting(tuned, exp["seeds"], runs) if tuned else (None, None)
             job = tuned["settings"][setting] if tuned else exp["jobs"][variant]
             paths = [layout.metrics(runs, job, s) for s in exp["seeds"]]
@@ -307,10 +318,16 @@ def markdown(df: pd.DataFrame, cfg: dict) -> str:
         seeds = sorted({s for e in cfg["experiments"] if e["table"] == table for s in e["seeds"]})
         lines += [f"## {title}", "", f"Seeds {seeds}.", "", "| variant | " + " | ".join(_header(sub, exps)) + " |",
                   "|---|" + "---|" * len(exps)]
+        missing = False
         for variant in cfg["variants"]:
             cells = []
             for e in exps:
-                r = sub[(sub.experiment == e) & (sub.variant == variant)].iloc[0]
+                hit = sub[(sub.experiment == e) & (sub.variant == variant)]
+                if hit.empty:
+                    cells.append(NOT_RUN)
+                    missing = True
+                    continue
+                r = hit.iloc[0]
                 cell = fmt(r["mean"], r["std"], digits)
                 if variant != "hinton":
                     cell += f" ({_diff(r, digits)}; {r.significance})"
@@ -319,6 +336,8 @@ def markdown(df: pd.DataFrame, cfg: dict) -> str:
                 cells.append(cell)
             lines.append(f"| {variant} | " + " | ".join(cells) + " |")
         lines += ["", *_tuned_notes(sub, table)]
+        if missing:
+            lines += [f"{NOT_RUN}: the variant does not run in that experiment (the profile's `variant_scope`).", ""]
     name = cfg.get("name", "variants")
     lines += [f"![variants]({name}.png)", ""]
     board = leaderboard_markdown(df)
