@@ -306,14 +306,8 @@ CHECK_PARTS = {
     "variants": (["runs/variants/"], ("variants.csv", "variants_mnist.csv", "variants.md", "variants_mnist.md",
                                       "quick/variants/")),
 }
-# Parts of results/quick that `kdbench check` finds stale, each a strict xfail until it is regenerated: the
-# `mnist_w30_bestT` temperature was chosen from an older sweep (T=2; the section's rule picks T=2.5 from the
-# committed one), so that column's runs and variants_mnist are to be retrained at the rule's temperature (issue 35)
-STALE_PARTS = {"variants", "everything"}
-
-
 @pytest.mark.parametrize("part", [*CHECK_PARTS, "everything"])
-def test_the_committed_results_pass_kdbench_check(part, request):
+def test_the_committed_results_pass_kdbench_check(part):
     """Issue 23: every committed run record of results/quick is what the current plan trains, from a clean commit
     in this history, and every table cites only such runs, the very runs it was made from (their identities)."""
     import subprocess
@@ -322,8 +316,6 @@ def test_the_committed_results_pass_kdbench_check(part, request):
     from kdbench.sections import mnist
     if subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True).returncode != 0:
         pytest.skip("not a git checkout")
-    if part in STALE_PARTS:
-        request.applymarker(pytest.mark.xfail(strict=True, reason="mnist_w30_bestT_temperature.json is stale"))
     cfg = profile.load(REPO / "config" / "quick.yaml")
     found = check.problems(cfg, REPO)
     if part != "everything":
