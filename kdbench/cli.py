@@ -131,8 +131,8 @@ def _inspect_commands(sub) -> None:
                          "piece of a run too long for one sitting")
     pl.add_argument("--targets", action="store_true",
                     help="print only the selected jobs' run records, one line, as snakemake's targets: `snakemake "
-                         "--cores 2 --configfile PROFILE $(kdbench plan PROFILE --jobs ... --targets)` trains them "
-                         "and what they need")
+                         "--cores 2 $(kdbench plan PROFILE --jobs ... --targets) --configfile PROFILE` trains them "
+                         "and what they need (the targets before --configfile, which takes every word after it)")
     pl.set_defaults(func="cmd_plan")
 
     ck = sub.add_parser("check", help="is every committed result what the current plan trains, from committed code?")
