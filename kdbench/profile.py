@@ -201,16 +201,21 @@ def planned_jobs(cfg: dict) -> dict:
     return jobs
 
 
+def _check_beside_hinton(cfg: dict, key: str, name: str) -> None:
+    """A per-variant key of the profile (`key`) names a variant that is run beside hinton."""
+    if name not in cfg["variants"] or name == "hinton":
+        raise ValueError(f"config: {key}: {name!r} is not one of the variants run beside hinton, "
+                         f"{[v for v in cfg['variants'] if v != 'hinton']}. Fix: correct the name, or add it to "
+                         f"variants")
+
+
 def _check_scope(cfg: dict) -> None:
     """`variant_scope`: each a variant that is run beside hinton (hinton, the reference, runs everywhere), each place
     an experiment's name or a table group of the suite's experiments."""
     exps = variants.experiments(cfg)
     places = list(dict.fromkeys([e.table for e in exps] + [e.name for e in exps]))
     for name, scope in cfg.get("variant_scope", {}).items():
-        if name not in cfg["variants"] or name == "hinton":
-            raise ValueError(f"config: variant_scope: {name!r} is not one of the variants run beside hinton, "
-                             f"{[v for v in cfg['variants'] if v != 'hinton']}. Fix: correct the name, or add it to "
-                             f"variants")
+        _check_beside_hinton(cfg, "variant_scope", name)
         for place in scope:
             if place not in places:
                 close = difflib.get_close_matches(place, places, n=1)
@@ -223,10 +228,7 @@ def _check_grids(cfg: dict) -> None:
     """`variant_grids`: each a variant that is run (not hinton, whose temperature its sections choose), each setting
     a valid set of its parameters (named by its place in the profile)."""
     for name in cfg.get("variant_grids", {}):
-        if name not in cfg["variants"] or name == "hinton":
-            raise ValueError(f"config: variant_grids: {name!r} is not one of the variants run beside hinton, "
-                             f"{[v for v in cfg['variants'] if v != 'hinton']}. Fix: correct the name, or add it to "
-                             f"variants")
+        _check_beside_hinton(cfg, "variant_grids", name)
         for point in variants.grid(cfg, name):
             try:
                 losses.get(name).check_params({**cfg.get("variant_params", {}).get(name, {}), **point})
