@@ -14,7 +14,10 @@ What this file achieves: it times one training epoch on all 60,000 MNIST images 
       (its compile seconds reported beside it, since a short job pays them once), and on a CPU the layers' products
       through numpy's BLAS (`kdbench.engine.models.MATMUL = "numpy"`, issue 36) for one member and five batched;
   (d) on a CPU, every matrix product of the teacher's, the 800-800 student's and the speech nets' steps (forward and
-      both gradient products), torch against numpy, as seconds per product (ratio: numpy's speed-up).
+      both gradient products) through each library, each library timed in a process of its own: torch's BLAS (MKL),
+      numpy's (OpenBLAS), oneDNN's fp32 inner product, and torch in bf16 (a precision, timed beside them), single
+      member and five batched, as seconds per product (ratio: the speed-up over torch); then the teacher step's GF/s
+      against the best rate its products reach (each through its fastest fp32 library), printed.
 It prints seconds per epoch and the ratio of each case to its reference, and writes results/bench/engine.csv
 (case, device, seconds_per_epoch, ratio_vs_reference, reference_case, steps_timed). No test reads these timings.
 
@@ -190,54 +193,122 @@ def step_flops(widths: list[int], batch: int = 128) -> float:
     return 2.0 * batch * (3 * macs - widths[0] * widths[1])
 
 
-def step_share(add, widths: list[int], fastest: dict[str, float], rates: list[float], steps_per_epoch: int) -> None:
+def step_share(add, widths: list[int], fastest: dict[str, float], products: dict, steps_per_epoch: int) -> None:
     """The teacher step's GF/s (its products' flops over the whole step's time, one member and five batched) against
-    the best product rate measured on its shapes in this run, printed and as rows (ratio: the share of that rate)."""
-    best = max(rates)
+    the best rate its products reach in this run: the flops of its products over the sum of each product's time
+    through the fastest fp32 library (so a step doing nothing but its products, each at its best, would reach 100%).
+    The fastest single product is printed beside it. Rows: ratio = the share of the best rate."""
+    teacher = {key: libs for key, libs in products.items() if key[0] == "teacher"}
+    flops = sum(2 * m * k * n for (_, _, _, (m, k, n)) in teacher)
+    best_time = sum(min(t for lib, t in libs.items() if lib in FP32_LIBS) for libs in teacher.values())
+    best = flops / best_time
+    top = max(2 * m * k * n / t for (_, _, _, (m, k, n)), libs in teacher.items() for lib, t in libs.items()
+              if lib in FP32_LIBS)
     for members, seconds in fastest.items():
         step = seconds / steps_per_epoch
-        flops = int(members) * step_flops(widths)
-        print(f"teacher step, {members} member(s): {flops / step / 1e9:.1f} GF/s = "
-              f"{100 * flops / step / best:.0f}% of the best product rate on its shapes ({best / 1e9:.1f} GF/s)")
+        step_flops_ = int(members) * step_flops(widths)
+        print(f"teacher step, {members} member(s): {step_flops_ / step / 1e9:.1f} GF/s = "
+              f"{100 * step_flops_ / step / best:.0f}% of the best rate of its products in this run "
+              f"({best / 1e9:.1f} GF/s, each product through its fastest fp32 library; the fastest single product "
+              f"{top / 1e9:.1f} GF/s)")
         add(f"teacher_step_{members}_members_vs_best_product_rate", step, "flops at the best product rate",
-            flops / best, steps=1)
+            step_flops_ / best, steps=1)
 
 
 # the MLPs' matrix products per training step (m x k @ k x n): forward, and the two gradient products of backward
 SHAPES = {"teacher": [784, 1200, 1200, 10], "student_800": [784, 800, 800, 10], "speech_1024": [1040, 1024, 1024, 31],
           "speech_narrow": [1040, 32, 32, 31]}
+# the libraries a product is timed through, each in a process of its own (two BLAS thread pools in one process
+# slow each other: interleaved in one process the same torch product read 97 and 297 GF/s). bf16 is torch's product
+# in bfloat16 (AMX or AVX-512 bf16 units where the CPU has them): a precision, not an fp32 path, so it is timed
+# beside them but never counted as the best fp32 rate
+FP32_LIBS = ("torch", "numpy", "onednn")
+LIBS = FP32_LIBS + ("bf16",)
+BATCHED = 5  # members of the batched products (torch's bmm, numpy's batched matmul; oneDNN has no batched weights)
 
 
-def product_rows(add, batch: int = 128, repeats: int = 7) -> dict[str, list[float]]:
-    """GF/s of every product of each net's step at `batch`, torch (its BLAS) against numpy (OpenBLAS), interleaved,
-    median of `repeats`, on fp32 CPU tensors; each numpy row's reference is torch's row of the same product. Returns
-    every rate measured (flop/s), by net."""
-    import statistics
-
-    import numpy as np
-    g = torch.Generator().manual_seed(0)
-    rates: dict[str, list[float]] = {}
+def product_shapes(batch: int = 128):
+    """(net, layer, what, (m, k, n)) of every product of each net's training step."""
     for net, widths in SHAPES.items():
         for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
-            for what, (m, k, n) in (("fwd", (batch, a, b)), ("grad_x", (batch, b, a)), ("grad_w", (a, batch, b))):
-                x, w = torch.randn(m, k, generator=g), torch.randn(k, n, generator=g)
-                calls = {"torch": (torch.mm, x, w), "numpy": (np.matmul, x.numpy(), w.numpy())}
-                times = {"torch": [], "numpy": []}
-                for _ in range(repeats):
-                    for lib, (fn, left, right) in calls.items():
-                        reps = max(1, int(2e8 / (2 * m * k * n)))
-                        t0 = time.perf_counter()
-                        for _ in range(reps):
-                            fn(left, right)
-                        times[lib].append((time.perf_counter() - t0) / reps)
-                name = f"product_{net}_layer{i}_{what}_{m}x{k}x{n}"
-                t, nmp = statistics.median(times["torch"]), statistics.median(times["numpy"])
-                flops = 2 * m * k * n
-                rates.setdefault(net, []).extend([flops / t, flops / nmp])
-                print(f"{name}: torch {flops / t / 1e9:.1f} GF/s, numpy {flops / nmp / 1e9:.1f} GF/s")
-                add(f"{name}_torch", t, steps=1)
-                add(f"{name}_numpy", nmp, f"{name}_torch", t, steps=1)
-    return rates
+            for what, mkn in (("fwd", (batch, a, b)), ("grad_x", (batch, b, a)), ("grad_w", (a, batch, b))):
+                yield net, i, what, mkn
+
+
+def product_call(lib: str, x: torch.Tensor, w: torch.Tensor):
+    """A call computing x @ w through `lib` (x (K, m, k), w (K, k, n); K=1 is the single member's 2-D product), its
+    operands prepared once as the library wants them."""
+    import numpy as np
+    if lib == "torch":
+        return (lambda: torch.mm(x[0], w[0])) if x.shape[0] == 1 else (lambda: torch.bmm(x, w))
+    if lib == "numpy":
+        a, b = (x[0].numpy(), w[0].numpy()) if x.shape[0] == 1 else (x.numpy(), w.numpy())
+        return lambda: np.matmul(a, b)
+    if lib == "onednn":  # oneDNN's fp32 inner product on dense tensors, its weight stored (n, k) as it wants it
+        x0, wt = x[0], w[0].t().contiguous()
+        return lambda: torch.ops.mkldnn._linear_pointwise(x0, wt, None, "none", [], "")
+    xb, wb = x[0].bfloat16(), w[0].bfloat16()
+    return lambda: torch.mm(xb, wb)
+
+
+def time_products(lib: str, repeats: int = 7) -> dict[str, float]:
+    """Median seconds of each product through `lib` (run in a process of its own): single member, and batched over
+    BATCHED members where the library has a batched product. Keys "net|layer|what|members"."""
+    import statistics
+    torch.set_num_threads(2)
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    for net, i, what, (m, k, n) in product_shapes():
+        for members in (1, BATCHED):
+            if members > 1 and lib not in ("torch", "numpy"):
+                continue
+            fn = product_call(lib, torch.randn(members, m, k, generator=g), torch.randn(members, k, n, generator=g))
+            try:
+                fn()
+            except (RuntimeError, AttributeError) as e:  # a library missing here is a result too
+                print(f"{lib}: {type(e).__name__}: {str(e)[:120]}", flush=True)
+                return out
+            reps = max(1, int(2e8 / (2 * members * m * k * n)))
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                for _ in range(reps):
+                    fn()
+                times.append((time.perf_counter() - t0) / reps)
+            out[f"{net}|{i}|{what}|{members}"] = statistics.median(times)
+    return out
+
+
+def product_rows(add) -> dict:
+    """Every product of each net's step through each library, each library timed in its own process, one after
+    another; rows as seconds per product, each against torch's time for the same product (ratio: the speed-up over
+    torch). Returns {(net, layer, what, (m, k, n)): {lib: seconds}} for single members, and prints GF/s."""
+    import json
+    import subprocess
+    import sys
+    timed = {}
+    for lib in LIBS:
+        done = subprocess.run([sys.executable, __file__, "--products-of", lib], capture_output=True, text=True,
+                              check=True)
+        timed[lib] = json.loads(done.stdout.strip().splitlines()[-1])
+    products = {}
+    for net, i, what, (m, k, n) in product_shapes():
+        for members in (1, BATCHED):
+            key = f"{net}|{i}|{what}|{members}"
+            if key not in timed["torch"]:
+                continue
+            libs = {lib: timed[lib][key] for lib in LIBS if key in timed[lib]}
+            name = f"product_{net}_layer{i}_{what}_{m}x{k}x{n}" + (f"_x{members}" if members > 1 else "")
+            flops = 2 * members * m * k * n
+            print(f"{name}: " + ", ".join(f"{lib} {flops / t / 1e9:.1f} GF/s" for lib, t in libs.items()))
+            for lib, t in libs.items():
+                if lib == "torch":
+                    add(f"{name}_torch", t, steps=1)
+                else:
+                    add(f"{name}_{lib}", t, f"{name}_torch", libs["torch"], steps=1)
+            if members == 1:
+                products[(net, i, what, (m, k, n))] = libs
+    return products
 
 
 def main(argv=None):
@@ -247,7 +318,12 @@ def main(argv=None):
     ap.add_argument("--ref-steps", type=int, default=None, help="time only N reference steps and extrapolate")
     ap.add_argument("--out", default="results/bench/engine.csv")
     ap.add_argument("--candidate-steps", type=int, default=40, help="timed steps of each training-step candidate")
+    ap.add_argument("--products-of", choices=LIBS, help=argparse.SUPPRESS)  # the child process of product_rows
     args = ap.parse_args(argv)
+    if args.products_of:
+        import json
+        print(json.dumps(time_products(args.products_of)))
+        return
     device = pick_device(args.device)
     root = kdata.fetch("mnist", args.root)
     desc = device_description(device)
@@ -289,8 +365,7 @@ def main(argv=None):
         fastest = step_candidates(add, "teacher", tcfg, root, device, args.candidate_steps)
         step_candidates(add, "kd_student_T20", scfg, root, device, args.candidate_steps)
         if device.type == "cpu":
-            rates = product_rows(add)
-            step_share(add, TEACHER["widths"], fastest, rates["teacher"], epoch_steps)
+            step_share(add, TEACHER["widths"], fastest, product_rows(add), epoch_steps)
 
     out = Path(args.out)
     write_csv(pd.DataFrame(rows), out)

@@ -356,7 +356,10 @@ def jitter(x: torch.Tensor, max_shift: int, generator: torch.Generator | None = 
     shifts = torch.randint(0, 2 * max_shift + 1, (2, n), device=x.device, generator=generator)
     rows = shifts[0, :, None] + torch.arange(h, device=x.device)  # (n, h)
     cols = shifts[1, :, None] + torch.arange(w, device=x.device)  # (n, w)
-    out = padded[torch.arange(n, device=x.device)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    # one gather along each image's flattened padded pixels (a third of the time of indexing with three broadcast
+    # index tensors, issue 36; the same pixels)
+    where = (rows[:, :, None] * (w + 2 * max_shift) + cols[:, None, :]).reshape(n, h * w)
+    out = torch.gather(padded.reshape(n, -1), 1, where)
     return out.reshape(*lead, h, w)
 
 

@@ -21,7 +21,13 @@ from kdbench.registry import Registry, load_files
 # measures both and this is the faster on the CPU it was measured on)
 SINGLE_MEMBER_MM = True
 # which library multiplies the layers' matrices on the CPU: "torch" (its MKL), or "numpy" (numpy's OpenBLAS,
-# kdbench.engine.blas), a candidate benchmarks/engine.py measures (issue 36); a GPU takes torch's path regardless
+# kdbench.engine.blas), a candidate benchmarks/engine.py measures (issue 36); a GPU takes torch's path regardless.
+# The rule is torch's path on every CPU, from benchmarks/engine.py's whole-step measurements on the three CPUs the suite
+# has run on (AMD EPYC AVX2, AMD EPYC AVX-512, Intel Xeon AVX-512/AMX): through numpy the step is 0.13x-0.22x of
+# torch's for one member (OpenBLAS's threads and torch's contend for the 2 cores), even where OpenBLAS's products alone
+# are faster; oneDNN's fp32 products are in MKL's range on the Intel CPU (faster on some shapes, slower on others) and
+# have no batched form for the members. No short measurement at a job's start: a path chosen by timing noise would make
+# a run's numbers depend on it (docs/DEVIATIONS.md).
 MATMUL = "torch"
 
 
@@ -51,6 +57,12 @@ class MLP(nn.Module):
             self.weights.append(nn.Parameter(torch.empty(members, fan_in, fan_out)))
             self.biases.append(nn.Parameter(torch.empty(members, fan_out)))
         self.reset_parameters()
+        # max-norm's bound bookkeeping (apply_max_norm): per hidden layer, (the weight's version, an upper bound (K,) on
+        # each member's largest unit norm at that version); the optimizer reports each update's length on these
+        self._norm_bounds: dict[int, tuple[int, torch.Tensor]] = {}
+        if max_norm is not None:
+            for w in list(self.weights)[:-1]:
+                w.track_step = True
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -64,11 +76,13 @@ class MLP(nn.Module):
 
     def _dropout(self, x: torch.Tensor, p: float) -> torch.Tensor:
         """Each unit kept with probability 1 - p and scaled by 1 / (1 - p). The mask is drawn as `rand >= p` and
-        applied by `where` (the same values as `x * keep / (1 - p)`, one pass fewer and no float copy of the mask)."""
+        applied as `x / (1 - p) * keep`: the values of `where(keep, x / (1 - p), 0)` bit for bit (times 1 or 0 is
+        exact), forward and backward, at under half its time (issue 36: `where` and its backward were a sixth of the
+        teacher's step)."""
         if not self.training or p == 0.0:
             return x
         keep = torch.rand_like(x) >= p
-        return torch.where(keep, x / (1.0 - p), 0.0)
+        return x.div(1.0 - p).mul_(keep)
 
     def forward(self, x: torch.Tensor, hidden: bool = False):
         """x: (K, B, D) per-member inputs, or (B, D) shared by all members. Returns logits (K, B, C), or with
@@ -103,14 +117,39 @@ class MLP(nn.Module):
 
     @torch.no_grad()
     def apply_max_norm(self) -> None:
-        """Rescale each hidden unit's incoming weight vector to L2 norm <= max_norm (no-op when unset)."""
+        """Rescale each hidden unit's incoming weight vector to L2 norm <= max_norm (no-op when unset).
+
+        The exact unit norms (a column-wise reduction, about a ninth of the teacher's step on a CPU) are computed only
+        when a cheap bound cannot rule the constraint out (issue 36). A unit's norm after an update is at most its norm
+        before plus the length of its member's whole update, which the optimizer reports (`kdbench.engine.optim`,
+        `track_step`); while the bound, carried from the last exact check, stays under 0.999 * max_norm, no unit can be
+        over it and the exact path would multiply by 1.0: nothing is done, and the weights are the same bits. Any other
+        change to the weights (a load, a copy, the rescaling itself) moves their version counter past the one the
+        bound holds, which sends the next call down the exact path."""
         if self.max_norm is None:
             return
-        for w in list(self.weights)[:-1]:
+        for layer, w in enumerate(list(self.weights)[:-1]):
+            if self._bound_rules_out(layer, w):
+                continue
             norms = w.norm(dim=1, keepdim=True)  # (K, 1, fan_out): one norm per unit of each member
             scale = torch.clamp(self.max_norm / (norms + 1e-12), max=1.0)
             if bool((scale < 1.0).any()):  # a pass over the weights only when a unit is over the bound (x 1.0 is exact)
                 w.mul_(scale)
+            largest = torch.clamp(norms, max=self.max_norm).amax(dim=(1, 2))  # (K,) after the rescaling
+            self._norm_bounds[layer] = (w._version, largest * (1 + 1e-6))
+
+    def _bound_rules_out(self, layer: int, w: torch.Tensor) -> bool:
+        """Whether the bound proves every unit of layer `layer` inside max_norm after the optimizer's last update (the
+        only change since the bound was set); updates the bound when it does."""
+        held, moved = self._norm_bounds.get(layer), getattr(w, "last_step", None)
+        if held is None or moved is None or moved[0] != w._version or held[0] != w._version - 1:
+            return False
+        # the update's length as computed, widened for its rounding and for the rounding of the update itself
+        bound = (held[1] + moved[1] * (1 + 1e-4)) * (1 + 1e-6)
+        if not bool((bound < 0.999 * self.max_norm).all()):
+            return False
+        self._norm_bounds[layer] = (w._version, bound)
+        return True
 
     def member_module(self, k: int) -> nn.Sequential:
         """Member k as a plain nn.Sequential of Linear/ReLU (weights copied; dropout not included)."""

@@ -3,6 +3,8 @@
 What this file achieves: `SGD` applies exactly torch.optim.SGD's update (weight decay added to the gradient, the
 momentum buffer started from the first gradient, Nesterov's look-ahead, the same tensor operations in the same order,
 so the numbers are bit-identical) and sets its learning rate for every step from `kdbench.engine.train`'s schedule.
+A parameter marked `track_step = True` gets `p.last_step = (p._version, L)` after each update, L (K,) the L2
+length of each member's update of it (the MLP's max-norm check bounds its units' norms with it).
 `FUSED = True` makes the update in one pass over the weights with torch's fused SGD kernel (`torch._fused_sgd_`),
 a candidate benchmarks/engine.py measures: the same arithmetic, but not always the same bits (one unit in the last
 place, now and then, on the CPU it was tried on), so it is off unless its speed is worth that.
@@ -17,6 +19,13 @@ import torch
 
 # torch's fused kernel for the whole update (see above; benchmarks/engine.py measures the step with and without it)
 FUSED = False
+
+
+def member_sq_norms(t: torch.Tensor) -> torch.Tensor:
+    """(K,) squared L2 norms of each member's slice t[k], as one contiguous dot product each (a quarter of the time of
+    a `vector_norm` over dim 1 on the CPU)."""
+    flat = t.reshape(t.shape[0], -1)
+    return torch.stack([torch.dot(row, row) for row in flat])
 
 
 class SGD:
@@ -60,6 +69,8 @@ class SGD:
                     buf.mul_(self.momentum).add_(grad, alpha=1.0)
                 grad = grad.add_(buf, alpha=self.momentum) if self.nesterov else buf
             p.add_(grad, alpha=-lr)
+            if getattr(p, "track_step", False):  # the update's length per member, for max-norm's bound (models.MLP)
+                p.last_step = (p._version, lr * member_sq_norms(grad).sqrt())
         self.steps += 1
 
     def _fused(self, lr: float) -> bool:

@@ -81,6 +81,12 @@ def _lr_factor(cfg: dict, step: int, total: int, steps_per_epoch: int) -> float:
 
 
 def _clip_per_member(params, max_norm: float) -> None:
+    """Each member's gradient (over all its tensors) scaled to L2 norm <= max_norm. When every member's norm is
+    clearly under the bound (a cheap check by dot products, under 0.1% of it) nothing is done: the exact path below
+    would scale by 1.0, so the bits are the same either way, at a fraction of its time (issue 36)."""
+    rough = sum(optim.member_sq_norms(p.grad) for p in params)  # (K,)
+    if bool((rough < (0.999 * max_norm) ** 2).all()):
+        return
     sq = sum(p.grad.pow(2).flatten(1).sum(1) for p in params)  # (K,)
     scale = torch.clamp(max_norm / (sq.sqrt() + 1e-6), max=1.0)
     for p in params:
@@ -110,6 +116,9 @@ def _member_loss_fn(variant: losses.Variant, params: dict, has_teacher: bool, en
 
     def call(s, y, t, f=None, progress=None):
         state["progress"] = progress
+        if s.shape[0] == 1:  # one member: the variant called on its tensors directly, as the loop does (vmap's
+            # dispatch costs about 0.15-0.2 ms a step on a CPU, issue 36); the same operations on the same rows
+            return looped(s, y, t, f)
         if state["fn"] is mapped:
             try:
                 return mapped(s, y, t, f)
