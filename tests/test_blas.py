@@ -61,3 +61,24 @@ def test_an_epoch_on_each_path_gives_the_same_losses_and_the_record_names_the_pa
     assert got[0]["matmul"] == (f"numpy ({blas.numpy_library()})" if path == "numpy"
                                 else f"torch ({blas.torch_library()})")
     assert "unknown" not in got[0]["matmul"]
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_an_epoch_with_each_optimizer_kernel_gives_the_same_losses_and_the_record_names_it(fused, mnist_root, tmp_path,
+                                                                                           monkeypatch):
+    """Issue 36: one epoch of a 2-seed MLP with dropout and max-norm through each SGD kernel (torch's fused one, the
+    loop): the same per-seed training loss to fp32 rounding, and `metrics.json` says which kernel made the steps."""
+    from kdbench.engine import optim, train
+    cfg = dict(widths=[784, 48, 48, 10], epochs=1, train_fraction=0.05, val_size=500, lr=0.05, batch_size=100,
+               dropout_hidden=0.2, max_norm=0.5)
+
+    def run(on, out):
+        monkeypatch.setattr(optim, "FUSED", on)
+        return train.train(cfg, [0, 1], out, device="cpu", root=mnist_root, progress=False)
+
+    ref, got = run(False, tmp_path / "loop"), run(fused, tmp_path / str(fused))
+    for a, b in zip(ref, got):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+        assert abs(b["val_errors"][-1] - a["val_errors"][-1]) <= 2
+    assert ref[0]["optimizer"] == optim.LOOP_NAME
+    assert got[0]["optimizer"] == (optim.FUSED_NAME if fused else optim.LOOP_NAME)

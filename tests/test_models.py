@@ -1,4 +1,5 @@
 """Batched members behave exactly like K separately built nets; max-norm; dropout."""
+import pytest
 import torch
 from torch import nn
 
@@ -104,15 +105,19 @@ def test_one_member_takes_the_2d_path_with_the_batched_paths_numbers():
     assert all(a.shape == b.shape and torch.allclose(a, b, atol=1e-5) for a, b in zip(ga, gb))
 
 
-def test_kdbench_sgd_is_torch_sgd_bit_for_bit():
+@pytest.mark.parametrize("fused", [False, True])
+def test_kdbench_sgd_is_torch_sgd_bit_for_bit(fused, monkeypatch):
     """kdbench.engine.optim.SGD (no torch.optim import in a job) makes torch.optim.SGD's updates exactly, with
-    Nesterov momentum, plain momentum and weight decay."""
+    Nesterov momentum, plain momentum and weight decay: the loop torch's default for-loop, the fused kernel torch's
+    `fused=True` (momentum 0 takes the loop either way), and each says which made its steps."""
     from kdbench.engine import optim
+    monkeypatch.setattr(optim, "FUSED", fused)
     for kw in (dict(momentum=0.9, nesterov=True), dict(momentum=0.9), dict(momentum=0.5, weight_decay=1e-2), {}):
         torch.manual_seed(0)
         a = MLP([12, 10, 4], members=2, seeds=[0, 1])
         b = MLP([12, 10, 4], members=2, seeds=[0, 1])
-        ours, theirs = optim.SGD(a.parameters(), lr=0.1, **kw), torch.optim.SGD(b.parameters(), lr=0.1, **kw)
+        theirs_kw = {**kw, "fused": True} if fused and kw else kw
+        ours, theirs = optim.SGD(a.parameters(), lr=0.1, **kw), torch.optim.SGD(b.parameters(), lr=0.1, **theirs_kw)
         for _ in range(4):
             x = torch.randn(2, 6, 12)
             for net, opt in ((a, ours), (b, theirs)):
@@ -120,6 +125,7 @@ def test_kdbench_sgd_is_torch_sgd_bit_for_bit():
                 net(x).square().mean().backward()
                 opt.step()
         assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters())), kw
+        assert ours.kernel == (optim.FUSED_NAME if fused and kw else optim.LOOP_NAME)
 
 
 def test_a_model_family_whose_parameters_are_not_stacked_by_member_is_refused_with_a_fix():

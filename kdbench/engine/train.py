@@ -348,7 +348,7 @@ def train(cfg: dict, seeds: list[int], out_dir: Path | str, device: str | None =
         eng.student.load_state_dict(best["state"])
     facts = {"name": name, "config_hash": chash, "device": device, "module_hashes": module_hashes,
              "wall": history["seconds_before"] + time.perf_counter() - t_start,  # all processes of a resumed run
-             "start_epoch": start_epoch}
+             "start_epoch": start_epoch, "optimizer": eng.opt.kernel}
     records = write_records(eng, data, history, best, out_dir, facts)
     ckpt_path.unlink(missing_ok=True)
     return records
@@ -375,6 +375,7 @@ def write_records(eng: Engine, data: RunData, history: dict, best, out_dir: Path
               "wall_seconds": facts["wall"], "members_trained_together": len(seeds),
               "variant_module_sha256": facts["module_hashes"], "epochs": cfg["epochs"],
               "precision": cfg["precision"], "matmul": models.matmul_path(facts["device"]),
+              "optimizer": facts["optimizer"],
               "train_examples": data.sampler.epoch_size,
               "resumed_after_epoch": facts["start_epoch"],
               "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "val_examples": int(len(data.val_idx)),
