@@ -1,11 +1,15 @@
 """Time one workflow run and append its row to results/bench/workflow.csv.
 
     python benchmarks/workflow.py --configfile config/config.yaml --cores 2 mnist_table
+    python benchmarks/workflow.py --configfile config/quick.yaml --jobs 'ensembles/speech/*'
 
 What this file achieves: it runs `snakemake --cores N --configfile PROFILE TARGET...` exactly as a user would, after a
 dry run that counts the jobs it will run, and records profile, target, device, cores, wall seconds, jobs and the
-commit (with "-dirty" when the code or configuration differ from it, `kdbench.records.git_commit`). A failed run
-appends nothing and exits with snakemake's status. Run it with nothing else on the machine: the row is a wall time.
+commit (with "-dirty" when the code or configuration differ from it, `kdbench.records.git_commit`). `--jobs PATTERN`
+times the planned jobs whose names match (and what they need that is not there yet), the targets that
+`kdbench plan PROFILE --jobs PATTERN --targets` names, and records the row's target as `jobs:PATTERN`: a profile too
+long for one sitting is timed in pieces from one clone, their rows summing to the whole. A failed run appends nothing
+and exits with snakemake's status. Run it with nothing else on the machine: the row is a wall time.
 """
 from __future__ import annotations
 
@@ -37,6 +41,15 @@ def planned_jobs(cmd: list[str]) -> int:
     return int(m.group(1)) if m else 0
 
 
+def job_targets(profile: str, pattern: str) -> list[str]:
+    """The snakemake targets of the planned jobs whose names match `pattern` (`kdbench plan --jobs ... --targets`)."""
+    out = subprocess.run([sys.executable, "-m", "kdbench.cli", "plan", profile, "--jobs", pattern, "--targets"],
+                         cwd=ROOT, capture_output=True, text=True)
+    if out.returncode != 0 or not out.stdout.split():
+        sys.exit(f"no planned job of {profile} matches {pattern!r}:\n{out.stdout}{out.stderr}")
+    return out.stdout.split()
+
+
 def device(profile_cfg: dict, cores: int) -> str:
     want = profile_cfg.get("device", "auto")
     if want.startswith("cuda") or (want == "auto" and torch.cuda.is_available()):
@@ -50,10 +63,17 @@ def main() -> None:
     ap.add_argument("--configfile", default="config/config.yaml")
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "results" / "bench" / "workflow.csv"))
-    ap.add_argument("targets", nargs="+")
+    ap.add_argument("--jobs", action="append", default=[], metavar="PATTERN",
+                    help="the planned jobs whose names match PATTERN (kdbench plan --jobs), repeatable")
+    ap.add_argument("targets", nargs="*")
     a = ap.parse_args()
+    if not (a.targets or a.jobs):
+        ap.error("name snakemake targets, or planned jobs with --jobs PATTERN")
     cfg = yaml.safe_load(open(ROOT / a.configfile))
-    cmd = ["snakemake", *a.targets, "--cores", str(a.cores), "--configfile", a.configfile]
+    targets = list(a.targets)
+    for pattern in a.jobs:
+        targets += job_targets(a.configfile, pattern)
+    cmd = ["snakemake", *targets, "--cores", str(a.cores), "--configfile", a.configfile]
     jobs = planned_jobs(cmd)
     commit = git_commit(ROOT)
     start = time.perf_counter()
@@ -61,9 +81,9 @@ def main() -> None:
     wall = time.perf_counter() - start
     if rc != 0:
         sys.exit(rc)
-    row = dict(date=datetime.now(UTC).strftime("%Y-%m-%dT%H:%MZ"), profile=cfg["profile"],
-               target=" ".join(a.targets), device=device(cfg, a.cores), cores=a.cores, wall_seconds=round(wall, 1),
-               jobs=jobs, commit=commit)
+    target = " ".join([*a.targets, *(f"jobs:{p}" for p in a.jobs)])
+    row = dict(date=datetime.now(UTC).strftime("%Y-%m-%dT%H:%MZ"), profile=cfg["profile"], target=target,
+               device=device(cfg, a.cores), cores=a.cores, wall_seconds=round(wall, 1), jobs=jobs, commit=commit)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     new = not out.exists()
