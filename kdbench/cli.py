@@ -101,6 +101,9 @@ def _table_commands(sub) -> None:
     a.add_argument("--runs", required=True)
     a.add_argument("--paper", default=None, help="the paper's numbers (sections with paper numbers)")
     a.add_argument("--out-dir", required=True)
+    a.add_argument("--keep-committed", action="store_true",
+                   help="a row whose runs' logits are absent keeps its rows as the checkout's commit holds them, if "
+                        "they cite its runs as they are (ensembles: a profile regenerated in pieces)")
     a.set_defaults(func="cmd_aggregate")
 
     ct = sub.add_parser("choose-temperature", help="the temperature a variants experiment uses, chosen on validation")

@@ -144,7 +144,7 @@ def cmd_aggregate(args) -> int:
     paper = aggregate.load_paper(args.paper) if args.paper else {}
     clusters = dict(item.split("=", 1) for item in args.clusters) if args.clusters else None
     print(section.write(json.loads(args.config_json), Path(args.runs), Path(args.out_dir), paper=paper,
-                        root=args.root, clusters=clusters))
+                        root=args.root, clusters=clusters, **({"keep_committed": True} if args.keep_committed else {})))
     return 0
 
 

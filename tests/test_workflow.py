@@ -3,6 +3,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -617,3 +618,49 @@ def test_a_dry_run_with_a_mirror_that_lacks_the_data_says_so_with_a_fix(tmp_path
     assert (f"kdbench: mnist: KDBENCH_MIRROR={empty} holds no MNIST/, so its fetch falls back to a download, which "
             f"fails without internet. Fix: point KDBENCH_MIRROR at a folder holding MNIST/") in r.stderr
     assert "fashion_mnist" not in r.stderr.split("fetched first:")[1].splitlines()[0]  # the target needs MNIST alone
+
+
+def test_a_row_without_logits_keeps_its_committed_rows_and_only_those(smoke_run, all_data_root, tmp_path,
+                                                                      monkeypatch):
+    """A profile regenerated in pieces from fresh clones (issues 37, 39): git keeps no logits, so a piece that
+    retrains one ensembles row must write the section's tables with the other rows as committed. With the tables
+    committed, a row whose logits are absent keeps its rows byte for byte; a row whose runs were retrained after its
+    rows were made is refused; and `kdbench check`'s re-derivation (no keep_committed) still finds the logits
+    missing."""
+    from kdbench import profile
+    from kdbench.rederive import as_the_rules_pass_it
+    from kdbench.report import aggregate
+    from kdbench.sections import ensembles
+
+    clone = tmp_path / "clone"
+    shutil.copytree(smoke_run, clone / "results" / "smoke", ignore=shutil.ignore_patterns("logs", "benchmarks"))
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(clone)]
+    subprocess.run(["git", "init", "-q", str(clone)], check=True)
+    subprocess.run(git + ["add", "-A"], check=True)
+    subprocess.run(git + ["commit", "-qm", "the smoke run"], check=True)
+    monkeypatch.chdir(clone)
+    cfg = as_the_rules_pass_it(profile.load(smoke_run.parent.parent / "config.yaml"))
+    paper = aggregate.load_paper(REPO / "config" / "paper_numbers.yaml")
+    out, runs = Path("results/smoke"), Path("results/smoke/runs")
+    files = ["ensembles_summary.csv", "ensembles_provenance.csv", ensembles.FACTS, "ensembles.md"]
+    committed = {f: (out / f).read_bytes() for f in files}
+
+    def write(**kw):
+        return ensembles.write(cfg, runs, out, paper, root=all_data_root, figures=False, **kw)
+
+    write()  # every row from its logits: what the workflow wrote
+    assert {f: (out / f).read_bytes() for f in files} == committed
+    row = "fashion_mnist"
+    for p in (runs / "ensembles" / row).rglob("logits.pt"):
+        p.unlink()
+    assert not ensembles.has_logits(cfg, runs, row) and ensembles.has_logits(cfg, runs, "speech")
+    for f in files:  # the workflow clears a rule's outputs before it runs it: the rows come from the commit
+        (out / f).unlink()
+    assert "fashion_mnist kept as committed" in write(keep_committed=True)
+    assert {f: (out / f).read_bytes() for f in files} == committed
+    with pytest.raises(FileNotFoundError, match="logits"):
+        write()
+    record = runs / "ensembles" / row / "base3" / "seed0" / "metrics.json"
+    record.write_text(record.read_text() + " ")  # the run retrained since its rows were made
+    with pytest.raises(ValueError, match=f"{row}.*retrained since"):
+        write(keep_committed=True)

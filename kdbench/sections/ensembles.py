@@ -26,7 +26,10 @@ most over its members on validation).
 """
 from __future__ import annotations
 
+import io
+import json
 import math
+import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -35,7 +38,7 @@ import torch
 from kdbench import layout
 from kdbench.data import registry as data_registry
 from kdbench.data import speech
-from kdbench.records import atomic_write_bytes
+from kdbench.records import atomic_write_bytes, run_identity
 from kdbench.report import aggregate
 from kdbench.report import figures as plots
 from kdbench.report.aggregate import Cell, fmt_claim, fmt_paper, fmt_row, read_json, share_cell
@@ -51,6 +54,7 @@ SPEECH = tuple(speech.SPLITS)
 PAPER_TEMPERATURE = 2.0  # §4: T=2 is the paper's choice of [1, 2, 5, 10] for Table 1
 PAPER_SPLIT = "speech"  # the rows reading this dataset stand beside the paper's Table 1 and 5 numbers
 UNDERIVED = "\x00"  # marks a Markdown line whose values only uncommitted files hold (markdown_from_committed)
+FACTS = "ensembles_facts.json"  # each row's facts beside its summary rows: chosen T, validation errors, size curves
 MIXUP = "_mixup"  # suffix of the 3% nets trained on mixup (the suite's addition, never beside the paper's numbers)
 
 
@@ -298,10 +302,12 @@ def main_row(cfg: dict, gains: dict[str, list[float]]) -> str | None:
     return max(rows, key=lambda ds: (sum(gains[ds]) / len(gains[ds]), ds)) if rows else None
 
 
-def cells(cfg: dict, runs: Path | str, root: Path | str | None = None) -> tuple[list[Cell], dict]:
-    """Summary cells of every dataset, plus facts for the Markdown (chosen T, validation errors, size curves)."""
+def cells(cfg: dict, runs: Path | str, root: Path | str | None = None,
+          rows: list[str] | None = None) -> tuple[list[Cell], dict]:
+    """Summary cells of every dataset (or of `rows`), plus facts for the Markdown (chosen T, validation errors, size
+    curves)."""
     out, facts = [], {}
-    for ds in datasets(cfg):
+    for ds in datasets(cfg) if rows is None else rows:
         add = Adder(out, ds)
         ens = _logits(Path(runs), ds, "ensemble")
         ev = _Eval(data_of(cfg, ds), ens, root)
@@ -466,19 +472,13 @@ def markdown(summary: pd.DataFrame, cfg: dict, facts: dict) -> str:
 
 
 def markdown_from_committed(cfg: dict, runs: Path | str, summary: pd.DataFrame) -> dict[str, str]:
-    """ensembles.md from what git keeps (`kdbench check`, where the runs' logits are absent): the committed summary,
-    the Markdown's facts taken from it (each row's chosen temperature, the main row from the validation gains) and
-    from the records (the 3% hard runs' epochs); the validation error of each temperature lives only in the logits,
-    so the line that quotes it carries UNDERIVED."""
-    facts = {}
-    for ds in datasets(cfg):
-        t = _row(summary, ds, TABLE1, "distilled", "chosen_temperature")
-        facts[ds] = {"chosen_temperature": math.nan if t is None else float(t["mean"]), "val_error_pct_by_T": None}
-        for run in ("base3", f"base3{MIXUP}"):
-            if run in systems(cfg):
-                facts[ds][f"{run}_epochs"] = [_metrics(Path(runs), ds, run, sd)[0]["final_epoch"] for sd in seeds(cfg)]
-    gains = {ds: [float(r["mean"])] for ds in datasets(cfg)
-             for r in [_row(summary, ds, TABLE1, "ensemble_arithmetic", "val_gain_over_members_pct")] if r is not None}
+    """ensembles.md from what git keeps (`kdbench check`, where the runs' logits are absent): the committed summary
+    and each row's facts (`row_facts`: the committed FACTS, or rebuilt from the summary, the records and the
+    temperature choice); a line whose values only the logits hold carries UNDERIVED."""
+    facts_file = layout.results(cfg["profile"]) / FACTS
+    facts_json = facts_file.read_bytes() if facts_file.exists() else None
+    facts = {ds: row_facts(cfg, runs, summary, ds, facts_json) for ds in datasets(cfg)}
+    gains = {ds: facts[ds]["val_gain"] for ds in datasets(cfg) if facts[ds]["val_gain"]}
     facts["main_row"] = main_row(cfg, gains)
     return {"ensembles.md": markdown(summary, cfg, facts)}
 
@@ -513,12 +513,118 @@ def _table5_markdown(summary: pd.DataFrame, cfg: dict, ds: str, f: dict) -> list
     return lines
 
 
+def has_logits(cfg: dict, runs: Path | str, ds: str) -> bool:
+    """Whether every system of a row has its logits here (git keeps none: a fresh clone has them only for the rows
+    it has trained)."""
+    return all(layout.logits(runs, job(ds, s)).exists() for s in systems(cfg))
+
+
+def _facts_to_json(facts: dict) -> dict:
+    """One row's facts as JSON holds them: temperatures and seeds as string keys."""
+    out = dict(facts)
+    out["val_error_pct_by_T"] = {f"{t:g}": e for t, e in facts["val_error_pct_by_T"].items()}
+    if facts.get("size_curve") is not None:
+        out["size_curve"] = {str(k): v for k, v in facts["size_curve"].items()}
+    return out
+
+
+def _facts_from_json(facts: dict) -> dict:
+    """`_facts_to_json` undone: temperatures as floats, seeds as ints."""
+    out = dict(facts)
+    out["val_error_pct_by_T"] = {float(t): e for t, e in facts["val_error_pct_by_T"].items()}
+    if facts.get("size_curve") is not None:
+        out["size_curve"] = {(k if k == "sizes" else int(k)): v for k, v in facts["size_curve"].items()}
+    return out
+
+
+def committed_file(path: Path) -> bytes | None:
+    """A file as the checkout's HEAD commit holds it (None outside git, or where HEAD has no such file): the rows a
+    row keeps come from there, not from the working tree, which the workflow clears of a rule's outputs before it
+    runs the rule."""
+    try:
+        r = subprocess.run(["git", "show", f"HEAD:./{path.name}"], cwd=path.parent, capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return r.stdout if r.returncode == 0 else None
+
+
+def kept_rows(cfg: dict, runs: Path, out: Path, ds: str) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """A row whose runs' logits are absent: its summary and provenance rows and its facts as the checkout's commit
+    holds them in `out` (the committed tables, `committed_file`), when every run they cite is still the run they
+    were made from (`run_identity`). This lets a profile be regenerated in pieces from fresh clones (a piece
+    retrains some rows; the others keep their committed, checked values); nothing is kept without its committed
+    rows, and a retrained run's old rows are refused."""
+    files = [committed_file(out / f) for f in ("ensembles_summary.csv", "ensembles_provenance.csv")]
+    fix = (f"Fix: train the row first: snakemake --cores 2 $(kdbench plan PROFILE --jobs '{job(ds, '*')}' --targets) "
+           f"--configfile PROFILE")
+    if None in files:  # as if the writer had read the logits: a file git does not keep
+        missing = next(p for s in systems(cfg) for p in [layout.logits(runs, job(ds, s))] if not p.exists())
+        raise FileNotFoundError(2, f"ensembles row {ds!r} needs its runs' logits, or committed rows to keep. {fix}",
+                                str(missing))
+    summary, prov = (pd.read_csv(io.BytesIO(f)) for f in files)
+    summary, prov = summary[summary.section == ds], prov[prov.section == ds]
+    if summary.empty:
+        raise ValueError(f"ensembles row {ds!r}: its runs' logits are absent and {out} holds no rows of it. {fix}")
+    stale = sorted({src for src, sha in zip(prov.source, prov.source_sha256) if run_identity(src) != sha})
+    if stale:
+        raise ValueError(f"ensembles row {ds!r}: its runs' logits are absent and its committed rows cite runs that "
+                         f"were retrained since ({stale[0]}{' and more' if len(stale) > 1 else ''}). {fix}")
+    facts = row_facts(cfg, runs, summary, ds, committed_file(out / FACTS))
+    if facts["val_error_pct_by_T"] is None:
+        raise ValueError(f"ensembles row {ds!r}: its runs' logits are absent, and the validation error of each "
+                         f"temperature, which its table quotes, is kept nowhere else. {fix}")
+    return summary, prov, facts
+
+
+def row_facts(cfg: dict, runs: Path | str, summary: pd.DataFrame, ds: str, facts_json: bytes | None) -> dict:
+    """A row's facts (what the Markdown and the figure read besides the summary) from what git keeps: its entry in
+    the committed FACTS; for a row made before FACTS existed, rebuilt from the summary (the chosen temperature, the
+    validation gain), the records (the 3% hard runs' epochs) and its experiment's committed temperature choice (the
+    same rule on the same logits: the validation error of each temperature, else None); its size curve, which only
+    the logits hold, is then None."""
+    if facts_json is not None:
+        kept = json.loads(facts_json).get(ds)
+        if kept is not None:
+            return _facts_from_json(kept)
+    t = _row(summary, ds, TABLE1, "distilled", "chosen_temperature")
+    g = _row(summary, ds, TABLE1, "ensemble_arithmetic", "val_gain_over_members_pct")
+    out = {"chosen_temperature": math.nan if t is None else float(t["mean"]), "val_error_pct_by_T": None,
+           "size_curve": None, "val_gain": [] if g is None else [float(g["mean"])]}
+    choice = layout.chosen_temperature(layout.results(cfg["profile"]), f"{ds}_distilled_bestT")
+    if choice.exists():
+        val = json.loads(choice.read_text())["val_error_pct_by_temperature"]
+        out["val_error_pct_by_T"] = {float(t): val[f"{t:g}"] for t in cfg["ensembles"]["distilled"]["temperatures"]}
+    for run in ("base3", f"base3{MIXUP}"):
+        if run in systems(cfg):
+            out[f"{run}_epochs"] = [_metrics(Path(runs), ds, run, sd)[0]["final_epoch"] for sd in seeds(cfg)]
+    return out
+
+
 def write(cfg: dict, runs: Path, out: Path, paper: dict, root: Path | str | None = None, figures: bool = True,
-          **_) -> str:
-    """The section's outputs: ensembles_summary.csv, its provenance, ensembles.md, ensembles.png."""
-    cells_, facts = cells(cfg, runs, root=root)
-    summary = aggregate.write_tables(cells_, paper, out, "ensembles")
+          keep_committed: bool = False, **_) -> str:
+    """The section's outputs: ensembles_summary.csv, its provenance, ensembles_facts.json (what the Markdown and the
+    figure read besides the summary), ensembles.md, ensembles.png. A row whose runs' logits are all here is computed
+    from them; with `keep_committed` (the workflow's rule), a row whose logits are absent keeps its committed rows
+    (`kept_rows`); without it (`kdbench check`, which re-derives) an absent file is an error."""
+    runs, out = Path(runs), Path(out)
+    kept = {ds: kept_rows(cfg, runs, out, ds) for ds in datasets(cfg)
+            if keep_committed and not has_logits(cfg, runs, ds)}
+    cells_, facts = cells(cfg, runs, root=root, rows=[ds for ds in datasets(cfg) if ds not in kept])
+    summary, prov = aggregate.tables(cells_, paper)
+    parts = [(kept[ds][0], kept[ds][1]) if ds in kept else (summary[summary.section == ds], prov[prov.section == ds])
+             for ds in datasets(cfg)]
+    summary = pd.concat([p[0] for p in parts], ignore_index=True)[aggregate.SUMMARY_COLUMNS]
+    prov = pd.concat([p[1] for p in parts], ignore_index=True)[aggregate.PROVENANCE_COLUMNS]
+    facts = {ds: kept[ds][2] if ds in kept else facts[ds] for ds in datasets(cfg)}
+    gains = {ds: facts[ds]["val_gain"] for ds in datasets(cfg)}
+    facts["main_row"] = main_row(cfg, gains)
+    aggregate.write_csv(summary, out / "ensembles_summary.csv")
+    aggregate.write_csv(prov, out / "ensembles_provenance.csv")
+    summary = pd.read_csv(out / "ensembles_summary.csv")  # as written: a kept row and a computed one alike
+    atomic_write_bytes(out / FACTS, (json.dumps({ds: _facts_to_json(facts[ds]) for ds in datasets(cfg)}, indent=1)
+                                                + "\n").encode())
     atomic_write_bytes(out / "ensembles.md", markdown(summary, cfg, facts).encode())
     if figures:
         plots.ensembles(summary, facts, datasets(cfg), out / "ensembles.png")
-    return f"ensembles: {len(summary)} summary rows -> {out}"
+    note = f" ({', '.join(kept)} kept as committed: their logits are absent)" if kept else ""
+    return f"ensembles: {len(summary)} summary rows -> {out}{note}"
