@@ -12,6 +12,14 @@ from snakemake.utils import min_version
 
 min_version("8.0")
 
+import shlex as _shlex
+
+# Every job's `kdbench` command runs this checkout's package, the one that plans the jobs: with kdbench installed
+# from another clone (`pip install -e` there), the jobs would otherwise train with that clone's code and stamp its
+# commit on their records. (bash's strict mode, snakemake's own prefix, stays.)
+_checkout = _shlex.quote(workflow.basedir).replace("{", "{{").replace("}", "}}")  # shell.prefix formats its text
+shell.prefix("set -euo pipefail; export PYTHONPATH=%s${{PYTHONPATH:+:$PYTHONPATH}}; " % _checkout)
+
 if not config:
     configfile: "config/config.yaml"
 

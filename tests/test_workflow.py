@@ -664,3 +664,31 @@ def test_a_row_without_logits_keeps_its_committed_rows_and_only_those(smoke_run,
     record.write_text(record.read_text() + " ")  # the run retrained since its rows were made
     with pytest.raises(ValueError, match=f"{row}.*retrained since"):
         write(keep_committed=True)
+
+
+def test_the_jobs_run_the_package_of_the_checkout_whose_snakefile_plans_them(tmp_path, mirror):
+    """A second clone's workflow, run with kdbench installed from another checkout (as CI and a developer's
+    `pip install -e .` have it): its jobs' `kdbench` commands import the clone's own package, so they train with
+    the code that planned them and stamp its commit on their records (a piece of the quick profile once trained
+    with another checkout's package)."""
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    for part in ("Snakefile", "kdbench", "workflow", "config", ".test"):
+        src = REPO / part
+        (shutil.copytree(src, clone / part, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir()
+         else shutil.copy(src, clone / part))
+    mark = tmp_path / "imported.txt"
+    with (clone / "kdbench" / "__init__.py").open("a") as f:
+        f.write("\nimport os as _o, sys as _s\nif _o.environ.get('KDBENCH_MARK'):\n"
+                "    open(_o.environ['KDBENCH_MARK'], 'a').write(f'{__file__} {\" \".join(_s.argv[1:3])}\\n')\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(clone / "Snakefile"), "-d", str(tmp_path / "w"),
+                        "--configfile", str(clone / ".test" / "config.yaml"), "--config",
+                        f"data_root={tmp_path / 'data'}", "--cores", "1", "fetch_mnist"],
+                       capture_output=True, text=True, cwd=tmp_path,
+                       env={**env, "KDBENCH_MIRROR": str(mirror), "KDBENCH_MARK": str(mark)})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    imports = mark.read_text().splitlines()
+    jobs = [line for line in imports if line.endswith("data fetch")]
+    assert jobs, imports  # the fetch job imported the clone's package (the marker is the clone's alone)
+    assert all(line.startswith(str(clone / "kdbench")) for line in imports), imports
