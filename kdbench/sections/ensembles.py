@@ -565,7 +565,8 @@ def kept_rows(cfg: dict, runs: Path, out: Path, ds: str) -> tuple[pd.DataFrame, 
     summary, prov = summary[summary.section == ds], prov[prov.section == ds]
     if summary.empty:
         raise ValueError(f"ensembles row {ds!r}: its runs' logits are absent and {out} holds no rows of it. {fix}")
-    stale = sorted({src for src, sha in zip(prov.source, prov.source_sha256) if run_identity(src) != sha})
+    cited = set(zip(prov.source, prov.source_sha256))  # a run's rows cite it once each: hash each run once
+    stale = sorted({src for src, sha in cited if run_identity(src) != sha})
     if stale:
         raise ValueError(f"ensembles row {ds!r}: its runs' logits are absent and its committed rows cite runs that "
                          f"were retrained since ({stale[0]}{' and more' if len(stale) > 1 else ''}). {fix}")
