@@ -37,7 +37,7 @@ from torch import nn
 
 from kdbench.data import datasets as kdata
 from kdbench.engine.losses import distillation_loss
-from kdbench.engine.train import pick_device, teacher_logits, train
+from kdbench.engine.train import pick_device, resolve_spec, teacher_logits, train
 from kdbench.records import device_description, speed_row
 from kdbench.report.aggregate import write_csv
 
@@ -102,7 +102,7 @@ def reference_epoch(root, device, teacher: nn.Module | None, jitter: bool, width
 
 def kdbench_epoch(cfg, seeds, out, root, device) -> float:
     """Seconds of the last epoch of a kdbench run (the first one pays one-time costs)."""
-    rec = train(cfg, seeds, out, device=str(device), root=root, progress=False)[0]
+    rec = train(resolve_spec(cfg), seeds, out, device=str(device), root=root, progress=False)[0]
     return rec["epoch_seconds"][-1]
 
 
@@ -110,17 +110,17 @@ def engine_epoch(cfg: dict, seeds, root, device, steps: int = 40, threads: int |
                  compiled: bool = False) -> tuple[float, float]:
     """(seconds per epoch, one-time seconds) of kdbench's training step for `cfg`, from `steps` timed steps after
     warm-up ones; the one-time seconds are what the warm-up cost beyond its steps (compilation)."""
-    from kdbench.engine.train import build_engine, load_run_data, resolve
-    cfg = resolve(cfg)
+    from kdbench.engine.train import build_engine, load_run_data, resolve_spec
+    spec = resolve_spec(cfg)
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        data = load_run_data(cfg, seeds, root, device)
-        eng = build_engine(cfg, seeds, data, device)
+        data = load_run_data(spec, seeds, root, device)
+        eng = build_engine(spec, seeds, data, device)
         if compiled:
             eng.student.model.forward = torch.compile(eng.student.model.forward)
-        perm, bs = data.sampler.epoch(), cfg["batch_size"]
+        perm, bs = data.sampler.epoch(), spec.optimisation.batch_size
         batch = lambda i: perm[:, (i % eng.steps_per_epoch) * bs:(i % eng.steps_per_epoch + 1) * bs]
         sync(device)
         t0 = time.perf_counter()

@@ -24,7 +24,7 @@ from torch import nn
 
 from kdbench.data import datasets as kdata
 from kdbench.data import speech
-from kdbench.engine.train import pick_device, train
+from kdbench.engine.train import pick_device, resolve_spec, train
 from kdbench.records import device_description, speed_row
 
 NET = dict(dataset="speech", widths=[1040, 256, 256, 256, 31], batch_size=128, lr=0.05, momentum=0.9,
@@ -69,7 +69,7 @@ def reference_epoch(split, device, max_steps=None) -> tuple[float, int]:
 
 
 def kdbench_epoch(seeds, out, root, device) -> float:
-    return train(NET, seeds, out, device=str(device), root=root, progress=False)[0]["epoch_seconds"][-1]
+    return train(resolve_spec(NET), seeds, out, device=str(device), root=root, progress=False)[0]["epoch_seconds"][-1]
 
 
 def main(argv=None):

@@ -29,8 +29,7 @@ import pandas as pd
 
 from kdbench import layout, plan, profile, rederive, sections
 from kdbench.data import registry as data_registry
-from kdbench.engine.config import DEFAULTS
-from kdbench.records import cited_records, run_identity
+from kdbench.records import cited_records, record_spec, run_identity
 
 REPO = Path(__file__).resolve().parent.parent
 RULE_FILES = [REPO / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.smk"))]
@@ -61,14 +60,13 @@ def _planned_config(job, root: Path) -> dict:
     return plan.bound_config(job.config, f"job {job.name!r}", chosen if chosen and chosen.exists() else None)
 
 
-def _config_differences(recorded: dict, planned: dict, defaults: dict) -> list[str]:
-    keys = sorted(set(recorded) | set(planned))
-    diff = []
-    for k in keys:
-        rec = recorded.get(k, defaults.get(k))
-        if rec != planned.get(k, defaults.get(k)):
-            diff.append(f"{k}: recorded {rec!r}, planned {planned.get(k)!r}")
-    return diff
+def _config_differences(recorded: dict, planned: dict) -> list[str]:
+    """The keys where two flat configs differ, each read as a record is (`kdbench.records.record_spec`)."""
+    try:
+        rec, plan_ = record_spec(recorded).config(), record_spec(planned).config()
+    except ValueError as e:
+        return [str(e)]
+    return [f"{k}: recorded {rec[k]!r}, planned {plan_[k]!r}" for k in sorted(rec) if rec[k] != plan_[k]]
 
 
 def problems(cfg: dict, root: Path | str = ".") -> list[str]:
@@ -96,7 +94,7 @@ def report(cfg: dict, root: Path | str = ".") -> tuple[list[str], object]:
         elif not re.fullmatch(r"[0-9a-f]{40}", commit) or not _commit_known(commit, commits):
             found.append(f"{where}: made from commit {commit!r}, which is not in this repository's history")
         if job_name in jobs:
-            diff = _config_differences(rec.get("config", {}), _planned_config(jobs[job_name], root), DEFAULTS)
+            diff = _config_differences(rec.get("config", {}), _planned_config(jobs[job_name], root))
             if diff:
                 found.append(f"{where}: its config is not the plan's for job {job_name!r}: " + "; ".join(diff[:4]))
         elif not job_name.startswith("specialists/"):
@@ -159,7 +157,7 @@ def _run_tree_problems(runs: Path, root: Path, jobs: dict) -> list[str]:
         written = json.loads(cfg_file.read_text())
         where = cfg_file.relative_to(root)
         planned = _planned_config(job, root)
-        diff = _config_differences(written.get("config", {}), planned, DEFAULTS)
+        diff = _config_differences(written.get("config", {}), planned)
         if diff:
             out.append(f"{where}: its config is not the plan's for job {name!r}: " + "; ".join(diff[:4]))
         if list(written.get("seeds", job.seeds)) != list(job.seeds):
@@ -168,7 +166,7 @@ def _run_tree_problems(runs: Path, root: Path, jobs: dict) -> list[str]:
             path = layout.metrics(runs, name, s)
             if path.exists():
                 rec = json.loads(path.read_text()).get("config", {})
-                diff = _config_differences(written.get("config", {}), rec, DEFAULTS)
+                diff = _config_differences(written.get("config", {}), rec)
                 if diff:
                     out.append(f"{where}: its config is not the one {path.relative_to(root)} records: "
                                + "; ".join(diff[:4]))

@@ -51,12 +51,12 @@ def _training_commands(sub) -> None:
     t = sub.add_parser(
         "train", help="train the seeds of one config together",
         description="Train one config's seeds together as one batched model; every key is checked before anything "
-                    "loads. Keys and defaults: kdbench.engine.config.DEFAULTS (python -c 'from kdbench.engine.config "
+                    "loads. Keys and defaults: kdbench.spec.DEFAULTS (python -c 'from kdbench.spec "
                     "import DEFAULTS; print(DEFAULTS)').",
         epilog="example: kdbench train --config-json '{\"widths\": [784, 800, 800, 10], \"epochs\": 20}' "
                "--seeds 0 1 2 --out runs/baseline --root data",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("--config", help="YAML file of training keys (see kdbench.engine.config.DEFAULTS)")
+    t.add_argument("--config", help="YAML file of training keys (see kdbench.spec.DEFAULTS)")
     t.add_argument("--config-json", help="the same keys as one JSON object (what the workflow passes)")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     t.add_argument("--temperature-from", default=None,

@@ -24,6 +24,7 @@ from kdbench.records import atomic_write_json
 from kdbench.report import aggregate
 from kdbench.report import compare as report_compare
 from kdbench.sections import bias, specialists, variants
+from kdbench.spec import TrainSpec
 
 
 def cmd_fetch(args) -> int:
@@ -81,12 +82,12 @@ def cmd_train(args) -> int:
             if not 0 <= args.cluster_index < len(clusters):
                 raise ValueError(f"{args.cluster_file} has {len(clusters)} clusters, no index {args.cluster_index}")
             cluster = clusters[args.cluster_index]
-        cfg = plan.bound_config(cfg, f"training config {args.config or '--config-json'}", args.temperature_from,
-                                cluster)
+        spec = TrainSpec.from_config(plan.bound_config(cfg, f"training config {args.config or '--config-json'}",
+                                                       args.temperature_from, cluster))  # resolved once, here
         if args.threads:
             torch.set_num_threads(args.threads)
-        records = engine_train.train(cfg, args.seeds, args.out, device=args.device, root=args.root,
-                              name=args.name, progress=not args.no_progress)
+        records = engine_train.train(spec, args.seeds, args.out, device=args.device, root=args.root,
+                                     name=args.name, progress=not args.no_progress)
     except (data.DataError, speech.SpeechDataError, engine_train.NonFiniteLossError, engine_train.DivergedError,
             ValueError, OSError, KeyError) as e:
         print(f"kdbench: error: {e}", file=sys.stderr)

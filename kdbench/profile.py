@@ -55,7 +55,7 @@ def load(path: Path | str) -> dict:
 
 
 def _schema() -> dict:
-    """The schema file, with the training keys of `$defs/train` made from kdbench.engine.config.KEYS, and a property
+    """The schema file, with the training keys of `$defs/train` made from kdbench.spec.KEYS, and a property
     for each registered section it does not know (a user's section: its
     `SCHEMA`, then required, else any mapping), so that such a section's block of the profile is checked by its own
     schema."""

@@ -1,4 +1,5 @@
-"""Run records: atomic writes, config hashes and the provenance every metrics.json carries."""
+"""Run records: atomic writes, config hashes, the provenance every metrics.json carries, and the typed spec of a
+record's config (`record_spec`: how an old record reads into today's `kdbench.spec.TrainSpec`, its file untouched)."""
 from __future__ import annotations
 
 import contextlib
@@ -18,6 +19,7 @@ import numpy
 import torch
 
 from kdbench import __version__
+from kdbench.spec import DEFAULTS, KEYS, TrainSpec
 
 
 def default_mode() -> int:
@@ -100,6 +102,18 @@ def atomic_torch_save(path: Path | str, obj) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def record_spec(config: dict) -> TrainSpec:
+    """The typed spec of the flat config a run record holds (`metrics.json`, `config.json`); the file is never
+    rewritten. A key the record predates holds its default: a key joins the spec only with a default that does what
+    runs did before it existed (so far `extensions`, `model_params` and `val_every`, absent from the oldest committed
+    records). A key the spec no longer has is refused (ValueError), never dropped: that run trained something the
+    spec cannot say."""
+    unknown = sorted(set(config) - set(KEYS))
+    if unknown:
+        raise ValueError(f"its config has key(s) {unknown} that no training spec has")
+    return TrainSpec.from_config({**DEFAULTS, **config})
 
 
 def config_hash(cfg: dict) -> str:

@@ -52,7 +52,7 @@ def test_an_epoch_on_each_path_gives_the_same_losses_and_the_record_names_the_pa
 
     def run(which, out):
         monkeypatch.setattr(models, "MATMUL", which)
-        return train.train(cfg, [0, 1], out, device="cpu", root=mnist_root, progress=False)
+        return train.train(train.resolve_spec(cfg), [0, 1], out, device="cpu", root=mnist_root, progress=False)
 
     ref, got = run("torch", tmp_path / "torch"), run(path, tmp_path / path)
     for a, b in zip(ref, got):
@@ -74,7 +74,7 @@ def test_an_epoch_with_each_optimizer_kernel_gives_the_same_losses_and_the_recor
 
     def run(on, out):
         monkeypatch.setattr(optim, "FUSED", on)
-        return train.train(cfg, [0, 1], out, device="cpu", root=mnist_root, progress=False)
+        return train.train(train.resolve_spec(cfg), [0, 1], out, device="cpu", root=mnist_root, progress=False)
 
     ref, got = run(False, tmp_path / "loop"), run(fused, tmp_path / str(fused))
     for a, b in zip(ref, got):

@@ -99,7 +99,8 @@ def test_an_unwritable_output_folder_fails_before_data_or_training(tmp_path):
     blocker.write_text("a file where the run's folder should go")
     # the data root is empty: had the engine loaded data (or trained) first, the error would be about data
     with pytest.raises(OSError, match=r"cannot write the run's outputs to .*file/run.*Fix"):
-        train.train(GOOD, [0], blocker / "run", device="cpu", root=tmp_path / "no-data", progress=False)
+        train.train(train.resolve_spec(GOOD), [0], blocker / "run", device="cpu", root=tmp_path / "no-data",
+                    progress=False)
     assert not (tmp_path / "no-data").exists()
 
 
@@ -109,7 +110,7 @@ def test_a_read_only_output_folder_fails_before_training(tmp_path):
     ro.mkdir()
     ro.chmod(0o555)
     with pytest.raises(OSError, match="cannot write the run's outputs"):
-        train.train(GOOD, [0], ro, device="cpu", root=tmp_path / "no-data", progress=False)
+        train.train(train.resolve_spec(GOOD), [0], ro, device="cpu", root=tmp_path / "no-data", progress=False)
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])

@@ -1,6 +1,7 @@
 """Small exact checks of pieces whose breakage the end-to-end tests cannot see: gradient clipping, the LR schedule,
 the geometric ensemble, the dustbin shift, and the share-of-gain formula. Each fails if its piece is made a no-op,
 a constant, or swapped for its neighbour."""
+import dataclasses
 import math
 
 import pytest
@@ -10,6 +11,7 @@ from kdbench.engine import train
 from kdbench.engine.models import MLP
 from kdbench.report import aggregate
 from kdbench.sections import ensembles, specialists
+from kdbench.spec import OptimSpec
 
 
 def test_clipping_scales_each_member_to_the_bound_and_leaves_small_ones_alone():
@@ -32,7 +34,8 @@ def test_the_engine_clips_with_a_tiny_bound_the_weights_barely_move(mnist_root, 
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train.train(cfg, [0], tmp_path / "c", device="cpu", root=mnist_root, progress=False, on_epoch_end=stop)
+        train.train(train.resolve_spec(cfg), [0], tmp_path / "c", device="cpu", root=mnist_root, progress=False,
+                    on_epoch_end=stop)
     student = torch.load(tmp_path / "c" / "checkpoint.pt", weights_only=False)["model"]  # the net and a variant's own
     ck = {k.removeprefix("model."): v for k, v in student.items()}  # tensors (none for `hard`)
     assert ck.keys() == init.keys()
@@ -43,15 +46,15 @@ def test_the_engine_clips_with_a_tiny_bound_the_weights_barely_move(mnist_root, 
 
 @pytest.mark.parametrize("step, factor", [(0, 1.0), (50, 0.5), (100, 0.0), (25, 0.5 * (1 + math.cos(math.pi / 4)))])
 def test_cosine_schedule_values(step, factor):
-    cfg = {**train.DEFAULTS, "schedule": "cosine", "warmup_epochs": 0.0}
+    cfg = OptimSpec(schedule="cosine", warmup_epochs=0.0)
     assert train._lr_factor(cfg, step, 100, 10) == pytest.approx(factor, abs=1e-9)
 
 
 def test_warmup_then_cosine_and_constant():
-    cfg = {**train.DEFAULTS, "schedule": "cosine", "warmup_epochs": 1.0}
+    cfg = OptimSpec(schedule="cosine", warmup_epochs=1.0)
     assert [train._lr_factor(cfg, s, 110, 10) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
     assert train._lr_factor(cfg, 60, 110, 10) == pytest.approx(0.5)
-    assert train._lr_factor({**cfg, "schedule": "constant"}, 60, 110, 10) == 1.0
+    assert train._lr_factor(dataclasses.replace(cfg, schedule="constant"), 60, 110, 10) == 1.0
 
 
 def test_the_engine_follows_the_schedule(mnist_root, tmp_path):
@@ -62,7 +65,8 @@ def test_the_engine_follows_the_schedule(mnist_root, tmp_path):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train.train(cfg, [0], tmp_path / "s", device="cpu", root=mnist_root, progress=False, on_epoch_end=stop)
+        train.train(train.resolve_spec(cfg), [0], tmp_path / "s", device="cpu", root=mnist_root, progress=False,
+                    on_epoch_end=stop)
     opt = torch.load(tmp_path / "s" / "checkpoint.pt", weights_only=False)["opt"]
     assert opt["lr"] == pytest.approx(0.04, rel=1e-6)
 

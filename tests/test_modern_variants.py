@@ -194,7 +194,7 @@ def test_the_trainer_gives_a_ramping_variant_the_fraction_of_training_done(mnist
 
     cfg = dict(widths=[784, 16, 10], epochs=2, train_fraction=0.02, val_size=200, lr=0.05, batch_size=100,
                variant="test_progress_probe", variant_params={})
-    recs = train.train(cfg, [0], tmp_path / "probe", device="cpu", root=mnist_root, progress=False)
+    recs = train.train(train.resolve_spec(cfg), [0], tmp_path / "probe", device="cpu", root=mnist_root, progress=False)
     assert [t["seen"] for t in recs[0]["train_terms"]] == pytest.approx([0.5, 1.0])
     z, v, y = _case()
     fn = _member_loss_fn(losses.get("hinton"), {}, has_teacher=True, ensemble_teacher=False)

@@ -100,10 +100,10 @@ def test_specialist_starts_from_its_generalist_with_a_dustbin(tmp_path):
 
 def test_specialist_training_sees_half_cluster_and_corrects_its_dustbin(data_root, tmp_path):
     gen_cfg = dict(widths=[784, 32, 10], epochs=1, train_fraction=0.1, val_size=1000, dataset="fashion_mnist")
-    train.train(gen_cfg, [0], tmp_path / "gen", device="cpu", root=data_root, progress=False)
+    train.train(train.resolve_spec(gen_cfg), [0], tmp_path / "gen", device="cpu", root=data_root, progress=False)
     cfg = {**gen_cfg, "widths": [784, 32, 4], "class_subset": [0, 2, 6], "subset_fraction": 0.5,
            "init_from": str(tmp_path / "gen" / "model.pt"), "init_members": [0], "lr": 0.01}
-    rec = train.train(cfg, [0], tmp_path / "spec", device="cpu", root=data_root, progress=False)[0]
+    rec = train.train(train.resolve_spec(cfg), [0], tmp_path / "spec", device="cpu", root=data_root, progress=False)[0]
     nat = rec["subset_natural_fraction"]
     assert 0.25 < nat < 0.35  # 3 of 10 balanced classes
     assert rec["dustbin_logit_shift"] == pytest.approx(math.log((1 - nat) / nat))
@@ -142,13 +142,13 @@ def test_specialist_learns_from_its_generalists_soft_targets_collapsed_to_its_ou
     from kdbench.engine import config as kconfig
     from kdbench.engine.teachers import Teacher, cache_logits, collapse_to_subset
     gen_cfg = dict(widths=[784, 32, 10], epochs=1, train_fraction=0.1, val_size=1000, dataset="fashion_mnist")
-    train.train(gen_cfg, [0, 1], tmp_path / "gen", device="cpu", root=data_root, progress=False)
+    train.train(train.resolve_spec(gen_cfg), [0, 1], tmp_path / "gen", device="cpu", root=data_root, progress=False)
     cached = cache_logits(tmp_path / "gen" / "model.pt", tmp_path / "gen" / "train_logits.pt", root=data_root)
     cfg = {**gen_cfg, "widths": [784, 32, 4], "class_subset": [0, 2, 6], "subset_fraction": 0.5,
            "init_from": str(tmp_path / "gen" / "model.pt"), "lr": 0.01, "variant": "hinton",
            "variant_params": {"temperature": 3.0, "hard_weight": 0.5},
            "teacher_logits": str(tmp_path / "gen" / "train_logits.pt"), "teacher_pairing": "paired"}
-    resolved = kconfig.resolve(cfg)
+    resolved = kconfig.resolve_spec(cfg)
     data = train.load_run_data(resolved, [0, 1], data_root, torch.device("cpu"))
     shift = data.record["dustbin_logit_shift"]
     assert shift > 0.5  # the cluster (3 of 10 classes) is drawn as half of every epoch
@@ -159,7 +159,7 @@ def test_specialist_learns_from_its_generalists_soft_targets_collapsed_to_its_ou
     # the soft targets carry the training prior: the dustbin's lowered by the shift, nothing else touched
     torch.testing.assert_close(teacher.logits[..., :3], collapsed[..., :3])
     torch.testing.assert_close(teacher.logits[..., 3], collapsed[..., 3] - shift)
-    recs = train.train(cfg, [0, 1], tmp_path / "spec", device="cpu", root=data_root, progress=False)
+    recs = train.train(train.resolve_spec(cfg), [0, 1], tmp_path / "spec", device="cpu", root=data_root, progress=False)
     for rec in recs:
         assert {"hard", "soft"} <= set(rec["train_terms"][0]) and rec["train_terms"][0]["soft"] > 0
         assert rec["dustbin_logit_shift"] == pytest.approx(shift)

@@ -1,4 +1,5 @@
 """The speech front-end: checksums, filterbank, frame targets, windows, splits, utterance decoding."""
+import dataclasses
 import math
 import shutil
 
@@ -100,14 +101,14 @@ def test_validation_holds_out_whole_utterances(speech_cache):
 def test_val_speakers_leave_training_and_alone_make_the_validation_split(speech_cache):
     root, _ = speech_cache
     tr = speech.load("speech", True, root)
-    cfg = config.resolve({"dataset": "speech", "widths": [1040, 31], "val_size": 40, "val_speakers": ["theo"]})
-    tr_idx, val_idx = sampling.training_indices(cfg, tr.y, tr.groups, tr.speakers)
+    cfg = config.resolve_spec({"dataset": "speech", "widths": [1040, 31], "val_size": 40, "val_speakers": ["theo"]})
+    tr_idx, val_idx = sampling.training_indices(cfg.data, tr.y, tr.groups, tr.speakers)
     theo = speech.SPEAKERS.index("theo")
     assert set(tr.speakers[val_idx].tolist()) == {theo} and theo not in set(tr.speakers[tr_idx].tolist())
     assert len(set(tr.groups[val_idx].tolist())) == 40
     # every frame of the other five speakers trains; theo's other utterances are used by neither
     assert len(tr_idx) == int((tr.speakers != theo).sum())
-    cfg_all = {**cfg, "val_size": 10}
+    cfg_all = dataclasses.replace(cfg.data, val_size=10)
     assert not torch.equal(sampling.training_indices(cfg_all, tr.y, tr.groups, tr.speakers)[1], val_idx)
 
 

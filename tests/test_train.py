@@ -1,4 +1,5 @@
 """The training engine: deterministic, resumable, stops on NaN, records every run, reads cached teacher logits."""
+import dataclasses
 import json
 import time
 
@@ -6,12 +7,13 @@ import pytest
 import torch
 
 from kdbench.engine import train
+from kdbench.spec import DataSpec, TrainSpec
 
 SMALL = dict(widths=[784, 48, 10], epochs=2, train_fraction=0.08, val_size=1000, lr=0.05, batch_size=100)
 
 
 def _run(cfg, seeds, out, mnist_root, **kw):
-    return train.train(cfg, seeds, out, device="cpu", root=mnist_root, progress=False, **kw)
+    return train.train(train.resolve_spec(cfg), seeds, out, device="cpu", root=mnist_root, progress=False, **kw)
 
 
 def test_same_seed_same_numbers_and_a_useful_record(mnist_root, tmp_path):
@@ -81,7 +83,8 @@ def test_a_checkpoint_made_on_other_data_is_not_resumed(mnist_root, tmp_path, ca
 def test_nan_loss_stops_the_run_and_names_it(mnist_root, tmp_path):
     cfg = {**SMALL, "lr": 1e6, "check_every": 5}
     with pytest.raises(train.NonFiniteLossError, match=r"run mnist/exploding: loss term 'hard' became (nan|inf)"):
-        train.train(cfg, [0], tmp_path / "x", device="cpu", root=mnist_root, progress=False, name="mnist/exploding")
+        train.train(train.resolve_spec(cfg), [0], tmp_path / "x", device="cpu", root=mnist_root, progress=False,
+                    name="mnist/exploding")
     assert not (tmp_path / "x" / "seed0" / "metrics.json").exists()
 
 
@@ -124,7 +127,7 @@ def test_transfer_set_without_a_class(mnist_root, tmp_path):
     rec = _run(cfg, [0], tmp_path / "no3", mnist_root)[0]
     assert rec["test_per_class_errors"][3] == rec["test_per_class_counts"][3]  # never saw a 3, never predicts one
     labels = torch.tensor([0, 3, 3, 5, 1] * 20)
-    tr, val = train.training_indices({**train.DEFAULTS, "val_size": 10, "transfer_classes": [0, 1, 5]}, labels)
+    tr, val = train.training_indices(DataSpec(val_size=10, transfer_classes=[0, 1, 5]), labels)
     assert not set(tr.tolist()) & set(val.tolist()) and 3 not in labels[tr].tolist()
 
 
@@ -178,7 +181,8 @@ def test_a_diverged_run_stops_instead_of_writing_a_result(mnist_root, tmp_path):
     cfg = {**SMALL, "lr": 50.0, "grad_clip": 1.0}
     with pytest.raises(train.DivergedError,
                        match=r"run mnist/diverged: the net gives one answer for almost every example"):
-        train.train(cfg, [0], tmp_path / "d", device="cpu", root=mnist_root, progress=False, name="mnist/diverged")
+        train.train(train.resolve_spec(cfg), [0], tmp_path / "d", device="cpu", root=mnist_root, progress=False,
+                    name="mnist/diverged")
     assert not (tmp_path / "d" / "seed0" / "metrics.json").exists()
 
 
@@ -207,7 +211,7 @@ def test_a_feature_variant_trains_its_regressor_against_its_paired_teacher_net(m
     cfg = {**SMALL, "epochs": 1, "widths": [784, 24, 10], "variant": "fitnets", "teacher_pairing": "paired",
            "teacher_logits": str(tmp_path / "t" / "tl.pt"), "teacher_model": str(tmp_path / "t" / "model.pt"),
            "teacher_members": [1, 0], "variant_params": {"temperature": 4.0, "hint_weight": 1.0}}
-    resolved = train.resolve(cfg)
+    resolved = train.resolve_spec(cfg)
     data = train.load_run_data(resolved, [0, 1], mnist_root, torch.device("cpu"))
     eng = train.build_engine(resolved, [0, 1], data, torch.device("cpu"))
     x = data.train.inputs(data.tr_idx[:8])
@@ -232,7 +236,7 @@ def test_a_feature_variant_trains_its_regressor_against_its_paired_teacher_net(m
     mapped = eng.loss_fn(logits, data.y_train[idx], eng.teacher.batch(idx), feats)
     for k in range(2):  # the variant called on member k alone gives the mapped values
         one = eng.variant(logits[k], data.y_train[idx][k], eng.teacher.batch(idx)[k],
-                          features={n: v[k] for n, v in feats.items()}, **resolved["variant_params"])
+                          features={n: v[k] for n, v in feats.items()}, **resolved.distillation.variant_params)
         for name in mapped:
             torch.testing.assert_close(one[name], mapped[name][k])
 
@@ -264,7 +268,7 @@ def test_mixup_mixes_each_members_batch_with_a_shuffle_of_itself():
 
 
 def test_a_mixup_step_mixes_the_hard_targets_as_it_mixes_the_inputs(mnist_root):
-    cfg = train.resolve({**SMALL, "mixup": 0.4})
+    cfg = train.resolve_spec({**SMALL, "mixup": 0.4})
     data = train.load_run_data(cfg, [0, 1], mnist_root, torch.device("cpu"))
     eng = train.build_engine(cfg, [0, 1], data, torch.device("cpu"))
     idx = data.tr_idx[:64].view(2, 32)
@@ -291,8 +295,8 @@ def test_a_live_teacher_on_unmixed_inputs_gives_the_cached_logits(mnist_root, tm
     model = tmp_path / "t" / "model.pt"
     train.teacher_logits(model, tmp_path / "tl.pt", root=mnist_root, device="cpu", members=members)
     common = {**SMALL, "variant": "hinton", "teacher_pairing": pairing}
-    cached_cfg = train.resolve({**common, "teacher_logits": str(tmp_path / "tl.pt")})
-    live_cfg = train.resolve({**common, "mixup": 0.4, "teacher_model": str(model), "teacher_members": members})
+    cached_cfg = train.resolve_spec({**common, "teacher_logits": str(tmp_path / "tl.pt")})
+    live_cfg = train.resolve_spec({**common, "mixup": 0.4, "teacher_model": str(model), "teacher_members": members})
     data = train.load_run_data(cached_cfg, [0, 1], mnist_root, torch.device("cpu"))
     cached = train.teachers.Teacher(cached_cfg, torch.device("cpu"), len(data.train), 2)
     live = train.teachers.Teacher(live_cfg, torch.device("cpu"), len(data.train), 2)
@@ -300,8 +304,8 @@ def test_a_live_teacher_on_unmixed_inputs_gives_the_cached_logits(mnist_root, tm
     idx = data.tr_idx[:40].view(2, 20)
     torch.testing.assert_close(live.batch(idx, data.train.inputs(idx)), cached.batch(idx), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="not teacher_logits"):
-        train.teachers.Teacher({**live_cfg, "teacher_logits": str(tmp_path / "tl.pt")}, torch.device("cpu"),
-                               len(data.train), 2)
+        train.teachers.Teacher(TrainSpec.from_config({**live_cfg.config(), "teacher_logits": str(tmp_path / "tl.pt")}),
+                               torch.device("cpu"), len(data.train), 2)
 
 
 def test_precision_is_recorded_and_bf16_runs_the_nets_in_bfloat16_with_fp32_masters(mnist_root, tmp_path):
@@ -314,12 +318,12 @@ def test_precision_is_recorded_and_bf16_runs_the_nets_in_bfloat16_with_fp32_mast
     model = torch.load(tmp_path / "bf16" / "model.pt", weights_only=False)
     assert all(t.dtype == torch.float32 for t in model["state_dict"].values())  # the master weights stay fp32
 
-    cfg = train.resolve({**SMALL, "precision": "bf16"})
+    cfg = train.resolve_spec({**SMALL, "precision": "bf16"})
     data = train.load_run_data(cfg, [0], mnist_root, torch.device("cpu"))
     eng = train.build_engine(cfg, [0], data, torch.device("cpu"))
     with eng.nets():
         assert eng.student.model(data.train.inputs(data.tr_idx[:4].view(1, -1))).dtype == torch.bfloat16
-    eng.cfg = {**cfg, "precision": "fp32"}
+    eng.spec = dataclasses.replace(cfg, optimisation=dataclasses.replace(cfg.optimisation, precision="fp32"))
     with eng.nets():
         assert eng.student.model(data.train.inputs(data.tr_idx[:4].view(1, -1))).dtype == torch.float32
 

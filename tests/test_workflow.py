@@ -253,8 +253,9 @@ def test_bad_config_stops_before_any_job(tmp_path, mutate, message):
 
 
 def test_the_schemas_training_keys_are_made_from_the_engines_keys(monkeypatch):
-    """Each training key's type and range is stated once (kdbench.engine.config.KEYS): the profile's schema takes it
-    from there, so the engine and the profile cannot disagree; a key the sections set is no profile's."""
+    """Each training key's type and range is stated once (kdbench.spec.KEYS, which kdbench.engine.config names too):
+    the profile's schema takes it from there, so the engine and the profile cannot disagree; a key the sections set
+    is no profile's."""
     from kdbench import profile
     from kdbench.engine import config
     schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())

@@ -17,37 +17,38 @@ import torch
 
 from kdbench.data import datasets as kdata
 from kdbench.data import speech
+from kdbench.spec import DataSpec
 
 
-def training_indices(cfg: dict, train_labels: torch.Tensor, groups: torch.Tensor | None = None,
+def training_indices(data: DataSpec, train_labels: torch.Tensor, groups: torch.Tensor | None = None,
                      speakers: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(transfer-set indices, validation indices) into the full training split, both seeded; with groups (speech
-    utterances) validation holds out val_size whole groups; with cfg["val_speakers"] those speakers leave training
+    utterances) validation holds out val_size whole groups; with `val_speakers` those speakers leave training
     altogether and the val_size validation utterances are drawn from them alone."""
     n = train_labels.shape[0]
-    if cfg.get("val_speakers"):
-        tr, val = speaker_split(cfg, groups, speakers)
+    if data.val_speakers:
+        tr, val = speaker_split(data, groups, speakers)
     else:
-        tr, val = kdata.validation_split(n, cfg["val_size"], cfg["val_seed"], groups)
-    if cfg["transfer_classes"] is not None:
-        keep = torch.isin(train_labels.cpu()[tr], torch.tensor(cfg["transfer_classes"]))
+        tr, val = kdata.validation_split(n, data.val_size, data.val_seed, groups)
+    if data.transfer_classes is not None:
+        keep = torch.isin(train_labels.cpu()[tr], torch.tensor(data.transfer_classes))
         tr = tr[keep]
-    if cfg["train_fraction"] < 1.0:
-        g = torch.Generator().manual_seed(cfg["fraction_seed"])
-        m = max(1, round(cfg["train_fraction"] * tr.shape[0]))
+    if data.train_fraction < 1.0:
+        g = torch.Generator().manual_seed(data.fraction_seed)
+        m = max(1, round(data.train_fraction * tr.shape[0]))
         tr = tr[torch.randperm(tr.shape[0], generator=g)[:m]].sort().values
     return tr, val
 
 
-def speaker_split(cfg: dict, groups: torch.Tensor, speakers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def speaker_split(data: DataSpec, groups: torch.Tensor, speakers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(training indices: every frame of the other speakers, validation indices: val_size whole utterances of the
     val_speakers)."""
     if speakers is None:
         raise ValueError("val_speakers needs a speech split (its frames carry their speakers)")
-    wanted = torch.tensor([speech.SPEAKERS.index(s) for s in cfg["val_speakers"]])
+    wanted = torch.tensor([speech.SPEAKERS.index(s) for s in data.val_speakers])
     held = torch.isin(speakers.cpu(), wanted)
     pool, cand = (~held).nonzero().flatten(), held.nonzero().flatten()
-    _, val = kdata.validation_split(cand.shape[0], cfg["val_size"], cfg["val_seed"], groups.cpu()[cand])
+    _, val = kdata.validation_split(cand.shape[0], data.val_size, data.val_seed, groups.cpu()[cand])
     return pool, cand[val].sort().values
 
 

@@ -18,6 +18,7 @@ import torch
 from kdbench.data import registry as data_registry
 from kdbench.engine import losses, models
 from kdbench.records import atomic_torch_save, config_hash
+from kdbench.spec import DistillSpec, TrainSpec
 
 
 def teacher_batch(teacher: torch.Tensor, idx: torch.Tensor, pairing: str) -> torch.Tensor:
@@ -43,17 +44,17 @@ def collapse_to_subset(logits: torch.Tensor, classes: list[int], temperature: fl
     return torch.cat([logits[..., keep], dust], -1)
 
 
-def load_logits(cfg: dict, device: torch.device, n_train: int, members: int) -> torch.Tensor:
-    """The cached logits of cfg["teacher_logits"], checked against the split and the pairing, shaped for
+def load_logits(dist: DistillSpec, device: torch.device, n_train: int, members: int) -> torch.Tensor:
+    """The cached logits of `dist.teacher_logits`, checked against the split and the pairing, shaped for
     `teacher_batch`."""
-    blob = torch.load(cfg["teacher_logits"], map_location="cpu")
+    blob = torch.load(dist.teacher_logits, map_location="cpu")
     t = blob["logits"].to(device=device, dtype=torch.float32)  # (M, N, C)
     if t.shape[1] != n_train:
-        raise ValueError(f"teacher logits {cfg['teacher_logits']} cover {t.shape[1]} examples, "
+        raise ValueError(f"teacher logits {dist.teacher_logits} cover {t.shape[1]} examples, "
                          f"the training split has {n_train}")
-    if cfg["teacher_pairing"] == "paired" and t.shape[0] != members:
+    if dist.teacher_pairing == "paired" and t.shape[0] != members:
         raise ValueError(f"paired teacher needs one teacher member per seed: {t.shape[0]} members, {members} seeds")
-    if cfg["teacher_pairing"] == "grouped":
+    if dist.teacher_pairing == "grouped":
         if t.shape[0] % members:
             raise ValueError(f"grouped teacher: {t.shape[0]} teacher members do not split into {members} groups")
         t = t.reshape(members, t.shape[0] // members, *t.shape[1:])  # (K, G, N, C)
@@ -63,45 +64,46 @@ def load_logits(cfg: dict, device: torch.device, n_train: int, members: int) -> 
 class Teacher:
     """A run's teacher: None-safe access to its cached logits and, for feature variants, its hidden features."""
 
-    def __init__(self, cfg: dict, device: torch.device, n_train: int, members: int,
+    def __init__(self, spec: TrainSpec, device: torch.device, n_train: int, members: int,
                  logit_offset: torch.Tensor | None = None):
         """`logit_offset` (per student output) is subtracted from the soft targets: the student trains under a
         prior that the offset undoes when it is judged, and its soft targets carry that prior, as its labels do."""
-        variant = losses.get(cfg["variant"])
-        self.pairing = cfg["teacher_pairing"]
+        dist, subset = spec.distillation, spec.data.class_subset
+        variant = losses.get(dist.variant)
+        self.pairing = dist.teacher_pairing
         self.logits = None
         self.net = None
         # with mixup the student sees inputs no cache holds: the teacher nets run on them, every step
-        self.live = bool(cfg["mixup"]) and variant.needs_teacher
+        self.live = bool(spec.data.mixup) and variant.needs_teacher
         if self.live:
-            if cfg["class_subset"] is not None or cfg["teacher_logits"] is not None:
-                raise ValueError(f"mixup with variant {cfg['variant']!r} runs the teacher on the mixed inputs: set "
+            if subset is not None or dist.teacher_logits is not None:
+                raise ValueError(f"mixup with variant {dist.variant!r} runs the teacher on the mixed inputs: set "
                                  f"teacher_model (and teacher_members), not teacher_logits; a specialist "
                                  f"(class_subset) cannot learn from a teacher on mixed inputs yet")
-            self.net = self._load_net(cfg, device, members)
+            self.net = self._load_net(dist, device, members)
         elif variant.needs_teacher:
-            if cfg["teacher_logits"] is None:
-                raise ValueError(f"variant {cfg['variant']!r} needs teacher logits: set teacher_logits to a cache "
+            if dist.teacher_logits is None:
+                raise ValueError(f"variant {dist.variant!r} needs teacher logits: set teacher_logits to a cache "
                                  f"file")
-            self.logits = load_logits(cfg, device, n_train, members)
-            if cfg["class_subset"] is not None:
-                t = float({**variant.defaults, **cfg["variant_params"]}.get("temperature", 1.0))
-                self.logits = collapse_to_subset(self.logits, cfg["class_subset"], t)
+            self.logits = load_logits(dist, device, n_train, members)
+            if subset is not None:
+                t = float({**variant.defaults, **dist.variant_params}.get("temperature", 1.0))
+                self.logits = collapse_to_subset(self.logits, subset, t)
             if logit_offset is not None:
                 self.logits = self.logits - logit_offset
         if variant.features:  # one teacher net per member (a live teacher's nets too: pair them)
-            self.net = self.net or self._load_net(cfg, device, members)
+            self.net = self.net or self._load_net(dist, device, members)
             if self.net.members != members:
                 raise ValueError(f"teacher_members picks {self.net.members} teacher nets for {members} seeds")
 
-    def _load_net(self, cfg: dict, device: torch.device, members: int):
-        if cfg["teacher_model"] is None:
-            raise ValueError(f"variant {cfg['variant']!r} runs the teacher net (it learns from its features, or "
+    def _load_net(self, dist: DistillSpec, device: torch.device, members: int):
+        if dist.teacher_model is None:
+            raise ValueError(f"variant {dist.variant!r} runs the teacher net (it learns from its features, or "
                              f"mixup mixes its inputs): set teacher_model to the teacher's model.pt")
-        chosen = cfg["teacher_members"]
+        chosen = dist.teacher_members
         if chosen is None and (self.pairing == "paired" or not self.live):  # else every net of the model teaches
             chosen = list(range(members))
-        net = models.load(cfg["teacher_model"], chosen, device).eval()
+        net = models.load(dist.teacher_model, chosen, device).eval()
         net.requires_grad_(False)
         if self.pairing == "paired" and net.members != members or self.pairing == "grouped" and net.members % members:
             raise ValueError(f"{self.pairing} teacher: {net.members} teacher nets do not fit {members} seeds")

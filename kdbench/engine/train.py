@@ -1,16 +1,18 @@
 """The training loop: K seeds of one configuration trained together, hard or soft targets, resumable.
 
-What this file achieves: `train(cfg, seeds, out_dir)` trains one batched model (`kdbench.engine.models`, the MLP today)
-whose K members are the K seeds of a configuration. The data sit on the device as tensors (`load_run_data`); each member
-draws its own epoch order (`kdbench.data.sampling`); a step gathers (K, B) examples, jitters them on the device if
-asked, and evaluates the chosen KD variant per member (torch.func.vmap over members) against teacher logits read from a
-cache computed once (`kdbench.engine.teachers`), never from a teacher forward pass, except the hidden features a feature
-variant asks for and a `mixup` run's teacher (its inputs are mixed afresh each step). SGD with (Nesterov) momentum
+What this file achieves: `train(spec, seeds, out_dir)` trains one batched model (`kdbench.engine.models`, the MLP today)
+whose K members are the K seeds of a job. It trains from the job's typed spec (`kdbench.spec.TrainSpec`: data, model,
+optimisation, distillation, run), which a flat config is resolved into once (`kdbench.engine.config.resolve_spec`).
+The data sit on the device as tensors (`load_run_data`); each member draws its own epoch order
+(`kdbench.data.sampling`); a step gathers (K, B) examples, jitters them on the device if asked, and evaluates the
+chosen KD variant per member (torch.func.vmap over members) against teacher logits read from a cache computed once
+(`kdbench.engine.teachers`), never from a teacher forward pass, except the hidden features a feature variant asks for
+and a `mixup` run's teacher (its inputs are mixed afresh each step). SGD with (Nesterov) momentum
 (`kdbench.engine.optim`), optional warmup and cosine decay per step, optional per-member gradient clipping and max-norm.
 Every epoch writes an atomic checkpoint, so an interrupted run resumes where it stopped and ends with the same numbers;
-a non-finite loss stops the run with a message naming it. The job writes its resolved config (`config.json`) before it
-trains; at the end each seed gets `seed<S>/metrics.json`, and the job keeps `model.pt` and `logits.pt` (validation and
-test logits of every member, for bias corrections and ensembles).
+a non-finite loss stops the run with a message naming it. The job writes its spec's flat config (`config.json`)
+before it trains; at the end each seed gets `seed<S>/metrics.json`, and the job keeps `model.pt` and `logits.pt`
+(validation and test logits of every member, for bias corrections and ensembles).
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from kdbench.data import registry as data_registry
 from kdbench.data import sampling
 from kdbench.data.sampling import training_indices  # noqa: F401
 from kdbench.engine import losses, models, optim, teachers
-from kdbench.engine.config import DEFAULTS, ConfigError, resolve  # noqa: F401  (kdbench.engine.train.DEFAULTS, .resolve)
+from kdbench.engine.config import DEFAULTS, ConfigError, resolve, resolve_spec  # noqa: F401  (train.DEFAULTS, ...)
 from kdbench.engine.evaluate import error_summary
 from kdbench.engine.models import init_from_model, predict_split  # noqa: F401  (kdbench.engine.train.init_from_model, ...)
 from kdbench.engine.teachers import teacher_batch  # noqa: F401
@@ -42,6 +44,7 @@ from kdbench.records import (
     git_commit,
     package_versions,
 )
+from kdbench.spec import OptimSpec, TrainSpec
 
 
 class NonFiniteLossError(RuntimeError):
@@ -70,11 +73,11 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch.device(device)
 
 
-def _lr_factor(cfg: dict, step: int, total: int, steps_per_epoch: int) -> float:
-    warm = cfg["warmup_epochs"] * steps_per_epoch
+def _lr_factor(opt: OptimSpec, step: int, total: int, steps_per_epoch: int) -> float:
+    warm = opt.warmup_epochs * steps_per_epoch
     if warm and step < warm:
         return (step + 1) / warm
-    if cfg["schedule"] == "constant":
+    if opt.schedule == "constant":
         return 1.0
     progress = (step - warm) / max(1.0, total - warm)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
@@ -144,17 +147,17 @@ class RunData:
     record: dict = field(default_factory=dict)  # what the run's records add about its view of the data
 
 
-def load_run_data(cfg: dict, seeds: list[int], root, device: torch.device) -> RunData:
-    train_split = data_registry.load(cfg["dataset"], train=True, root=root, device=device)
-    test_split = data_registry.load(cfg["dataset"], train=False, root=root, device=device)
-    tr_idx, val_idx = sampling.training_indices(cfg, train_split.y, train_split.groups,
-                                                train_split.speakers)
+def load_run_data(spec: TrainSpec, seeds: list[int], root, device: torch.device) -> RunData:
+    d = spec.data
+    train_split = data_registry.load(d.dataset, train=True, root=root, device=device)
+    test_split = data_registry.load(d.dataset, train=False, root=root, device=device)
+    tr_idx, val_idx = sampling.training_indices(d, train_split.y, train_split.groups, train_split.speakers)
     tr_idx, val_idx = tr_idx.to(device), val_idx.to(device)
     y_train, y_test = train_split.y, test_split.y.to(device)
-    if cfg["class_subset"] is None:
+    if d.class_subset is None:
         return RunData(train_split, test_split, tr_idx, val_idx, y_train, y_test,
-                       sampling.EpochSampler(tr_idx, seeds, bootstrap=cfg["bootstrap"]))
-    view = sampling.ClassSubsetView(cfg["class_subset"], cfg["subset_fraction"], y_train, y_test, tr_idx, seeds)
+                       sampling.EpochSampler(tr_idx, seeds, bootstrap=d.bootstrap))
+    view = sampling.ClassSubsetView(d.class_subset, d.subset_fraction, y_train, y_test, tr_idx, seeds)
     return RunData(train_split, test_split, tr_idx, val_idx, view.y_train, view.y_test, view.sampler,
                    view.logit_offset, view.record)
 
@@ -172,7 +175,7 @@ class Student(nn.Module):
 @dataclass
 class Engine:
     """Everything one job trains with; `step` is the hot path."""
-    cfg: dict
+    spec: TrainSpec
     seeds: list[int]
     student: Student
     teacher: teachers.Teacher
@@ -185,15 +188,15 @@ class Engine:
     def nets(self):
         """The context the nets' forward passes run in: bfloat16 autocast for `precision: bf16` (the weights stay
         fp32 masters; autocast casts each once per step), nothing for fp32."""
-        if self.cfg["precision"] == "bf16":
+        if self.spec.optimisation.precision == "bf16":
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def step(self, data: RunData, idx: torch.Tensor, progress: float | None = None) -> tuple[list[str], torch.Tensor]:
         """One SGD step on the examples idx (K, B); returns the loss terms' names and values (terms, K). `progress`:
         the fraction of training done, for a variant that ramps with it."""
-        xb, yb = data.train.inputs(idx, self.cfg["jitter"]), data.y_train[idx]
-        mix = mixup(xb, self.cfg["mixup"]) if self.cfg["mixup"] else None
+        xb, yb = data.train.inputs(idx, self.spec.data.jitter), data.y_train[idx]
+        mix = mixup(xb, self.spec.data.mixup) if self.spec.data.mixup else None
         if mix is not None:
             xb, lam, partner = mix
         with self.nets():
@@ -213,8 +216,8 @@ class Engine:
         stacked = torch.stack(list(terms.values()))  # (terms, K)
         self.opt.zero_grad()
         stacked.sum().backward()
-        if self.cfg["grad_clip"]:
-            _clip_per_member(list(self.student.parameters()), self.cfg["grad_clip"])
+        if self.spec.optimisation.grad_clip:
+            _clip_per_member(list(self.student.parameters()), self.spec.optimisation.grad_clip)
         self.opt.step()
         self.student.model.apply_max_norm()
         return list(terms), stacked.detach()
@@ -231,37 +234,38 @@ def mixup(x: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor, to
     return mixed, lam, partner
 
 
-def build_engine(cfg: dict, seeds: list[int], data: RunData, device: torch.device) -> Engine:
-    k = len(seeds)
-    variant = losses.get(cfg["variant"])
-    teacher = teachers.Teacher(cfg, device, len(data.train), k, data.logit_offset)
-    model = models.build(cfg, seeds)
-    if cfg["init_from"] is not None:
-        models.init_from_model(model, cfg["init_from"], cfg["init_members"] or list(range(k)), cfg["class_subset"])
+def build_engine(spec: TrainSpec, seeds: list[int], data: RunData, device: torch.device) -> Engine:
+    k, m, o = len(seeds), spec.model, spec.optimisation
+    variant = losses.get(spec.distillation.variant)
+    teacher = teachers.Teacher(spec, device, len(data.train), k, data.logit_offset)
+    model = models.build(spec.config(), seeds)  # a family builds from the flat config (its documented interface)
+    if m.init_from is not None:
+        models.init_from_model(model, m.init_from, m.init_members or list(range(k)), spec.data.class_subset)
     own = variant.own_parameters(model.feature_dim, teacher.net.feature_dim, seeds) if variant.features else {}
     student = Student(model, own).to(device)
-    loss_fn = _member_loss_fn(variant, dict(cfg["variant_params"]), teacher.active, teacher.grouped,
+    loss_fn = _member_loss_fn(variant, dict(spec.distillation.variant_params), teacher.active, teacher.grouped,
                               variant.features)
-    steps = math.ceil(data.sampler.epoch_size / cfg["batch_size"])
-    total = steps * cfg["epochs"]
-    opt = optim.SGD(student.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], nesterov=cfg["nesterov"],
-                    weight_decay=cfg["weight_decay"], schedule=lambda s: _lr_factor(cfg, s, total, steps))
-    return Engine(cfg, list(seeds), student, teacher, variant, loss_fn, opt, steps, device)
+    steps = math.ceil(data.sampler.epoch_size / o.batch_size)
+    total = steps * o.epochs
+    opt = optim.SGD(student.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
+                    weight_decay=o.weight_decay, schedule=lambda s: _lr_factor(o, s, total, steps))
+    return Engine(spec, list(seeds), student, teacher, variant, loss_fn, opt, steps, device)
 
 
 def run_epoch(eng: Engine, data: RunData, name: str, epoch: int) -> tuple[list[str], torch.Tensor]:
     """One epoch of every member; returns the loss terms' names and their epoch means (terms, K) on the CPU."""
     eng.student.train()
     perm = data.sampler.epoch()
-    bs, sums, count, names = eng.cfg["batch_size"], None, 0, []
-    progress = (epoch + 1) / eng.cfg["epochs"]  # a ramping variant's schedule: epoch-wise, as its authors count
+    bs, sums, count, names = eng.spec.optimisation.batch_size, None, 0, []
+    # a ramping variant's schedule: epoch-wise, as its authors count
+    progress = (epoch + 1) / eng.spec.optimisation.epochs
     for step in range(eng.steps_per_epoch):
         idx = perm[:, step * bs:(step + 1) * bs]
         names, values = eng.step(data, idx, progress)
         w = idx.shape[1]
         sums = values * w if sums is None else sums + values * w
         count += w
-        if (step + 1) % eng.cfg["check_every"] == 0 or step == eng.steps_per_epoch - 1:
+        if (step + 1) % eng.spec.run.check_every == 0 or step == eng.steps_per_epoch - 1:
             _check_finite(sums, names, eng.seeds, name, epoch, step)
     return names, (sums / count).cpu()
 
@@ -269,7 +273,7 @@ def run_epoch(eng: Engine, data: RunData, name: str, epoch: int) -> tuple[list[s
 def validation_errors(eng: Engine, data: RunData) -> list[int | None]:
     if not len(data.val_idx):
         return [None] * len(eng.seeds)
-    logits = models.predict_split(eng.student.model, data.train, data.val_idx, eng.cfg["eval_batch_size"])
+    logits = models.predict_split(eng.student.model, data.train, data.val_idx, eng.spec.run.eval_batch_size)
     # a net is judged as it is used: with its logit offset (so early stopping picks the epoch best after it)
     return [r["errors"] for r in error_summary(logits, data.y_train[data.val_idx], bias=data.logit_offset)]
 
@@ -305,32 +309,38 @@ def _resume(eng: Engine, data: RunData, path: Path, chash: str, device: torch.de
     return history, ck["epoch"], ck.get("best")
 
 
-def train(cfg: dict, seeds: list[int], out_dir: Path | str, device: str | None = None, root: Path | str | None = None,
-          name: str | None = None, progress: bool = True,
+def train(spec: TrainSpec, seeds: list[int], out_dir: Path | str, device: str | None = None,
+          root: Path | str | None = None, name: str | None = None, progress: bool = True,
           on_epoch_end: Callable[[int, dict], None] | None = None) -> list[dict]:
-    """Train the K=len(seeds) members of `cfg` together; write records under out_dir; return the metrics dicts."""
-    cfg, out_dir = resolve(cfg), Path(out_dir)
+    """Train the K=len(seeds) members of `spec` together; write records under out_dir; return the metrics dicts.
+    The spec is trained as it is: the one resolution that made it (`kdbench.engine.config.resolve_spec`, which
+    `kdbench train` calls through `kdbench.plan.bound_config`) checked it."""
+    if not isinstance(spec, TrainSpec):
+        raise TypeError(f"train takes a TrainSpec, not {type(spec).__name__}. Fix: resolve the config first, "
+                        f"kdbench.engine.config.resolve_spec(cfg)")
+    out_dir, cfg = Path(out_dir), spec.config()
     name = name or str(out_dir)
     _check_writable(out_dir)
     atomic_write_json(out_dir / "config.json", {"name": name, "seeds": list(seeds), "config": cfg})
     device, chash, t_start = pick_device(device), config_hash(cfg), time.perf_counter()
-    data = load_run_data(cfg, seeds, root, device)
-    module_hashes = losses.load_modules(cfg["variant_modules"])
-    eng = build_engine(cfg, seeds, data, device)
+    data = load_run_data(spec, seeds, root, device)
+    module_hashes = losses.load_modules(spec.distillation.variant_modules)
+    eng = build_engine(spec, seeds, data, device)
     torch.manual_seed(seeds[0])  # dropout masks and jitter
     history = {"train_loss": [], "train_terms": [], "val_errors": [], "epoch_seconds": [], "seconds_before": 0.0}
     best = ({"errors": [math.inf] * len(seeds), "epoch": [0] * len(seeds),
              "state": {n: t.detach().clone() for n, t in eng.student.state_dict().items()}}
-            if cfg["keep_best"] else None)
+            if spec.run.keep_best else None)
     ckpt_path, start_epoch = out_dir / "checkpoint.pt", 0
     resumed = _resume(eng, data, ckpt_path, chash, device, name)
     if resumed is not None:
         history, start_epoch, best = resumed
-    bar = tqdm(range(start_epoch, cfg["epochs"]), desc=name, disable=not progress, leave=False)
+    epochs = spec.optimisation.epochs
+    bar = tqdm(range(start_epoch, epochs), desc=name, disable=not progress, leave=False)
     for epoch in bar:
         t_epoch = time.perf_counter()
         names, mean_terms = run_epoch(eng, data, name, epoch)
-        due = (epoch + 1) % cfg["val_every"] == 0 or epoch + 1 == cfg["epochs"]  # the last epoch always
+        due = (epoch + 1) % spec.run.val_every == 0 or epoch + 1 == epochs  # the last epoch always
         val_err = validation_errors(eng, data) if due else [None] * len(seeds)
         if best is not None:
             _keep_best(eng.student, best, val_err, epoch)
@@ -356,14 +366,15 @@ def train(cfg: dict, seeds: list[int], out_dir: Path | str, device: str | None =
 
 def write_records(eng: Engine, data: RunData, history: dict, best, out_dir: Path, facts: dict) -> list[dict]:
     """Evaluate the final (or best) members and write model.pt, logits.pt and seed<S>/metrics.json."""
-    cfg, seeds, model, ebs = eng.cfg, eng.seeds, eng.student.model, eng.cfg["eval_batch_size"]
+    spec, seeds, model, ebs = eng.spec, eng.seeds, eng.student.model, eng.spec.run.eval_batch_size
+    cfg = spec.config()  # the records keep the flat config
     val_logits = models.predict_split(model, data.train, data.val_idx, ebs)
     test_logits = models.predict_split(model, data.test, torch.arange(len(data.test), device=data.tr_idx.device), ebs)
     test = error_summary(test_logits, data.y_test)
     train_logits, y_tr = models.predict_split(model, data.train, data.tr_idx, ebs), data.y_train[data.tr_idx]
     train_acc = [r["accuracy"] for r in error_summary(train_logits, y_tr)]
     at_chance = _check_learned(train_logits, y_tr, seeds, facts["name"])
-    atomic_torch_save(out_dir / "model.pt", {"model": cfg["model"], "model_config": model.config(),
+    atomic_torch_save(out_dir / "model.pt", {"model": spec.model.model, "model_config": model.config(),
                                              "train_config": cfg, "state_dict": model.state_dict()})
     groups = ({"val_groups": data.train.groups[data.val_idx].cpu(), "test_groups": data.test.groups.cpu()}
               if data.train.groups is not None else {})
@@ -373,8 +384,8 @@ def write_records(eng: Engine, data: RunData, history: dict, best, out_dir: Path
     common = {"name": facts["name"], "config": cfg, "config_hash": facts["config_hash"], "git_commit": git_commit(),
               "versions": package_versions(), "device": device_description(facts["device"]),
               "wall_seconds": facts["wall"], "members_trained_together": len(seeds),
-              "variant_module_sha256": facts["module_hashes"], "epochs": cfg["epochs"],
-              "precision": cfg["precision"], "matmul": models.matmul_path(facts["device"]),
+              "variant_module_sha256": facts["module_hashes"], "epochs": spec.optimisation.epochs,
+              "precision": spec.optimisation.precision, "matmul": models.matmul_path(facts["device"]),
               "optimizer": facts["optimizer"],
               "train_examples": data.sampler.epoch_size,
               "resumed_after_epoch": facts["start_epoch"],
@@ -386,7 +397,7 @@ def write_records(eng: Engine, data: RunData, history: dict, best, out_dir: Path
         rec = {**common, "seed": seed, "train_loss": [e[m] for e in history["train_loss"]],
                "train_terms": [{t: v[m] for t, v in e.items()} for e in history["train_terms"]],
                "val_errors": [e[m] for e in history["val_errors"]],
-               "final_epoch": best["epoch"][m] if best is not None else cfg["epochs"], **subset,
+               "final_epoch": best["epoch"][m] if best is not None else spec.optimisation.epochs, **subset,
                "train_accuracy": train_acc[m], "at_chance": at_chance[m],
                "test_errors": test[m]["errors"], "test_accuracy": test[m]["accuracy"],
                "test_per_class_errors": test[m]["per_class_errors"],
