@@ -129,9 +129,9 @@ def _inspect_commands(sub) -> None:
     pl = sub.add_parser("plan", help="list the training jobs of a profile (the workflow's job plan)")
     pl.add_argument("configfile", help="a profile, e.g. config/quick.yaml")
     pl.add_argument("--configs", action="store_true", help="also print each job's training config")
-    pl.add_argument("--jobs", nargs="+", metavar="PATTERN", default=None,
+    pl.add_argument("--jobs", nargs="+", action="extend", metavar="PATTERN", default=None,
                     help="only the jobs whose names match one of these shell patterns (e.g. 'variants/mnist_*'): a "
-                         "piece of a run too long for one sitting")
+                         "piece of a run too long for one sitting; repeated, the patterns add up")
     pl.add_argument("--targets", action="store_true",
                     help="print only the selected jobs' run records, one line, as snakemake's targets: `snakemake "
                          "--cores 2 $(kdbench plan PROFILE --jobs ... --targets) --configfile PROFILE` trains them "

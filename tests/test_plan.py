@@ -252,6 +252,9 @@ def test_kdbench_plan_selects_a_piece_and_prints_its_targets(capsys):
     assert out[len(wanted)].startswith(f"{len(wanted)} of the {len(plan.jobs(SMOKE))} training jobs match")
     assert main(["plan", smoke, "--jobs", "variants/mnist_*", "teacher", "--targets"]) == 0
     targets = capsys.readouterr().out.split()
+    # `--jobs A --jobs B` (benchmarks/workflow.py's form) selects the same piece: the patterns add up, none is dropped
+    assert main(["plan", smoke, "--jobs", "variants/mnist_*", "--jobs", "teacher", "--targets"]) == 0
+    assert capsys.readouterr().out.split() == targets
     runs = layout.runs("smoke")
     assert targets == [str(layout.metrics(runs, n, s)) for n, j in plan.jobs(SMOKE).items() if n in wanted
                        for s in j.seeds]
