@@ -110,7 +110,7 @@ def engine_epoch(cfg: dict, seeds, root, device, steps: int = 40, threads: int |
                  compiled: bool = False) -> tuple[float, float]:
     """(seconds per epoch, one-time seconds) of kdbench's training step for `cfg`, from `steps` timed steps after
     warm-up ones; the one-time seconds are what the warm-up cost beyond its steps (compilation)."""
-    from kdbench.engine.train import build_engine, load_run_data, resolve_spec
+    from kdbench.engine.train import build_engine, load_run_data
     spec = resolve_spec(cfg)
     before = torch.get_num_threads()
     if threads:
