@@ -14,9 +14,10 @@ min_version("8.0")
 
 import shlex as _shlex
 
-# Every job's `kdbench` command runs this checkout's package, the one that plans the jobs: with kdbench installed
-# from another clone (`pip install -e` there), the jobs would otherwise train with that clone's code and stamp its
-# commit on their records. (bash's strict mode, snakemake's own prefix, stays.)
+# Every job's command (`python3 -m kdbench ...`) runs this checkout's package, the one that plans the jobs: with
+# kdbench installed from another clone (`pip install -e` there), the jobs would otherwise train with that clone's code
+# and stamp its commit on their records; under --use-conda, the rules' environment (workflow/envs/kdbench.yaml) holds
+# the dependencies only. (bash's strict mode, snakemake's own prefix, stays.)
 _checkout = _shlex.quote(workflow.basedir).replace("{", "{{").replace("}", "}}")  # shell.prefix formats its text
 shell.prefix("set -euo pipefail; export PYTHONPATH=%s${{PYTHONPATH:+:$PYTHONPATH}}; " % _checkout)
 
@@ -40,8 +41,6 @@ kdprofile.validate(config)
 config.update(kdprofile.with_defaults(config))
 
 
-# lint: conda: the rules run the one kdbench package (pip install -e . or environment.yml), so a conda environment
-# per rule would install the same package once per rule
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
@@ -120,7 +119,9 @@ rule summary:
         summary=RESULTS / "summary.csv",
         provenance=RESULTS / "provenance.csv",
     localrule: True
+    conda:
+        SOFTWARE
     log:
         layout.log(RESULTS, "summary", "summary"),
     shell:
-        "exec kdbench summary {input.parts} --out {output.summary} > {log} 2>&1"
+        "exec python3 -m kdbench summary {input.parts} --out {output.summary} > {log} 2>&1"

@@ -18,7 +18,9 @@ for _dataset in data_registry.names():
             dataset=_dataset,
             extensions=extensions_arg(_files),
         localrule: True
+        conda:
+            SOFTWARE
         log:
             layout.log(RESULTS, f"fetch_{_dataset}", _dataset),
         shell:
-            "exec kdbench data fetch --dataset {params.dataset} {params.extensions} --root {params.root} > {log} 2>&1"
+            "exec python3 -m kdbench data fetch --dataset {params.dataset} {params.extensions} --root {params.root} > {log} 2>&1"

@@ -24,13 +24,15 @@ rule ensemble_teacher_logits:
     threads: config["threads"]
     resources:
         gpu=GPU,
+        device=DEVICE,
+        data_root=DATA_ROOT,
+    conda:
+        SOFTWARE
     log:
         layout.log(RESULTS, "ensemble_teacher_logits", "{dataset}_{which}"),
-    # lint: config (the device) and DATA (the data root) stay out of params on purpose: a finished run is not
-    # redone when a profile moves to a GPU or the data to another disk
     shell:
-        "exec kdbench teacher-logits --model {input.model} --out {output} --root {DATA} --device {config[device]} "
-        "{params.members} > {log} 2>&1"
+        "exec python3 -m kdbench teacher-logits --model {input.model} --out {output} --root {resources.data_root} "
+        "--device {resources.device} {params.members} > {log} 2>&1"
 
 
 rule aggregate_ensembles:
@@ -54,8 +56,10 @@ rule aggregate_ensembles:
         root=DATA,
         cfg=quoted_json(config_for("profile", "seeds", "ensembles")),
     localrule: True
+    conda:
+        SOFTWARE
     log:
         layout.log(RESULTS, "aggregate_ensembles", "ensembles"),
     shell:
-        "exec kdbench aggregate ensembles --config-json {params.cfg} --runs {params.runs} --paper {input.paper} "
+        "exec python3 -m kdbench aggregate ensembles --config-json {params.cfg} --runs {params.runs} --paper {input.paper} "
         "--root {params.root} --out-dir {params.out} --keep-committed > {log} 2>&1"

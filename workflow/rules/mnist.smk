@@ -17,10 +17,12 @@ rule bias_correction:
         grid=lambda w: quoted_json(mnist.bias_settings(config, w.system)["grid"]),
         paper=lambda w: mnist.bias_settings(config, w.system)["paper_shift"],
     localrule: True
+    conda:
+        SOFTWARE
     log:
         layout.log(RESULTS, "bias_correction", "{system}"),
     shell:
-        "exec kdbench bias --logits {input} --classes {params.classes} --grid-json {params.grid} "
+        "exec python3 -m kdbench bias --logits {input} --classes {params.classes} --grid-json {params.grid} "
         "--paper-shift {params.paper} --out {output} > {log} 2>&1"
 
 
@@ -42,8 +44,10 @@ rule aggregate_mnist:
         out=RESULTS,
         cfg=quoted_json(config_for("profile", "seeds", "mnist")),
     localrule: True
+    conda:
+        SOFTWARE
     log:
         layout.log(RESULTS, "aggregate_mnist", "mnist"),
     shell:
-        "exec kdbench aggregate mnist --config-json {params.cfg} --runs {params.runs} --paper {input.paper} "
+        "exec python3 -m kdbench aggregate mnist --config-json {params.cfg} --runs {params.runs} --paper {input.paper} "
         "--out-dir {params.out} > {log} 2>&1"

@@ -24,8 +24,10 @@ for _name in [n for n in sections.names() if n not in RULE_FILE_SECTIONS]:
             extensions=extensions_arg(_files),
             caption=getattr(_section, "CAPTION", f"The {_name} section's tables and figures."),
         localrule: True
+        conda:
+            SOFTWARE
         log:
             layout.log(RESULTS, f"aggregate_{_name}", _name),
         shell:
-            "exec kdbench aggregate {params.name} {params.extensions} --config-json {params.cfg} --runs {params.runs} "
+            "exec python3 -m kdbench aggregate {params.name} {params.extensions} --config-json {params.cfg} --runs {params.runs} "
             "--paper {input.paper} --out-dir {params.out} > {log} 2>&1"

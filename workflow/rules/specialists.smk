@@ -19,10 +19,12 @@ checkpoint specialist_clusters:
     params:
         cfg=lambda w: quoted_json(specialists.cluster_config(config, w.dataset)),
     localrule: True
+    conda:
+        SOFTWARE
     log:
         layout.log(RESULTS, "specialist_clusters", "{dataset}"),
     shell:
-        "exec kdbench clusters --config-json {params.cfg} --dataset {wildcards.dataset} --generalist-logits {input} "
+        "exec python3 -m kdbench clusters --config-json {params.cfg} --dataset {wildcards.dataset} --generalist-logits {input} "
         "--out {output} > {log} 2>&1"
 
 
@@ -50,16 +52,18 @@ rule train_specialist:
     threads: config["threads"]
     resources:
         gpu=GPU,
+        device=DEVICE,
+        data_root=DATA_ROOT,
+    conda:
+        SOFTWARE
     log:
         layout.log(RESULTS, "train", SPEC_JOB),
     benchmark:
         layout.benchmark(RESULTS, "train", SPEC_JOB)
-    # lint: config (the device) and DATA (the data root) stay out of params on purpose: a finished run is not
-    # redone when a profile moves to a GPU or the data to another disk
     shell:
-        "exec kdbench train --config-json {params.cfg} --cluster-file {input.clusters} --cluster-index {wildcards.i} "
-        "--seeds {params.seeds} --out {params.out} --name specialists/{wildcards.dataset}/spec{wildcards.i} --device {config[device]} --root {DATA} "
-        "--threads {threads} > {log} 2>&1"
+        "exec python3 -m kdbench train --config-json {params.cfg} --cluster-file {input.clusters} --cluster-index {wildcards.i} "
+        "--seeds {params.seeds} --out {params.out} --name specialists/{wildcards.dataset}/spec{wildcards.i} "
+        "--device {resources.device} --root {resources.data_root} --threads {threads} > {log} 2>&1"
 
 
 rule aggregate_specialists:
@@ -80,8 +84,10 @@ rule aggregate_specialists:
         cfg=quoted_json(SPEC_CONFIG),
         clusters=" ".join(f"{ds}={layout.clusters(RUNS, ds)}" for ds in SPEC_DATASETS),
     localrule: True
+    conda:
+        SOFTWARE
     log:
         layout.log(RESULTS, "aggregate_specialists", "specialists"),
     shell:
-        "exec kdbench aggregate specialists --config-json {params.cfg} --runs {params.runs} --paper {input.paper} "
+        "exec python3 -m kdbench aggregate specialists --config-json {params.cfg} --runs {params.runs} --paper {input.paper} "
         "--clusters {params.clusters} --out-dir {params.out} > {log} 2>&1"

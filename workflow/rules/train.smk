@@ -27,16 +27,18 @@ for _name, _seeds in TRAIN_RULES.items():
         threads: config["threads"]
         resources:
             gpu=GPU,
+            device=DEVICE,
+            data_root=DATA_ROOT,
+        conda:
+            SOFTWARE
         log:
             layout.log(RESULTS, plan.TRAIN_RULE, "{job}"),
         benchmark:
             layout.benchmark(RESULTS, plan.TRAIN_RULE, "{job}")
-        # lint: config (the device) and DATA (the data root) stay out of params on purpose: a finished run is not
-        # redone when a profile moves to a GPU or the data to another disk
         shell:
-            "exec kdbench train --config-json {params.cfg} {params.temperature} --seeds {params.seeds} "
-            "--out {params.out} --name {wildcards.job} --device {config[device]} --root {DATA} --threads {threads} "
-            "> {log} 2>&1"
+            "exec python3 -m kdbench train --config-json {params.cfg} {params.temperature} --seeds {params.seeds} "
+            "--out {params.out} --name {wildcards.job} --device {resources.device} --root {resources.data_root} "
+            "--threads {threads} > {log} 2>&1"
 
 
 rule teacher_logits:
@@ -52,10 +54,12 @@ rule teacher_logits:
     threads: config["threads"]
     resources:
         gpu=GPU,
+        device=DEVICE,
+        data_root=DATA_ROOT,
+    conda:
+        SOFTWARE
     log:
         layout.log(RESULTS, "teacher_logits", "{teacher}"),
-    # lint: config (the device) and DATA (the data root) stay out of params on purpose: a finished run is not
-    # redone when a profile moves to a GPU or the data to another disk
     shell:
-        "exec kdbench teacher-logits --model {input.model} --out {output} --root {DATA} --device {config[device]} "
-        "> {log} 2>&1"
+        "exec python3 -m kdbench teacher-logits --model {input.model} --out {output} --root {resources.data_root} "
+        "--device {resources.device} > {log} 2>&1"

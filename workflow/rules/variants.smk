@@ -20,10 +20,12 @@ rule choose_temperature:
         runs=RUNS,
         cfg=lambda w: quoted_json(CHOICES[w.experiment]),
     localrule: True
+    conda:
+        SOFTWARE
     log:
         layout.log(RESULTS, "choose_temperature", "{experiment}"),
     shell:
-        "exec kdbench choose-temperature --config-json {params.cfg} --runs {params.runs} --out {output} > {log} 2>&1"
+        "exec python3 -m kdbench choose-temperature --config-json {params.cfg} --runs {params.runs} --out {output} > {log} 2>&1"
 
 
 # one target per variant: `snakemake variant_<name>` trains that variant's students in every experiment and only what
@@ -59,10 +61,12 @@ rule aggregate_variants:
         out=RESULTS,
         cfg=quoted_json(VARIANT_TABLES),
     localrule: True
+    conda:
+        SOFTWARE
     log:
         layout.log(RESULTS, "aggregate_variants", "variants"),
     shell:
-        "exec kdbench aggregate variants --config-json {params.cfg} --runs {params.runs} --out-dir {params.out} > {log} 2>&1"
+        "exec python3 -m kdbench aggregate variants --config-json {params.cfg} --runs {params.runs} --out-dir {params.out} > {log} 2>&1"
 
 
 rule aggregate_variants_mnist:
@@ -79,7 +83,9 @@ rule aggregate_variants_mnist:
         out=RESULTS,
         cfg=quoted_json(VARIANT_TABLES_MNIST),
     localrule: True
+    conda:
+        SOFTWARE
     log:
         layout.log(RESULTS, "aggregate_variants_mnist", "variants_mnist"),
     shell:
-        "exec kdbench aggregate variants --config-json {params.cfg} --runs {params.runs} --out-dir {params.out} > {log} 2>&1"
+        "exec python3 -m kdbench aggregate variants --config-json {params.cfg} --runs {params.runs} --out-dir {params.out} > {log} 2>&1"
