@@ -60,13 +60,17 @@ def _planned_config(job, root: Path) -> dict:
     return plan.bound_config(job.config, f"job {job.name!r}", chosen if chosen and chosen.exists() else None)
 
 
-def _config_differences(recorded: dict, planned: dict) -> list[str]:
-    """The keys where two flat configs differ, each read as a record is (`kdbench.records.record_spec`)."""
-    try:
-        rec, plan_ = record_spec(recorded).config(), record_spec(planned).config()
-    except ValueError as e:
-        return [str(e)]
-    return [f"{k}: recorded {rec[k]!r}, planned {plan_[k]!r}" for k in sorted(rec) if rec[k] != plan_[k]]
+def _config_differences(first: dict, second: dict, names: tuple[str, str] = ("recorded", "planned")) -> list[str]:
+    """The keys where two flat configs differ, each read as a record is (`kdbench.records.record_spec`), the two
+    named by `names`; a config that cannot be read so is named with the reason."""
+    read = []
+    for name, flat in zip(names, (first, second)):
+        try:
+            read.append(record_spec(flat).config())
+        except ValueError as e:
+            return [f"the {name} config has {e}"]
+    a, b = read
+    return [f"{k}: {names[0]} {a[k]!r}, {names[1]} {b[k]!r}" for k in sorted(a) if a[k] != b[k]]
 
 
 def problems(cfg: dict, root: Path | str = ".") -> list[str]:
@@ -166,7 +170,7 @@ def _run_tree_problems(runs: Path, root: Path, jobs: dict) -> list[str]:
             path = layout.metrics(runs, name, s)
             if path.exists():
                 rec = json.loads(path.read_text()).get("config", {})
-                diff = _config_differences(written.get("config", {}), rec)
+                diff = _config_differences(written.get("config", {}), rec, ("config.json's", "record's"))
                 if diff:
                     out.append(f"{where}: its config is not the one {path.relative_to(root)} records: "
                                + "; ".join(diff[:4]))

@@ -112,7 +112,7 @@ def record_spec(config: dict) -> TrainSpec:
     spec cannot say."""
     unknown = sorted(set(config) - set(KEYS))
     if unknown:
-        raise ValueError(f"its config has key(s) {unknown} that no training spec has")
+        raise ValueError(f"key(s) {unknown} that no training spec has")
     return TrainSpec.from_config({**DEFAULTS, **config})
 
 

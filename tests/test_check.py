@@ -86,6 +86,27 @@ def test_an_edited_run_config_fails(results):
     assert any("teacher/seed0/metrics.json: its config is not the plan's" in p and "lr" in p for p in found), found
 
 
+def test_a_record_with_a_key_no_spec_has_is_named_as_the_record_not_as_its_config_json(results):
+    """A record whose config holds a key today's spec lacks is refused as that record's; the run's config.json,
+    compared with it, is not blamed for the record's key."""
+    cfg, root = results
+    path = _record(root, cfg)
+    rec = json.loads(path.read_text())
+    (path.parent.parent / "config.json").write_text(json.dumps({"name": "teacher", "seeds": cfg["seeds"],
+                                                                "config": rec["config"]}))
+    assert not [p for p in check.problems(cfg, root) if "config" in p]  # config.json agrees with plan and records
+    _edit(path, config={**rec["config"], "learning_rate": 0.5})
+    found = check.problems(cfg, root)
+    assert any(p.startswith(str(path.relative_to(root))) and "the recorded config has key(s) ['learning_rate']" in p
+               for p in found), found
+    assert any("config.json: its config is not the one" in p and "the record's config has key(s) ['learning_rate']"
+               in p for p in found), found
+    _edit(path, config={**rec["config"], "lr": 0.5})
+    found = check.problems(cfg, root)
+    assert any("config.json: its config is not the one" in p and "lr: config.json's 0.05, record's 0.5" in p
+               for p in found), found
+
+
 def test_a_dirty_record_fails(results):
     cfg, root = results
     _edit(_record(root, cfg, "baseline", 1), git_commit=HEAD + "-dirty")
