@@ -133,6 +133,9 @@ def test_table1s_main_row_is_the_paper_split_row_whose_ensemble_gains_most_on_va
     assert ensembles.main_row(cfg, {"speech": [1.0, 1.2], "narrow": [2.0, 0.0], "other": [9.0, 9.0]}) == "speech"
     assert ensembles.main_row(cfg, {"speech": [1.0, 1.2], "narrow": [2.0, 0.6], "other": [9.0, 9.0]}) == "narrow"
     assert ensembles.main_row({"ensembles": {"datasets": {"other": {}}}}, {"other": [1.0]}) is None
+    # a row kept without its validation gain (write and kdbench check alike) is passed over, not divided by zero
+    assert ensembles.main_row(cfg, {"speech": [], "narrow": [2.0, 0.6]}) == "narrow"
+    assert ensembles.main_row(cfg, {"speech": []}) is None
 
 
 def _predicting(correct: list[int], n: int = 10) -> torch.Tensor:

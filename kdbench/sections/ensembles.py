@@ -297,8 +297,9 @@ def val_gain(cfg: dict, ens: dict) -> list[float]:
 def main_row(cfg: dict, gains: dict[str, list[float]]) -> str | None:
     """Table 1's main row, the one its bar judges: of the rows on the paper's split (`PAPER_SPLIT`), the one whose
     ensemble gains most over its members on validation (mean over seeds), where distillation has the most to
-    keep. `gains` maps rows to `val_gain`; None where no row reads the paper's split."""
-    rows = [ds for ds in gains if data_of(cfg, ds) == PAPER_SPLIT]
+    keep. `gains` maps rows to `val_gain`; a row without one (kept from a summary that lacks it) is no candidate;
+    None where no row reads the paper's split."""
+    rows = [ds for ds in gains if gains[ds] and data_of(cfg, ds) == PAPER_SPLIT]
     return max(rows, key=lambda ds: (sum(gains[ds]) / len(gains[ds]), ds)) if rows else None
 
 
@@ -478,7 +479,7 @@ def markdown_from_committed(cfg: dict, runs: Path | str, summary: pd.DataFrame) 
     facts_file = layout.results(cfg["profile"]) / FACTS
     facts_json = facts_file.read_bytes() if facts_file.exists() else None
     facts = {ds: row_facts(cfg, runs, summary, ds, facts_json) for ds in datasets(cfg)}
-    gains = {ds: facts[ds]["val_gain"] for ds in datasets(cfg) if facts[ds]["val_gain"]}
+    gains = {ds: facts[ds]["val_gain"] for ds in datasets(cfg)}
     facts["main_row"] = main_row(cfg, gains)
     return {"ensembles.md": markdown(summary, cfg, facts)}
 
