@@ -23,13 +23,11 @@ PAPER = Path(config["paper_numbers"])
 PAPER = Path(os.path.relpath(PAPER if PAPER.is_absolute() else Path(workflow.basedir) / PAPER))
 # the working directory (`-d`): snakemake leaves it before the atexit hook below runs, whose paths are relative
 WORKDIR = Path.cwd()
-# The machine a job runs on, as resources, never params (snakemake reruns a finished job when its params change):
-# every job that trains or runs a net asks the scheduler for one GPU when the config trains on CUDA (SLURM: --gpus),
-# and reads its device and this machine's data root from its resources, so a finished profile moved to a GPU
-# retrains nothing. (Data moved to another disk does rerun: the data files are the jobs' inputs.)
-GPU = 1 if config["device"].startswith("cuda") else 0
-DEVICE = config["device"]
-DATA_ROOT = str(DATA)
+# The machine a job runs on: the resources of every rule that runs a net (`**MACHINE`), never params (snakemake reruns
+# a finished job when its params change). Such a job asks the scheduler for one GPU when the config trains on CUDA
+# (SLURM: --gpus), and reads its device and this machine's data root from its resources, so a finished profile moved
+# to a GPU retrains nothing. (Data moved to another disk does rerun: the data files are the jobs' inputs.)
+MACHINE = {"gpu": 1 if config["device"].startswith("cuda") else 0, "device": config["device"], "data_root": str(DATA)}
 # The software each job runs (every rule's `conda:`): kdbench's runtime dependencies, one environment file that
 # `snakemake --use-conda` builds once for all rules; the package is this checkout's (`python3 -m kdbench` with the
 # PYTHONPATH the Snakefile sets).

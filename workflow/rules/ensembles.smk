@@ -23,9 +23,7 @@ rule ensemble_teacher_logits:
         "--members " + " ".join(str(i) for i in ensembles.single_teacher_members(config)),
     threads: config["threads"]
     resources:
-        gpu=GPU,
-        device=DEVICE,
-        data_root=DATA_ROOT,
+        **MACHINE,
     conda:
         SOFTWARE
     log:

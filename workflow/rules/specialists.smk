@@ -51,9 +51,7 @@ rule train_specialist:
         out=lambda w: layout.run(RUNS, specialists.job(w.dataset, w.i)),
     threads: config["threads"]
     resources:
-        gpu=GPU,
-        device=DEVICE,
-        data_root=DATA_ROOT,
+        **MACHINE,
     conda:
         SOFTWARE
     log:

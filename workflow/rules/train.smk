@@ -26,9 +26,7 @@ for _name, _seeds in TRAIN_RULES.items():
             out=lambda w: RUNS / w.job,
         threads: config["threads"]
         resources:
-            gpu=GPU,
-            device=DEVICE,
-            data_root=DATA_ROOT,
+            **MACHINE,
         conda:
             SOFTWARE
         log:
@@ -53,9 +51,7 @@ rule teacher_logits:
         teacher=one_of(TEACHERS),
     threads: config["threads"]
     resources:
-        gpu=GPU,
-        device=DEVICE,
-        data_root=DATA_ROOT,
+        **MACHINE,
     conda:
         SOFTWARE
     log:
